@@ -1,0 +1,61 @@
+"""The ``t5pre`` command line.
+
+Each sub-command lives in its own module of this package and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` to a callable taking the parsed ``args``. Heavy imports
+(TensorFlow, Keras) happen inside those callables, so ``t5pre --help`` stays fast.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+from t5pre.errors import T5preError
+
+# Order here is the order in `t5pre --help`.
+SUBCOMMAND_MODULES = [
+    "vocab",
+    "tasks",
+    "model",
+    "convert",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "predict",
+    "export",
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="t5pre",
+        description="T5-style denoising pretraining and fine-tuning on Keras 3.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"t5pre.cli.{name}")
+        except ModuleNotFoundError as e:  # a sub-command not written yet
+            if e.name == f"t5pre.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except T5preError as e:
+        print(f"t5pre: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("t5pre: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
