@@ -1,0 +1,1 @@
+"""Catalogue: pretraining tasks (being written)."""

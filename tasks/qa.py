@@ -1,0 +1,1 @@
+"""Catalogue: qa tasks (being written)."""

@@ -1,0 +1,1 @@
+"""Catalogue: summarization tasks (being written)."""
