@@ -1,0 +1,613 @@
+"""Denoising objectives for pretraining: span corruption, prefix-LM, i.i.d. (BERT-style), UL2.
+
+Every objective takes a chunk of raw token ids (the ``"targets"`` feature that
+:mod:`t5pre.data.chunking` emits, no EOS) and turns it into an ``inputs``/``targets`` pair. All
+randomness comes from stateless TF random ops seeded per example from the preprocessor's
+``ctx.seed``, the example's position in the stream and a fingerprint of its tokens, so a pipeline
+is reproducible (same seed, same examples) and runs entirely inside ``tf.data``.
+
+Span corruption (T5), precisely:
+
+* For a chunk of ``length`` tokens, ``num_noise = round(length * density)`` (float32, ties to
+  even, as T5 computes it), clamped to ``[1, length - 1]``; ``num_spans = round(num_noise / mean)``
+  clamped to ``[1, min(num_noise, length - num_noise)]``. The upper clamp is what keeps high
+  densities with short spans valid: a chunk cannot hold more noise spans than it has
+  separating non-noise tokens.
+* Span lengths are a uniformly random *composition* of the noise tokens into exactly
+  ``num_spans`` positive parts, and likewise for the non-noise tokens (not Poisson draws).
+  The mask alternates non-noise, noise, non-noise, ... so it starts with non-noise and ends with
+  noise (T5's layout). ``random_roll=True`` rotates the mask by a random offset to remove that
+  bias; a roll can split the wrapped-around span in two, so one extra sentinel is budgeted.
+* ``inputs`` = the tokens with each noise span replaced by one sentinel ``<extra_id_i>``
+  (``vocab_size - 1 - i``, counting down in span order); ``targets`` = ``<extra_id_i>`` followed
+  by span ``i``, for every span in order. EOS is appended to both (when the output feature asks
+  for it). A configuration that needs more sentinels than the vocabulary's ``extra_ids`` is
+  refused with a :class:`~t5pre.errors.ConfigError` before any data flows, so a sentinel can
+  never collide with a regular token.
+
+:func:`random_spans_helper` gives the raw chunk length whose corrupted inputs exactly fit an
+inputs length (512, 0.15, 3.0 -> 568 raw tokens, 114 targets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from t5pre.errors import ConfigError
+
+EOS_ID = 1  # T5 layout; used only when a context carries no vocabulary.
+
+# Paradigm prefixes UL2 prepends to the inputs of each denoiser (encoded as plain text pieces).
+UL2_PARADIGM_PREFIXES = {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
+
+
+# --------------------------------------------------------------------------------------------
+# Length arithmetic (pure Python, float32 rounding identical to the TF ops below)
+# --------------------------------------------------------------------------------------------
+
+
+def _round_f32(x: np.float32) -> int:
+    """Round half to even in float32, like ``tf.math.round`` on a float32 tensor."""
+    return int(np.round(np.float32(x)))
+
+
+def _check_noise_params(noise_density: float, mean_noise_span_length: float) -> None:
+    if not 0.0 < float(noise_density) < 1.0:
+        raise ConfigError(f"noise_density must be in (0, 1), got {noise_density}")
+    if not float(mean_noise_span_length) >= 1.0:
+        raise ConfigError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}")
+
+
+def noise_counts(length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """``(num_noise_tokens, num_noise_spans)`` that :func:`random_spans_noise_mask` uses for ``length``.
+
+    Pure Python mirror of the TF computation (same float32 arithmetic), so that lengths computed
+    at pipeline-build time agree exactly with what the mask does per example.
+    """
+    if length < 2:
+        raise ConfigError(f"span corruption needs at least 2 tokens, got a length of {length}")
+    num_noise = _round_f32(np.float32(length) * np.float32(noise_density))
+    num_noise = min(max(num_noise, 1), length - 1)
+    num_spans = _round_f32(np.float32(num_noise) / np.float32(mean_noise_span_length))
+    num_spans = max(1, min(num_spans, num_noise, length - num_noise))
+    return num_noise, num_spans
+
+
+def _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, extra_in, extra_tg):
+    """(inputs_length, targets_length) incl. EOS of span corruption over ``tokens_length`` tokens."""
+    num_noise, num_spans = noise_counts(tokens_length, noise_density, mean_noise_span_length)
+    return (
+        tokens_length - num_noise + num_spans * extra_in + 1,
+        num_noise + num_spans * extra_tg + 1,
+    )
+
+
+def random_spans_helper(
+    inputs_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    extra_tokens_per_span_inputs: int = 1,
+    extra_tokens_per_span_targets: int = 1,
+) -> tuple[int, int]:
+    """Raw chunk length whose span-corrupted inputs (with EOS) fit ``inputs_length``, and targets length.
+
+    Follows T5: start from ``inputs_length - 1`` raw tokens (always fits, since a span replaces
+    at least one token by one sentinel) and grow while the next length still fits. Returns
+    ``(tokens_length, targets_length)``, e.g. ``(512, 0.15, 3.0) -> (568, 114)``.
+
+    Raises:
+        ConfigError: the inputs length is too short for a single sentinel (``< 3``: one kept
+            token, one sentinel, EOS) or the noise parameters are out of range.
+    """
+    _check_noise_params(noise_density, mean_noise_span_length)
+    if int(inputs_length) < 3:
+        raise ConfigError(
+            f"inputs length {inputs_length} is too short for span corruption: it needs room for at "
+            "least one kept token, one sentinel and EOS (>= 3)"
+        )
+    args = (noise_density, mean_noise_span_length,
+            extra_tokens_per_span_inputs, extra_tokens_per_span_targets)
+    tokens_length = int(inputs_length) - 1
+    while _corrupted_lengths(tokens_length + 1, *args)[0] <= inputs_length:
+        tokens_length += 1
+    return tokens_length, _corrupted_lengths(tokens_length, *args)[1]
+
+
+def span_corruption_tokens_length(
+    inputs_length: int,
+    targets_length: int | None,
+    noise_density: float,
+    mean_noise_span_length: float,
+    extra_spans: int = 0,
+) -> int:
+    """Largest raw chunk length whose corrupted inputs *and* targets (with EOS) both fit.
+
+    With T5's settings the inputs bind (:func:`random_spans_helper`); with high densities (UL2's
+    X-denoiser) the targets do, and the chunk is shortened until they fit as well.
+    ``extra_spans`` budgets sentinels a random roll may add (see module docstring).
+    """
+    tokens_length, _ = random_spans_helper(inputs_length - extra_spans, noise_density,
+                                           mean_noise_span_length)
+    if targets_length is None:
+        return tokens_length
+    while tokens_length >= 2:
+        _, targets = _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, 1, 1)
+        if targets + extra_spans <= targets_length:
+            return tokens_length
+        tokens_length -= 1
+    raise ConfigError(
+        f"targets length {targets_length} is too short for span corruption with noise density "
+        f"{noise_density} (it needs room for a sentinel, a noise token and EOS)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# TF ops: masks and sentinel replacement
+# --------------------------------------------------------------------------------------------
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _seed_tensor(seeds):
+    tf = _tf()
+    seeds = tf.convert_to_tensor(seeds)
+    if seeds.dtype not in (tf.int32, tf.int64):
+        seeds = tf.cast(seeds, tf.int64)
+    if seeds.shape.rank == 0:
+        seeds = tf.stack([seeds, tf.zeros_like(seeds)])
+    return seeds
+
+
+def _random_composition(total, parts, seed):
+    """Uniformly random composition of ``total`` into ``parts`` positive integers (int32 [parts]).
+
+    Picks ``parts - 1`` distinct cut points among the ``total - 1`` gaps uniformly at random
+    (top-k of uniform keys), which makes every composition equally likely.
+    """
+    tf = _tf()
+    keys = tf.random.stateless_uniform([total - 1], seed=seed)
+    cuts = tf.sort(tf.math.top_k(keys, k=parts - 1, sorted=False).indices + 1)
+    bounds = tf.concat([[0], cuts, [total]], axis=0)
+    return bounds[1:] - bounds[:-1]
+
+
+def _noise_counts_tf(length, noise_density, mean_noise_span_length):
+    tf = _tf()
+    num_noise = tf.cast(tf.math.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
+    num_noise = tf.clip_by_value(num_noise, 1, length - 1)
+    num_spans = tf.cast(
+        tf.math.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
+    num_spans = tf.maximum(1, tf.minimum(num_spans, tf.minimum(num_noise, length - num_noise)))
+    return num_noise, num_spans
+
+
+def random_spans_noise_mask(length, noise_density, mean_noise_span_length, seeds,
+                            random_roll: bool = False):
+    """Boolean noise mask ``[length]`` with T5's span semantics (see the module docstring).
+
+    Args:
+        length: int or scalar int tensor, >= 2.
+        noise_density: fraction of tokens that are noise.
+        mean_noise_span_length: average noise span length.
+        seeds: a stateless seed, shape ``[2]`` int (or a scalar, widened to ``[seed, 0]``).
+        random_roll: rotate the mask by a uniformly random offset (removes T5's bias that the
+            mask starts with non-noise and ends with noise; may split one span in two).
+
+    Deterministic given ``seeds``; pure TF, so it works inside ``tf.data`` maps.
+    """
+    tf = _tf()
+    length = tf.convert_to_tensor(length, tf.int32)
+    seed = _seed_tensor(seeds)
+    num_noise, num_spans = _noise_counts_tf(
+        length, np.float32(noise_density), np.float32(mean_noise_span_length))
+    seed_noise, seed_keep, seed_roll = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    noise_lengths = _random_composition(num_noise, num_spans, seed_noise)
+    keep_lengths = _random_composition(length - num_noise, num_spans, seed_keep)
+    interleaved = tf.reshape(tf.stack([keep_lengths, noise_lengths], axis=1), [-1])
+    mask = tf.repeat(tf.tile([False, True], [num_spans]), interleaved)
+    if random_roll:
+        shift = tf.random.stateless_uniform([], seed=seed_roll, minval=0, maxval=length,
+                                            dtype=tf.int32)
+        mask = tf.roll(mask, shift, axis=0)
+    return tf.ensure_shape(mask, [None])
+
+
+def span_corrupt(tokens, noise_mask, vocab_size):
+    """Replace noise spans by unique sentinels: ``(inputs, targets)`` without EOS.
+
+    ``inputs``: kept tokens, each noise span replaced by ``vocab_size - 1 - i`` (span ``i`` in
+    order of appearance). ``targets``: for each span ``i``, that sentinel followed by the span's
+    tokens. Works for any mask (also rolled ones that start with noise).
+    """
+    tf = _tf()
+    tokens = tf.convert_to_tensor(tokens)
+    noise_mask = tf.convert_to_tensor(noise_mask, tf.bool)
+    previous = tf.concat([[False], noise_mask[:-1]], axis=0)
+    first_noise = tf.logical_and(noise_mask, tf.logical_not(previous))
+    span_index = tf.cumsum(tf.cast(first_noise, tokens.dtype)) - 1
+    sentinels = tf.cast(vocab_size, tokens.dtype) - 1 - span_index
+    # Each position contributes [sentinel?, token?]; keep masks select what each side emits.
+    pairs = tf.reshape(tf.stack([sentinels, tokens], axis=1), [-1])
+    keep_inputs = tf.reshape(tf.stack([first_noise, tf.logical_not(noise_mask)], axis=1), [-1])
+    keep_targets = tf.reshape(tf.stack([first_noise, noise_mask], axis=1), [-1])
+    return tf.boolean_mask(pairs, keep_inputs), tf.boolean_mask(pairs, keep_targets)
+
+
+def iid_noise_mask(length, noise_density, seeds):
+    """Each token is noise independently with probability ``noise_density`` (bool ``[length]``)."""
+    tf = _tf()
+    return tf.random.stateless_uniform([length], seed=_seed_tensor(seeds)) < noise_density
+
+
+# --------------------------------------------------------------------------------------------
+# Objectives as preprocessors fn(ds, ctx)
+# --------------------------------------------------------------------------------------------
+
+
+def _feature(ctx, key):
+    features = getattr(ctx, "output_features", None) or {}
+    return features.get(key)
+
+
+def _vocabulary(ctx, key):
+    feature = _feature(ctx, key)
+    vocabulary = getattr(feature, "vocabulary", None)
+    if vocabulary is None:
+        raise ConfigError(f"denoising needs output_features[{key!r}] with a vocabulary")
+    return vocabulary
+
+
+def _add_eos(ctx, key) -> bool:
+    feature = _feature(ctx, key)
+    return True if feature is None else bool(getattr(feature, "add_eos", True))
+
+
+def _eos_id(ctx, key) -> int:
+    feature = _feature(ctx, key)
+    return int(getattr(getattr(feature, "vocabulary", None), "eos_id", EOS_ID))
+
+
+def _sequence_lengths(ctx, who: str) -> tuple[int, int]:
+    lengths = getattr(ctx, "sequence_length", None) or {}
+    try:
+        return int(lengths["inputs"]), int(lengths["targets"])
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"{who} needs sequence_length with 'inputs' and 'targets' lengths, got {lengths!r}"
+        ) from None
+
+
+def _example_seed(base_seed, index, tokens):
+    """Per-example stateless seed: the preprocessor seed, the stream position and the content.
+
+    Folding in a fingerprint of the tokens keeps masks independent across data shards, whose
+    stream positions coincide.
+    """
+    tf = _tf()
+    fingerprint = tf.bitcast(tf.fingerprint(tf.expand_dims(tokens, 0))[0], tf.int64)
+    seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+    return tf.random.experimental.stateless_fold_in(seed, fingerprint)
+
+
+class DenoisingObjective:
+    """A preprocessor ``fn(ds, ctx)`` turning raw token chunks into inputs/targets pairs.
+
+    Subclasses implement :meth:`corrupt` (TF, per example, no EOS) and :meth:`raw_tokens_length`
+    (the chunk length that makes the outputs fit ``ctx.sequence_length``), which the chunking
+    preprocessor reads (:func:`t5pre.data.chunking.split_into_chunks` accepts an objective).
+
+    ``prefix`` (optional text, e.g. UL2's ``[NLU]``) is tokenized with the inputs vocabulary and
+    prepended to every ``inputs``; its length is taken out of the inputs budget.
+    """
+
+    name = "denoising"
+
+    def __init__(self, prefix: str | None = None, feature_key: str = "targets"):
+        self.prefix = prefix
+        self.feature_key = feature_key
+
+    # -- lengths ---------------------------------------------------------------------------
+    def _prefix_ids(self, ctx) -> list[int]:
+        if not self.prefix:
+            return []
+        return list(_vocabulary(ctx, "inputs").encode(self.prefix))
+
+    def _budgets(self, ctx) -> tuple[int, int]:
+        """Inputs/targets lengths left for the objective itself (prefix taken out)."""
+        inputs_length, targets_length = _sequence_lengths(ctx, f"objective {self.name!r}")
+        return inputs_length - len(self._prefix_ids(ctx)), targets_length
+
+    def raw_tokens_length(self, ctx) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self, ctx) -> None:
+        """Build-time validation (sentinel budget and the like); raise ConfigError."""
+
+    def corrupt(self, tokens, seed, ctx_values):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _ctx_values(self, ctx) -> dict:
+        """Static values corrupt() needs, computed once per pipeline."""
+        return {}
+
+    # -- preprocessor ----------------------------------------------------------------------
+    def __call__(self, dataset, ctx):
+        tf = _tf()
+        self.check(ctx)
+        values = self._ctx_values(ctx)
+        prefix = tf.constant(self._prefix_ids(ctx), tf.int32)
+        eos_inputs = _add_eos(ctx, "inputs")
+        eos_targets = _add_eos(ctx, "targets")
+        eos_in = tf.constant([_eos_id(ctx, "inputs")], tf.int32)
+        eos_tg = tf.constant([_eos_id(ctx, "targets")], tf.int32)
+        base_seed = tf.constant([int(getattr(ctx, "seed", 0) or 0), _stable_hash(self.name)],
+                                tf.int64)
+        key = self.feature_key
+        minimum = self.min_tokens
+
+        def keep(index, example):
+            return tf.size(example[key]) >= minimum
+
+        def apply(index, example):
+            tokens = tf.cast(example[key], tf.int32)
+            seed = _example_seed(base_seed, index, tokens)
+            inputs, targets = self.corrupt(tokens, seed, values)
+            inputs = tf.concat([prefix, inputs], axis=0)
+            if eos_inputs:
+                inputs = tf.concat([inputs, eos_in], axis=0)
+            if eos_targets:
+                targets = tf.concat([targets, eos_tg], axis=0)
+            return {"inputs": inputs, "targets": targets}
+
+        return (dataset.enumerate().filter(keep)
+                .map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+    min_tokens = 2
+
+
+def _stable_hash(text: str) -> int:
+    """A small process-independent hash (Python's hash() is salted per process)."""
+    value = 0
+    for ch in text.encode():
+        value = (value * 131 + ch) % (2**31 - 1)
+    return value
+
+
+class SpanCorruption(DenoisingObjective):
+    """T5's span corruption (see the module docstring)."""
+
+    def __init__(self, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
+                 random_roll: bool = False, prefix: str | None = None, name: str | None = None,
+                 feature_key: str = "targets"):
+        super().__init__(prefix=prefix, feature_key=feature_key)
+        _check_noise_params(noise_density, mean_noise_span_length)
+        self.noise_density = float(noise_density)
+        self.mean_noise_span_length = float(mean_noise_span_length)
+        self.random_roll = bool(random_roll)
+        self.name = name or f"span_corruption(d={noise_density},mu={mean_noise_span_length})"
+
+    def raw_tokens_length(self, ctx) -> int:
+        inputs_length, targets_length = self._budgets(ctx)
+        return span_corruption_tokens_length(
+            inputs_length, targets_length, self.noise_density, self.mean_noise_span_length,
+            extra_spans=1 if self.random_roll else 0)
+
+    def max_sentinels(self, ctx) -> int:
+        """Most sentinels one example can need at this context's lengths."""
+        # num_noise, length - num_noise and so num_spans never decrease with the length, so a
+        # full-length chunk needs the most (shorter final chunks need at most as many).
+        length = self.raw_tokens_length(ctx)
+        spans = noise_counts(length, self.noise_density, self.mean_noise_span_length)[1]
+        return spans + (1 if self.random_roll else 0)
+
+    def check(self, ctx) -> None:
+        for key in ("inputs", "targets"):
+            vocabulary = _vocabulary(ctx, key)
+            needed = self.max_sentinels(ctx)
+            available = int(vocabulary.extra_ids)
+            if needed > available:
+                lengths = getattr(ctx, "sequence_length", None)
+                raise ConfigError(
+                    f"objective {self.name}: sequence_length {lengths} needs up to {needed} "
+                    f"sentinels but the {key!r} vocabulary has only {available} extra_ids; use a "
+                    f"vocabulary with extra_ids >= {needed}, shorter sequences, a lower noise "
+                    "density or longer spans (a sentinel beyond extra_ids would be a real token)"
+                )
+        if int(_vocabulary(ctx, "inputs").vocab_size) != int(_vocabulary(ctx, "targets").vocab_size):
+            raise ConfigError(f"objective {self.name}: inputs and targets must share a vocabulary")
+
+    def _ctx_values(self, ctx) -> dict:
+        return {"vocab_size": int(_vocabulary(ctx, "targets").vocab_size)}
+
+    def corrupt(self, tokens, seed, values):
+        tf = _tf()
+        mask = random_spans_noise_mask(tf.size(tokens), self.noise_density,
+                                       self.mean_noise_span_length, seed, self.random_roll)
+        return span_corrupt(tokens, mask, values["vocab_size"])
+
+
+class PrefixLM(DenoisingObjective):
+    """Prefix language modelling: a random split point; inputs = prefix, targets = the rest.
+
+    The chunk length is ``max(N, M) - 1`` (N, M: inputs/targets lengths, EOS excluded) and the
+    split point is uniform over the positions that make both sides fit (``[T - (M-1), N-1]``
+    intersected with ``[1, T-1]``), so no token is ever trimmed. With T5's 512/114 the targets are
+    the last 1..113 tokens of a 511-token chunk.
+    """
+
+    min_tokens = 2
+
+    def __init__(self, prefix: str | None = None, name: str = "prefix_lm",
+                 feature_key: str = "targets"):
+        super().__init__(prefix=prefix, feature_key=feature_key)
+        self.name = name
+
+    def raw_tokens_length(self, ctx) -> int:
+        inputs_length, targets_length = self._budgets(ctx)
+        if inputs_length < 2 or targets_length < 2:
+            raise ConfigError(
+                f"objective {self.name}: inputs and targets lengths must leave room for one "
+                f"token and EOS each, got {getattr(ctx, 'sequence_length', None)}")
+        return max(inputs_length, targets_length) - 1
+
+    def _ctx_values(self, ctx) -> dict:
+        inputs_length, targets_length = self._budgets(ctx)
+        return {"max_prefix": inputs_length - 1, "max_rest": targets_length - 1}
+
+    def corrupt(self, tokens, seed, values):
+        tf = _tf()
+        tokens = tokens[: values["max_prefix"] + values["max_rest"]]
+        length = tf.size(tokens)
+        low = tf.maximum(1, length - values["max_rest"])
+        high = tf.minimum(length - 1, values["max_prefix"])
+        split = tf.random.stateless_uniform([], seed=seed, minval=low, maxval=high + 1,
+                                            dtype=tf.int32)
+        return tokens[:split], tokens[split:]
+
+
+class IIDDenoising(DenoisingObjective):
+    """BERT-style i.i.d. denoising: targets are the original tokens.
+
+    Each token is selected independently with probability ``noise_density``; a selected token is
+    replaced by the mask token (``<extra_id_0>``) with probability ``mask_rate``, by a random
+    regular piece (never pad/EOS/UNK or a sentinel) with probability ``random_rate``, and kept
+    otherwise. Chunk length ``min(N, M) - 1`` so inputs and targets (with EOS) both fit.
+    """
+
+    def __init__(self, noise_density: float = 0.15, mask_rate: float = 0.8,
+                 random_rate: float = 0.1, name: str = "iid_denoising",
+                 prefix: str | None = None, feature_key: str = "targets"):
+        super().__init__(prefix=prefix, feature_key=feature_key)
+        if not 0.0 < noise_density < 1.0:
+            raise ConfigError(f"noise_density must be in (0, 1), got {noise_density}")
+        if mask_rate < 0 or random_rate < 0 or mask_rate + random_rate > 1:
+            raise ConfigError(f"mask_rate + random_rate must lie in [0, 1], got "
+                              f"{mask_rate} + {random_rate}")
+        self.noise_density = float(noise_density)
+        self.mask_rate = float(mask_rate)
+        self.random_rate = float(random_rate)
+        self.name = name
+        self.min_tokens = 1
+
+    def raw_tokens_length(self, ctx) -> int:
+        inputs_length, targets_length = self._budgets(ctx)
+        length = min(inputs_length, targets_length) - 1
+        if length < 1:
+            raise ConfigError(f"objective {self.name}: sequence_length "
+                              f"{getattr(ctx, 'sequence_length', None)} leaves no room for tokens")
+        return length
+
+    def check(self, ctx) -> None:
+        vocabulary = _vocabulary(ctx, "inputs")
+        if int(vocabulary.extra_ids) < 1:
+            raise ConfigError(f"objective {self.name}: the vocabulary needs an extra id for the "
+                              "mask token")
+
+    def _ctx_values(self, ctx) -> dict:
+        vocabulary = _vocabulary(ctx, "inputs")
+        return {"mask_id": int(vocabulary.sentinel(0)), "low": 3,
+                "high": int(vocabulary.vocab_size) - int(vocabulary.extra_ids)}
+
+    def corrupt(self, tokens, seed, values):
+        tf = _tf()
+        length = tf.size(tokens)
+        seed_select, seed_kind, seed_token = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 3))
+        selected = iid_noise_mask(length, self.noise_density, seed_select)
+        kind = tf.random.stateless_uniform([length], seed=seed_kind)
+        random_tokens = tf.random.stateless_uniform(
+            [length], seed=seed_token, minval=values["low"], maxval=values["high"], dtype=tf.int32)
+        replaced = tf.where(kind < self.mask_rate, values["mask_id"],
+                            tf.where(kind < self.mask_rate + self.random_rate, random_tokens,
+                                     tokens))
+        return tf.where(selected, replaced, tokens), tokens
+
+
+# --------------------------------------------------------------------------------------------
+# Factories (the names used in task preprocessor lists)
+# --------------------------------------------------------------------------------------------
+
+
+def span_corruption(noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
+                    random_roll: bool = False, prefix: str | None = None,
+                    name: str | None = None) -> SpanCorruption:
+    """T5 span corruption preprocessor ``fn(ds, ctx)`` (defaults: density 0.15, mean span 3)."""
+    return SpanCorruption(noise_density, mean_noise_span_length, random_roll, prefix, name)
+
+
+def prefix_lm(prefix: str | None = None) -> PrefixLM:
+    """Prefix-LM preprocessor ``fn(ds, ctx)``."""
+    return PrefixLM(prefix=prefix)
+
+
+def iid_denoising(noise_density: float = 0.15, mask_rate: float = 0.8,
+                  random_rate: float = 0.1) -> IIDDenoising:
+    """BERT-style i.i.d. denoising preprocessor ``fn(ds, ctx)``."""
+    return IIDDenoising(noise_density, mask_rate, random_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class UL2Denoiser:
+    """One denoiser of UL2's mixture: a short name, its objective and its mixing rate."""
+
+    name: str
+    objective: DenoisingObjective
+    rate: float
+
+
+def ul2_denoisers(paradigm_prefixes: bool = True,
+                  rates: Mapping[str, float] | None = None) -> list[UL2Denoiser]:
+    """UL2's mixture of denoisers: R (mean 3, density 0.15), X (mean 32 / 0.15 and 3 / 0.5), S.
+
+    With ``paradigm_prefixes`` each denoiser's inputs begin with its paradigm token as plain text
+    (``[NLU]`` for R, ``[NLG]`` for X, ``[S2S]`` for S), tokenized by the vocabulary into ordinary
+    pieces (no special ids are reserved for them); without, inputs carry no marker.
+    The X-denoiser with density 0.5 needs many sentinels: at 512 inputs ~128 spans, more than 100
+    extra ids, which :meth:`SpanCorruption.check` refuses; pick lengths or extra_ids to match.
+    """
+    def prefix(kind):
+        return UL2_PARADIGM_PREFIXES[kind] if paradigm_prefixes else None
+
+    rates = dict({"r": 0.4, "x_long_spans": 0.1, "x_dense": 0.1, "s": 0.4}, **(rates or {}))
+    return [
+        UL2Denoiser("r", SpanCorruption(0.15, 3.0, prefix=prefix("R"), name="ul2_r"), rates["r"]),
+        UL2Denoiser("x_long_spans", SpanCorruption(0.15, 32.0, prefix=prefix("X"),
+                                                   name="ul2_x_long_spans"), rates["x_long_spans"]),
+        UL2Denoiser("x_dense", SpanCorruption(0.5, 3.0, prefix=prefix("X"), name="ul2_x_dense"),
+                    rates["x_dense"]),
+        UL2Denoiser("s", PrefixLM(prefix=prefix("S"), name="ul2_s"), rates["s"]),
+    ]
+
+
+OBJECTIVES: dict[str, Callable[..., DenoisingObjective]] = {
+    "span_corruption": span_corruption,
+    "prefix_lm": prefix_lm,
+    "iid_denoising": iid_denoising,
+}
+
+
+def make_objective(name: str, **kwargs) -> DenoisingObjective:
+    """Objective by name (``span_corruption``, ``prefix_lm``, ``iid_denoising``)."""
+    try:
+        factory = OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}") from None
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"objective {name!r}: {e}") from None
+
+
+__all__: Sequence[str] = [
+    "random_spans_helper", "random_spans_noise_mask", "span_corrupt", "noise_counts",
+    "span_corruption_tokens_length", "iid_noise_mask", "DenoisingObjective", "SpanCorruption",
+    "PrefixLM", "IIDDenoising", "span_corruption", "prefix_lm", "iid_denoising", "ul2_denoisers",
+    "UL2Denoiser", "make_objective", "UL2_PARADIGM_PREFIXES",
+]
