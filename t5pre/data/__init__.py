@@ -1,1 +1,40 @@
-"""t5pre.data"""
+"""t5pre.data: vocabulary, data sources, the task registry, preprocessors, the default corpus.
+
+Nothing here imports TensorFlow at import time; the modules import it when a dataset is built.
+
+* :mod:`t5pre.data.vocabulary`      ``SentencePieceVocabulary``, ``train_vocabulary``,
+  ``default_vocabulary``
+* :mod:`t5pre.data.sources`         ``TextLineSource``, ``JSONLSource``, ``TFRecordSource``,
+  ``TFDSSource``, ``FunctionSource``
+* :mod:`t5pre.data.registry`        ``Feature``, ``Task``, ``TaskRegistry``, ``Mixture``,
+  ``MixtureRegistry``, ``get_task``, ``get_mixture``, ``PreprocessContext``
+* :mod:`t5pre.data.preprocessors`   ``rekey``, ``tokenize``, ``append_eos_after_trim``, ``trim``
+* :mod:`t5pre.data.default_corpus`  docstrings of the installed Python as an embedded corpus
+"""
+
+from t5pre.data.registry import (  # noqa: F401
+    Feature,
+    Mixture,
+    MixtureRegistry,
+    PreprocessContext,
+    Task,
+    TaskRegistry,
+    get_mixture,
+    get_task,
+    get_task_or_mixture,
+)
+from t5pre.data.sources import (  # noqa: F401
+    DataSource,
+    FunctionSource,
+    JSONLSource,
+    TextLineSource,
+    TFDSSource,
+    TFRecordSource,
+    data_errors,
+)
+from t5pre.data.vocabulary import (  # noqa: F401
+    SentencePieceVocabulary,
+    default_vocabulary,
+    load_vocabulary,
+    train_vocabulary,
+)
