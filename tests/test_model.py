@@ -254,3 +254,87 @@ def test_same_code_runs_on_the_jax_backend():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# -- save / load --------------------------------------------------------------------------------
+
+
+def tiny_vocabulary(extra_ids=4):
+    """A real SentencePiece vocabulary trained in memory in ~20 ms (about 50 ids)."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    from t5pre.data.vocabulary import SentencePieceVocabulary
+
+    words = ("the quick brown fox jumps over the lazy dog while a cat sleeps on the warm mat "
+             "and birds sing").split()
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=buffer, vocab_size=60, pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return SentencePieceVocabulary(buffer.getvalue(), extra_ids=extra_ids)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    from t5pre.models.io import load_pretrained, save_pretrained
+
+    model, vocab = micro_model(), tiny_vocabulary()
+    assert vocab.vocab_size <= 64
+    out_dir = save_pretrained(model, vocab, tmp_path / "saved")
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "model.weights.h5", "model_config.json", "spiece.model", "vocab.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    loaded, loaded_vocab = load_pretrained(out_dir)
+    assert loaded.config == model.config
+    assert loaded_vocab.vocab_size == vocab.vocab_size
+    assert loaded_vocab.encode("the lazy cat") == vocab.encode("the lazy cat")
+    f = features()
+    np.testing.assert_array_equal(run(loaded, f), run(model, f))
+    # saving into an existing directory keeps unrelated files (e.g. a training run's checkpoints)
+    (out_dir / "checkpoints").mkdir()
+    save_pretrained(micro_model(), None, out_dir)
+    assert (out_dir / "checkpoints").is_dir() and (out_dir / "spiece.model").is_file()
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    from t5pre.errors import CheckpointError
+    from t5pre.models.io import load_pretrained, save_pretrained
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="model_config.json is missing"):
+        load_pretrained(tmp_path / "empty")
+
+    saved = save_pretrained(micro_model(), tiny_vocabulary(), tmp_path / "ok")
+    weights = saved / "model.weights.h5"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # partial write
+    with pytest.raises(CheckpointError, match="model.weights.h5"):
+        load_pretrained(saved)
+    weights.write_bytes(b"not an hdf5 file at all" * 10)
+    with pytest.raises(CheckpointError, match="model.weights.h5"):
+        load_pretrained(saved)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="model.weights.h5 is missing"):
+        load_pretrained(saved)
+
+    # weights of a different config
+    other = save_pretrained(micro_model(d_ff=40), None, tmp_path / "other")
+    (saved / "model.weights.h5").write_bytes((other / "model.weights.h5").read_bytes())
+    with pytest.raises(CheckpointError, match="model.weights.h5"):
+        load_pretrained(saved)
+
+    # a vocabulary larger than the embedding
+    small = save_pretrained(micro_model(vocab_size=16), None, tmp_path / "small")
+    tiny_vocabulary().save(str(small))
+    with pytest.raises(CheckpointError, match="embedding"):
+        load_pretrained(small)
+    with pytest.raises(CheckpointError, match="embedding"):
+        save_pretrained(micro_model(vocab_size=16), tiny_vocabulary(), tmp_path / "small2")
