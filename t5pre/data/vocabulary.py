@@ -67,6 +67,9 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -316,14 +319,14 @@ class SentencePieceVocabulary:
 def _read_model_file(path: str) -> bytes:
     if not path:
         raise DataError("no SentencePiece model path given")
-    try:
-        import tensorflow as tf  # gfile reads local paths and gs:// alike
+    if "://" in path:  # gs://, hdfs://...: TensorFlow's gfile reads them
+        import tensorflow as tf
 
-        if "://" in path:
+        try:
             with tf.io.gfile.GFile(path, "rb") as f:
                 return f.read()
-    except ImportError:
-        pass
+        except tf.errors.OpError as e:
+            raise DataError(f"{path}: cannot read the SentencePiece model ({e.message})") from None
     if not os.path.exists(path):
         raise DataError(f"{path}: SentencePiece model file not found")
     if os.path.isdir(path):
