@@ -30,6 +30,7 @@ import random
 import sys
 import sysconfig
 import tempfile
+from typing import NamedTuple
 
 from t5pre.errors import DataError
 
@@ -240,6 +241,23 @@ def default_corpus_records(split: str | None = None, packages=DEFAULT_PACKAGES, 
     if split is None:
         return list(records)
     return [r for r in records if r["split"] == split]
+
+
+class CorpusRecord(NamedTuple):
+    """One document of the default corpus (attribute access for :func:`records`)."""
+
+    name: str
+    kind: str
+    text: str
+    summary: str
+    body: str
+    signature: str
+    split: str
+
+
+def records(split: str | None = None, packages=DEFAULT_PACKAGES) -> list[CorpusRecord]:
+    """:func:`default_corpus_records` as :class:`CorpusRecord` tuples (``record.summary`` ...)."""
+    return [CorpusRecord(**{f: r[f] for f in CorpusRecord._fields}) for r in default_corpus_records(split, packages)]
 
 
 def default_corpus_texts(split: str = "train", packages=DEFAULT_PACKAGES):
