@@ -1,0 +1,453 @@
+"""Run configs for pretraining and fine-tuning: YAML in, a validated, resolved ``RunConfig`` out.
+
+A run config has five sections (``model``, ``data``, ``training``, ``optimizer``, ``strategy``).
+Every key has a default, a type and a range, declared once in the dataclasses below; loading
+checks a YAML file and any ``--set a.b=value`` overrides against them and raises
+:class:`~t5pre.errors.ConfigError` naming the file, the line, the dotted key and the bad value
+(with a "did you mean" suggestion for misspelt keys) instead of failing later inside TensorFlow.
+
+The *resolved* config (every default filled in, ``auto`` choices decided) is what the trainer
+writes to ``DIR/config.yaml``; reading that file back gives the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import os
+import typing
+from typing import Any, Optional
+
+import yaml
+
+from t5pre.errors import ConfigError
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("adafactor", "adamw")
+SCHEDULES = ("auto", "rsqrt", "cosine", "constant", "linear")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def _field(default=dataclasses.MISSING, *, doc="", choices=None, min=None, max=None,
+           min_exclusive=False, factory=None):
+    """A dataclass field carrying its validation rules in ``metadata``."""
+    metadata = {"doc": doc, "choices": choices, "min": min, "max": max,
+                "min_exclusive": min_exclusive}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class ModelSection:
+    name: str = _field("tiny", doc="a model size from configs/model/ (tiny, small, base, ...)")
+    overrides: dict = _field(factory=dict, doc="T5Config fields that replace the size's values")
+    init_from: Optional[str] = _field(
+        None, doc="a model directory (or save_pretrained directory) whose weights start the run")
+
+
+@dataclasses.dataclass
+class SequenceLength:
+    inputs: int = _field(512, min=1, doc="encoder length (tokens, EOS included)")
+    targets: int = _field(114, min=1, doc="decoder length (tokens, EOS included)")
+
+
+@dataclasses.dataclass
+class DataSection:
+    task: Optional[str] = _field(None, doc="a registered task name (or set `mixture`)")
+    mixture: Optional[str] = _field(None, doc="a registered mixture name (or set `task`)")
+    sequence_length: SequenceLength = _field(factory=SequenceLength)
+    pack: bool = _field(False, doc="pack several examples into each row (T5 pretraining: true)")
+    shuffle: bool = _field(True)
+    seed: Optional[int] = _field(None, doc="data seed; null -> training.seed")
+    train_split: str = _field("train")
+    eval_split: Optional[str] = _field("validation", doc="null disables periodic evaluation")
+
+
+@dataclasses.dataclass
+class TrainingSection:
+    batch_size: int = _field(128, min=1, doc="GLOBAL batch (examples per step, all replicas)")
+    steps: int = _field(10000, min=0, doc="total optimizer steps of the run")
+    seed: int = _field(0, doc="model initialisation and data seed")
+    grad_accum_steps: int = _field(1, min=1, doc="micro-batches per step (memory, not maths)")
+    clip_norm: Optional[float] = _field(1.0, min=0.0, min_exclusive=True,
+                                        doc="global-norm gradient clipping; null disables")
+    z_loss: float = _field(1e-4, min=0.0)
+    precision: str = _field("float32", choices=PRECISIONS)
+    log_every: int = _field(50, min=1)
+    eval_every: int = _field(0, min=0, doc="0 disables periodic evaluation")
+    eval_steps: int = _field(10, min=1)
+    checkpoint_every: int = _field(1000, min=1)
+    keep_checkpoints: int = _field(3, min=1)
+    nonfinite_skip_limit: int = _field(10, min=0,
+                                       doc="consecutive NaN/Inf steps skipped before stopping")
+    deterministic: bool = _field(False, doc="tf.config.experimental.enable_op_determinism")
+    peak_flops: Optional[float] = _field(None, min=0.0, min_exclusive=True,
+                                         doc="peak FLOP/s of ONE replica; enables the MFU scalar")
+    text_samples: int = _field(3, min=0, doc="decoded examples written to TensorBoard per eval")
+    jit_compile: bool = _field(False, doc="XLA-compile the train step (helps on TPU/GPU)")
+
+
+@dataclasses.dataclass
+class OptimizerSection:
+    name: str = _field("adafactor", choices=OPTIMIZERS)
+    schedule: str = _field("auto", choices=SCHEDULES,
+                           doc="auto: rsqrt for adafactor, cosine for adamw")
+    learning_rate: Optional[float] = _field(
+        None, min=0.0, min_exclusive=True,
+        doc="rsqrt: the scale (lr = scale/sqrt(max(step, warmup)), default 1.0); "
+            "cosine/linear/constant: the peak lr (default 1e-3 adamw, 1e-3 adafactor)")
+    warmup_steps: int = _field(10000, min=0)
+    decay_steps: Optional[int] = _field(
+        None, min=1, doc="cosine/linear: last step of the decay; null -> training.steps "
+                         "of the run that started the model directory")
+    final_learning_rate: float = _field(1e-5, min=0.0)
+    weight_decay: float = _field(0.0, min=0.0)
+    beta_1: float = _field(0.9, min=0.0, max=1.0)
+    beta_2: float = _field(0.999, min=0.0, max=1.0)
+    epsilon: float = _field(1e-8, min=0.0, min_exclusive=True)
+    decay_rate: float = _field(0.8, min=0.0, doc="adafactor: second-moment decay exponent")
+    clipping_threshold: float = _field(1.0, min=0.0, min_exclusive=True,
+                                       doc="adafactor: update clipping (RMS)")
+
+
+@dataclasses.dataclass
+class StrategySection:
+    name: str = _field("auto", choices=STRATEGIES)
+    tpu: Optional[str] = _field(None, doc="TPU name or grpc:// address (tpu strategy)")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    model: ModelSection = _field(factory=ModelSection)
+    data: DataSection = _field(factory=DataSection)
+    training: TrainingSection = _field(factory=TrainingSection)
+    optimizer: OptimizerSection = _field(factory=OptimizerSection)
+    strategy: StrategySection = _field(factory=StrategySection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    def replace(self, path: str, value) -> "RunConfig":
+        """A copy with one dotted key changed (validated like an override)."""
+        return from_dict(_set_path(self.to_dict(), path, value, origin="replace"), origin="replace")
+
+    @property
+    def data_seed(self) -> int:
+        return self.training.seed if self.data.seed is None else self.data.seed
+
+    @property
+    def task_name(self) -> str:
+        return self.data.task or self.data.mixture
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+class _Where:
+    """Where a value came from, for messages: a file (with line numbers per key) or a flag."""
+
+    def __init__(self, origin: str, lines: dict | None = None, flags: dict | None = None):
+        self.origin = origin
+        self.lines = lines or {}
+        self.flags = flags or {}
+
+    def __call__(self, path: str) -> str:
+        if path in self.flags:
+            return f"--set {self.flags[path]}"
+        line = self.lines.get(path)
+        return f"{self.origin}:{line}" if line else self.origin
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_value(value, tp, meta, path, where):
+    optional = False
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional, tp = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where(path)}: {path} must be {_type_name(tp)}, got null")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where(path)}: {path} must be true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(f"{where(path)}: {path} must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept it if it is a number.
+            number = None
+            if isinstance(value, str):
+                try:
+                    number = float(value)
+                except ValueError:
+                    pass
+            if number is None:
+                raise ConfigError(f"{where(path)}: {path} must be a number, got {value!r}")
+            value = number
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where(path)}: {path} must be a string, got {value!r}")
+    elif tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(path)}: {path} must be a mapping, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        hint = _suggest(str(value), choices)
+        raise ConfigError(f"{where(path)}: {path} = {value!r} is not one of "
+                          f"{', '.join(choices)}{hint}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+        op = ">" if meta.get("min_exclusive") else ">="
+        raise ConfigError(f"{where(path)}: {path} = {value!r} is out of range (must be {op} {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where(path)}: {path} = {value!r} is out of range (must be <= {hi})")
+    return value
+
+
+def _suggest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls, data, path: str, where: _Where):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where(path)}: {path or 'the config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            full = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where(full)}: unknown key {full!r}{_suggest(str(key), fields)}"
+                              f"; known keys{' of ' + path if path else ''}: "
+                              f"{', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        full = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data.get(name), full, where)
+        elif name in data:
+            kwargs[name] = _check_value(data[name], tp, f.metadata, full, where)
+    return cls(**kwargs)
+
+
+def _check_cross_fields(cfg: RunConfig, where: _Where) -> None:
+    d = cfg.data
+    if bool(d.task) == bool(d.mixture):
+        raise ConfigError(f"{where('data')}: set exactly one of data.task or data.mixture "
+                          f"(got task={d.task!r}, mixture={d.mixture!r})")
+    t = cfg.training
+    if t.batch_size % t.grad_accum_steps:
+        raise ConfigError(f"{where('training.grad_accum_steps')}: training.batch_size "
+                          f"({t.batch_size}) must be divisible by training.grad_accum_steps "
+                          f"({t.grad_accum_steps})")
+    o = cfg.optimizer
+    if o.schedule in ("cosine", "linear") and o.decay_steps is not None \
+            and o.decay_steps < o.warmup_steps:
+        raise ConfigError(f"{where('optimizer.decay_steps')}: optimizer.decay_steps "
+                          f"({o.decay_steps}) must be >= optimizer.warmup_steps "
+                          f"({o.warmup_steps})")
+    if cfg.strategy.name == "tpu" and not cfg.strategy.tpu and not os.environ.get("TPU_NAME"):
+        # Colab/Cloud TPU VMs resolve an empty name themselves; we only note the choice.
+        pass
+    _check_model_overrides(cfg, where)
+
+
+def _check_model_overrides(cfg: RunConfig, where: _Where) -> None:
+    """Model override keys must be T5Config fields (checked when the model package exists)."""
+    try:
+        from t5pre.models.config import T5Config
+    except ImportError:  # the model layer is not importable: the model build will check
+        return
+    if not dataclasses.is_dataclass(T5Config):
+        return
+    names = [f.name for f in dataclasses.fields(T5Config)]
+    for key in cfg.model.overrides:
+        if key not in names:
+            full = f"model.overrides.{key}"
+            raise ConfigError(f"{where(full)}: unknown model field {full!r}"
+                              f"{_suggest(str(key), names)}")
+
+
+def resolve(cfg: RunConfig, previous: RunConfig | None = None) -> RunConfig:
+    """Fill in the ``auto``/``null`` choices that depend on other keys.
+
+    ``previous`` is the resolved config of the run that started the model directory: a
+    continued run keeps its decay horizon (``optimizer.decay_steps``) unless the new config
+    sets one, so ``--steps`` larger than a finished run extends it without an LR jump."""
+    o = cfg.optimizer
+    if (previous is not None and o.decay_steps is None
+            and previous.optimizer.decay_steps is not None):
+        o.decay_steps = previous.optimizer.decay_steps
+    if o.schedule == "auto":
+        o.schedule = "rsqrt" if o.name == "adafactor" else "cosine"
+    if o.learning_rate is None:
+        o.learning_rate = 1.0 if o.schedule == "rsqrt" else 1e-3
+    if o.schedule in ("cosine", "linear") and o.decay_steps is None:
+        o.decay_steps = max(cfg.training.steps, o.warmup_steps, 1)
+    if cfg.data.seed is None:
+        cfg.data.seed = cfg.training.seed
+    return cfg
+
+
+def from_dict(data: dict, origin: str = "<config>", lines: dict | None = None,
+              resolve_auto: bool = True, flags: dict | None = None) -> RunConfig:
+    where = _Where(origin, lines, flags)
+    cfg = _build(RunConfig, data, "", where)
+    _check_cross_fields(cfg, where)
+    return resolve(cfg) if resolve_auto else cfg
+
+
+# --------------------------------------------------------------------------------------------
+# YAML files and overrides
+
+
+def _key_lines(text: str) -> dict:
+    """Maps dotted key paths to their 1-based line in the YAML text (for error messages)."""
+    lines = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                path = f"{prefix}.{k.value}" if prefix else str(k.value)
+                lines[path] = k.start_mark.line + 1
+                walk(v, path)
+
+    walk(root, "")
+    return lines
+
+
+def read_yaml(path: str) -> tuple[dict, dict]:
+    """Reads a YAML mapping; returns (data, key_lines). Syntax errors name file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{at}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config must be a YAML mapping of sections, "
+                          f"got {type(data).__name__}")
+    return data, _key_lines(text)
+
+
+def _set_path(data: dict, path: str, value, origin: str) -> dict:
+    keys = path.split(".")
+    if not all(keys):
+        raise ConfigError(f"{origin}: bad key {path!r} (use section.key=value)")
+    node = data
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{origin}: cannot set {path!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", yaml-parsed value)``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. training.steps=100")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def packaged_config_path(name: str = "default") -> str:
+    """Path of ``configs/pretrain/NAME.yaml`` as installed (package ``t5pre.configs``)."""
+    ref = importlib.resources.files("t5pre.configs").joinpath("pretrain", f"{name}.yaml")
+    if not ref.is_file():
+        raise ConfigError(f"no packaged pretrain config named {name!r}")
+    return str(ref)
+
+
+def load_config(path: str | None = None, overrides=(), *, defaults: dict | None = None,
+                resolve_auto: bool = True, model_dir: str | None = None) -> RunConfig:
+    """Loads a run config: ``defaults`` < YAML file < ``overrides`` (``"a.b=v"`` strings).
+
+    With ``model_dir`` holding a previous run's ``config.yaml``, choices that must stay fixed
+    across a continued run (the decay horizon) are taken from it (see :func:`resolve`).
+    Raises ConfigError naming the file and line (or the ``--set`` flag) of a bad key or value.
+    """
+    data: dict = {}
+    lines: dict = {}
+    origin = "<defaults>"
+    if defaults:
+        data = _deep_merge({}, defaults)
+    if path is not None:
+        file_data, lines = read_yaml(path)
+        data = _deep_merge(data, file_data)
+        origin = path
+    flags = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value, origin=f"--set {item}")
+        flags[key] = item
+    # An error in an overridden key names the flag, one in the file names file:line.
+    cfg = from_dict(data, origin=origin, lines=lines, resolve_auto=False, flags=flags)
+    if not resolve_auto:
+        return cfg
+    previous = None
+    if model_dir is not None:
+        stored = os.path.join(model_dir, "config.yaml")
+        if os.path.isfile(stored):
+            previous = load_config(stored)
+    return resolve(cfg, previous)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def save_config(cfg: RunConfig, path: str) -> None:
+    """Writes the resolved config atomically (temp file + rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("# Resolved run config written by t5pre (every default filled in).\n")
+        f.write(cfg.to_yaml())
+    os.replace(tmp, path)

@@ -1,0 +1,119 @@
+"""Choosing the tf.distribute strategy: ``auto | one_device | mirrored | multi_worker | tpu``.
+
+``auto`` picks TPUStrategy when a TPU address is given, MultiWorkerMirroredStrategy when
+``TF_CONFIG`` names more than one worker, MirroredStrategy when more than one GPU is visible,
+and OneDeviceStrategy (first GPU, else CPU) otherwise.
+
+MultiWorkerMirroredStrategy must be created before any other TensorFlow op runs in the process
+(TF's rule), so the CLI creates the strategy first thing.
+
+Which worker writes what: only the *chief* (task type ``chief``, or ``worker`` 0 when the cluster
+has no chief) writes checkpoints, TensorBoard logs and the model-directory files; every worker
+still takes part in the checkpoint save (see ``checkpointing.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from t5pre.errors import ConfigError
+
+
+def _tf():
+    import tensorflow as tf
+    return tf
+
+
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return {}
+    try:
+        cfg = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
+    return cfg
+
+
+def _num_tf_config_workers(cfg: dict) -> int:
+    cluster = cfg.get("cluster") or {}
+    return sum(len(cluster.get(k) or []) for k in ("chief", "worker"))
+
+
+def resolve_strategy_name(name: str = "auto", tpu: str | None = None) -> str:
+    if name != "auto":
+        return name
+    if tpu:
+        return "tpu"
+    if _num_tf_config_workers(_tf_config()) > 1:
+        return "multi_worker"
+    if len(_tf().config.list_physical_devices("GPU")) > 1:
+        return "mirrored"
+    return "one_device"
+
+
+def create_strategy(name: str = "auto", tpu: str | None = None):
+    """Creates the strategy; see the module docstring for what ``auto`` picks."""
+    tf = _tf()
+    name = resolve_strategy_name(name, tpu)
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus] or None)
+    if name == "multi_worker":
+        cfg = _tf_config()
+        if not cfg:
+            raise ConfigError("strategy multi_worker needs TF_CONFIG (cluster and task) in the "
+                              "environment of every worker; see the README")
+        if "task" not in cfg or "cluster" not in cfg:
+            raise ConfigError("TF_CONFIG must have both 'cluster' and 'task' keys")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as e:
+            raise ConfigError(f"cannot connect to TPU {tpu or '(local)'}: {e}") from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise ConfigError(f"unknown strategy {name!r}; use auto, one_device, mirrored, "
+                      "multi_worker or tpu")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """This process's place in the cluster."""
+    task_type: str | None
+    task_id: int
+    num_workers: int
+    is_chief: bool
+
+
+def worker_info(strategy) -> WorkerInfo:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    tf = _tf()
+    if resolver is None or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return WorkerInfo(None, 0, 1, True)
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    spec = resolver.cluster_spec().as_dict()
+    num_workers = sum(len(spec.get(k) or []) for k in ("chief", "worker"))
+    has_chief = bool(spec.get("chief"))
+    is_chief = (task_type is None or task_type == "chief"
+                or (task_type == "worker" and task_id == 0 and not has_chief))
+    return WorkerInfo(task_type, task_id, max(num_workers, 1), is_chief)
+
+
+def describe(strategy) -> str:
+    info = worker_info(strategy)
+    kind = type(strategy).__name__
+    s = f"{kind} with {strategy.num_replicas_in_sync} replica(s)"
+    if info.num_workers > 1:
+        s += f", worker {info.task_type}:{info.task_id} of {info.num_workers}"
+    return s

@@ -1,0 +1,99 @@
+"""TensorBoard summaries and the console progress line (chief only).
+
+Logs go to ``DIR/logs/train`` and ``DIR/logs/eval``; view them with
+``tensorboard --logdir DIR/logs``. TF2 writes scalars as tensor summaries: read them back with
+``EventAccumulator(path).Tags()["tensors"]`` and ``tf.make_ndarray``. Writers are flushed at
+every log interval, so a kill loses at most the last interval.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+
+def _tf():
+    import tensorflow as tf
+    return tf
+
+
+def log_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, "logs")
+
+
+class Summaries:
+    """Scalar and text summaries for the ``train`` and ``eval`` splits; no-op when disabled
+    (non-chief workers)."""
+
+    def __init__(self, model_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._writers = {}
+        self._dir = log_dir(model_dir)
+
+    def _writer(self, split: str):
+        if not self.enabled:
+            return None
+        if split not in self._writers:
+            self._writers[split] = _tf().summary.create_file_writer(os.path.join(self._dir, split))
+        return self._writers[split]
+
+    def scalars(self, split: str, step: int, values: dict) -> None:
+        writer = self._writer(split)
+        if writer is None:
+            return
+        tf = _tf()
+        with writer.as_default(step=step):
+            for name, value in values.items():
+                if value is None:
+                    continue
+                tf.summary.scalar(name, float(value))
+
+    def text(self, split: str, step: int, name: str, text: str) -> None:
+        writer = self._writer(split)
+        if writer is None:
+            return
+        tf = _tf()
+        with writer.as_default(step=step):
+            tf.summary.text(name, text)
+
+    def flush(self) -> None:
+        for w in self._writers.values():
+            w.flush()
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _fmt_rate(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def progress_line(step: int, total: int, metrics: dict, eta_seconds: float) -> str:
+    """``step 100/1000 | loss 5.123 | acc 0.123 | lr 1.0e-03 | 12.3k tok/s | ETA 3m12s``"""
+    parts = [f"step {step}/{total}", f"loss {metrics.get('loss', float('nan')):.4f}",
+             f"acc {metrics.get('accuracy', float('nan')):.3f}",
+             f"lr {metrics.get('learning_rate', float('nan')):.2e}",
+             f"{_fmt_rate(metrics.get('tokens_per_sec', 0.0))} tok/s"]
+    if metrics.get("skipped_steps"):
+        parts.append(f"skipped {int(metrics['skipped_steps'])}")
+    parts.append(f"ETA {_fmt_duration(eta_seconds)}")
+    return " | ".join(parts)
+
+
+def console(msg: str) -> None:
+    print(msg, file=sys.stdout, flush=True)
