@@ -239,7 +239,10 @@ class T5Attention(keras.layers.Layer):
                 key, value = cache[:, 0], cache[:, 1]
         scores = ops.einsum("bqhd,bkhd->bhqk", query, key)
         scores = ops.cast(scores, "float32") + attention_bias
-        weights = ops.softmax(scores, axis=-1)
+        if scores.shape[-1] == 1:  # a single key (1-token input): softmax is 1 (and Keras warns)
+            weights = ops.ones_like(scores)
+        else:
+            weights = ops.softmax(scores, axis=-1)
         if self.dropout is not None:
             weights = self.dropout(weights, training=training)
         weights = _compute(self, weights)

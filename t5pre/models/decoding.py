@@ -1,0 +1,266 @@
+"""Cached autoregressive decoding for `T5Model`: greedy, top-k/top-p sampling and beam search.
+
+The encoder runs once; each decoder layer's cross-attention keys/values are computed once; the
+self-attention key/value cache is preallocated at `max_length` and written one position per step
+(`T5Model.decode_step`). Every shape is static and the loop is `keras.ops.while_loop`, so the
+same code traces inside `tf.function` (and a SavedModel export) on TensorFlow and jits on JAX.
+
+Output convention (all methods): int32 tokens `[B, max_length]` holding the generated ids after
+the start token (pad id 0), EOS included, pad after EOS; a row that never emits EOS runs to
+`max_length`. Scores are the summed log-probabilities (beam search: length-normalised).
+
+Beam search follows T5/t5x: 2*K candidates per step so that K beams stay alive after some end
+in EOS; finished hypotheses are ranked by `log_prob / ((5 + length) / 6) ** alpha`; the search
+stops when no alive beam can beat the K-th finished one.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PAD_ID = 0
+EOS_ID = 1
+NEG_INF = -1e9
+METHODS = ("greedy", "sample", "beam")
+
+
+def _length_penalty(length, alpha):
+    return ops.power((5.0 + ops.cast(length, "float32")) / 6.0, alpha)
+
+
+def _stateless_uniform(shape, seed, step):
+    """Uniform (0, 1) noise that depends only on (seed, step): reproducible, no loop state."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
+        return tf.random.stateless_uniform(shape, seed=seeds, minval=1e-12, maxval=1.0)
+    if backend == "jax":
+        import jax
+
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+        return jax.random.uniform(key, shape, minval=1e-12, maxval=1.0)
+    raise NotImplementedError(f"sampling is implemented for the tensorflow and jax backends, not {backend}")
+
+
+def filter_logits(logits, top_k=0, top_p=1.0, temperature=1.0):
+    """Temperature, then keep the `top_k` largest and/or the smallest set with mass >= `top_p`."""
+    logits = ops.cast(logits, "float32") / temperature
+    if top_k and top_k > 0:
+        kth = ops.top_k(logits, top_k)[0][:, -1:]
+        logits = ops.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = ops.flip(ops.sort(logits, axis=-1), axis=-1)  # descending
+        probs = ops.softmax(sorted_logits, axis=-1)
+        mass_before = ops.cumsum(probs, axis=-1) - probs
+        keep = mass_before < top_p  # the first token is always kept
+        threshold = ops.min(ops.where(keep, sorted_logits, -NEG_INF), axis=-1, keepdims=True)
+        logits = ops.where(logits < threshold, NEG_INF, logits)
+    return logits
+
+
+def _write(tokens, index, values):
+    """tokens[:, index] = values (a select: static shapes, same on every backend)."""
+    at = ops.arange(ops.shape(tokens)[-1]) == index
+    return ops.where(at, ops.expand_dims(values, -1), tokens)
+
+
+def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length, sample, top_k,
+                      top_p, temperature, seed, eos_id):
+    batch = ops.shape(encoder_token_ids)[0]
+    encoder_outputs = model.encode(encoder_token_ids, encoder_padding_mask)
+    cross_kv = model.cross_key_values(encoder_outputs)
+    cache = model.init_cache(batch, max_length)
+    tokens = ops.zeros((batch, max_length), dtype="int32")
+    previous = ops.full((batch,), PAD_ID, dtype="int32")
+    finished = ops.zeros((batch,), dtype="bool")
+    scores = ops.zeros((batch,), dtype="float32")
+
+    def cond(i, previous, tokens, cache, finished, scores):
+        return ops.logical_and(i < max_length, ops.logical_not(ops.all(finished)))
+
+    def body(i, previous, tokens, cache, finished, scores):
+        logits, cache = model.decode_step(previous, i, cache, cross_kv, encoder_padding_mask)
+        log_probs = ops.log_softmax(logits, axis=-1)
+        if sample:
+            filtered = filter_logits(logits, top_k, top_p, temperature)
+            gumbel = -ops.log(-ops.log(_stateless_uniform(ops.shape(filtered), seed, i)))
+            next_ids = ops.argmax(filtered + gumbel, axis=-1)
+        else:
+            next_ids = ops.argmax(logits, axis=-1)
+        next_ids = ops.where(finished, PAD_ID, ops.cast(next_ids, "int32"))
+        picked = ops.take_along_axis(log_probs, next_ids[:, None], axis=-1)[:, 0]
+        scores = scores + ops.where(finished, 0.0, picked)
+        tokens = _write(tokens, i, next_ids)
+        finished = ops.logical_or(finished, next_ids == eos_id)
+        return i + 1, next_ids, tokens, cache, finished, scores
+
+    state = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"), previous, tokens, cache,
+                                        finished, scores))
+    return state[2], state[5]
+
+
+def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, beam_size, alpha,
+                 eos_id):
+    k = beam_size
+    batch = ops.shape(encoder_token_ids)[0]
+    encoder_outputs = model.encode(encoder_token_ids, encoder_padding_mask)
+    # Cross keys/values per example, then one copy per beam (beams of an example are adjacent).
+    cross_kv = ops.repeat(model.cross_key_values(encoder_outputs), k, axis=1)
+    beam_mask = ops.repeat(encoder_padding_mask, k, axis=0)
+    cache = model.init_cache(batch * k, max_length)
+    first_beam_only = ops.concatenate(
+        [ops.zeros((1,), "float32"), ops.full((k - 1,), NEG_INF, "float32")]
+    )
+    alive_seq = ops.zeros((batch, k, max_length), dtype="int32")
+    alive_logp = ops.tile(first_beam_only[None, :], (batch, 1))
+    finished_seq = ops.zeros((batch, k, max_length), dtype="int32")
+    finished_score = ops.full((batch, k), NEG_INF, dtype="float32")
+    previous = ops.full((batch * k,), PAD_ID, dtype="int32")
+    best_possible_factor = _length_penalty(max_length, alpha)
+
+    def gather_beams(x, indices):  # x [B, N, ...], indices [B, M] -> [B, M, ...]
+        expanded = ops.reshape(indices, ops.shape(indices) + (1,) * (len(x.shape) - 2))
+        return ops.take_along_axis(x, expanded, axis=1)
+
+    def cond(i, previous, alive_seq, alive_logp, finished_seq, finished_score, cache):
+        best_alive = alive_logp[:, 0] / best_possible_factor
+        worst_finished = finished_score[:, -1]
+        undecided = ops.any(best_alive > worst_finished)
+        return ops.logical_and(i < max_length, undecided)
+
+    def body(i, previous, alive_seq, alive_logp, finished_seq, finished_score, cache):
+        logits, cache = model.decode_step(previous, i, cache, cross_kv, beam_mask)
+        vocab = ops.shape(logits)[-1]
+        log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocab))
+        candidates = ops.reshape(log_probs + alive_logp[:, :, None], (batch, k * vocab))
+        top_logp, top_index = ops.top_k(candidates, 2 * k)  # [B, 2K]
+        source_beam = top_index // vocab
+        token = ops.cast(top_index % vocab, "int32")
+        sequences = _write(gather_beams(alive_seq, source_beam), i, token)  # [B, 2K, T]
+        ends = token == eos_id
+
+        # Alive: the best K candidates that did not just end.
+        alive_logp, keep = ops.top_k(ops.where(ends, NEG_INF, top_logp), k)
+        alive_seq = gather_beams(sequences, keep)
+        kept_source = gather_beams(source_beam, keep)
+        previous = ops.reshape(gather_beams(token, keep), (batch * k,))
+        flat_source = ops.reshape(ops.arange(batch)[:, None] * k + kept_source, (-1,))
+        cache = ops.take(cache, flat_source, axis=1)
+
+        # Finished: merge the candidates that just ended into the K best so far.
+        ended_score = ops.where(ends, top_logp / _length_penalty(i + 1, alpha), NEG_INF)
+        merged_score = ops.concatenate([finished_score, ended_score], axis=1)
+        merged_seq = ops.concatenate([finished_seq, sequences], axis=1)
+        finished_score, best = ops.top_k(merged_score, k)
+        finished_seq = gather_beams(merged_seq, best)
+        return i + 1, previous, alive_seq, alive_logp, finished_seq, finished_score, cache
+
+    state = ops.while_loop(
+        cond, body,
+        (ops.convert_to_tensor(0, "int32"), previous, alive_seq, alive_logp, finished_seq,
+         finished_score, cache),
+    )
+    _, _, alive_seq, alive_logp, finished_seq, finished_score, _ = state
+    # Rows where nothing finished fall back to their best alive beam.
+    any_finished = finished_score[:, 0] > NEG_INF / 2
+    alive_score = alive_logp[:, 0] / best_possible_factor
+    tokens = ops.where(any_finished[:, None], finished_seq[:, 0], alive_seq[:, 0])
+    scores = ops.where(any_finished, finished_score[:, 0], alive_score)
+    return tokens, scores
+
+
+def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, method="greedy",
+           beam_size=4, alpha=0.6, top_k=0, top_p=1.0, temperature=1.0, seed=0, eos_id=EOS_ID):
+    """Decode a batch of encoder inputs -> (tokens int32 [B, max_length], scores float32 [B]).
+
+    `method`: "greedy", "sample" (with `top_k`, `top_p`, `temperature`, `seed`) or "beam"
+    (`beam_size`, length-penalty `alpha`). Traceable: wrap in `tf.function` / `jax.jit`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    max_length = int(max_length)
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    encoder_token_ids = ops.cast(ops.convert_to_tensor(encoder_token_ids), "int32")
+    if encoder_padding_mask is None:
+        encoder_padding_mask = ops.cast(encoder_token_ids != PAD_ID, "int32")
+    encoder_padding_mask = ops.cast(ops.convert_to_tensor(encoder_padding_mask), "int32")
+    if method == "beam":
+        if int(beam_size) < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        return _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length,
+                            int(beam_size), float(alpha), eos_id)
+    if method == "sample" and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length,
+                             method == "sample", top_k, top_p, temperature, seed, eos_id)
+
+
+def _compiled(model, **settings):
+    """`decode` with fixed settings, compiled for the backend (tf.function / jax.jit) and cached
+    on the model so repeated `generate` calls do not retrace."""
+    key = tuple(sorted(settings.items()))
+    compiled = getattr(model, "_t5pre_decode_fns", None)
+    if compiled is None:
+        compiled = {}
+        model._t5pre_decode_fns = compiled
+    if key not in compiled:
+        def run(ids, mask):
+            return decode(model, ids, mask, **settings)
+
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            run = tf.function(run, reduce_retracing=True)
+        compiled[key] = run
+    return compiled[key]
+
+
+def uncached_greedy(model, encoder_token_ids, encoder_padding_mask, max_length, eos_id=EOS_ID):
+    """Reference greedy decoding that re-runs the whole decoder on the prefix at every step (no
+    cache). Slow and eager; used to check the cached path."""
+    import numpy as np
+
+    ids = np.asarray(encoder_token_ids, dtype="int32")
+    mask = np.asarray(encoder_padding_mask, dtype="int32")
+    batch = ids.shape[0]
+    tokens = np.zeros((batch, max_length), "int32")
+    finished = np.zeros((batch,), bool)
+    for i in range(max_length):
+        decoder_in = np.concatenate([np.zeros((batch, 1), "int32"), tokens[:, :i]], axis=1)
+        logits = np.asarray(model({
+            "encoder_token_ids": ids, "encoder_padding_mask": mask,
+            "decoder_token_ids": decoder_in, "decoder_padding_mask": np.ones_like(decoder_in),
+        }))[:, -1]
+        next_ids = np.where(finished, PAD_ID, logits.argmax(-1))
+        tokens[:, i] = next_ids
+        finished |= next_ids == eos_id
+        if finished.all():
+            break
+    return tokens
+
+
+def generate(model, vocabulary, texts, max_length=64, method="greedy", input_length=512,
+             batch_size=32, **settings):
+    """Strings in, strings out: tokenise (EOS appended, truncated to `input_length`), decode in
+    batches of `batch_size`, detokenise (stops at EOS)."""
+    import numpy as np
+
+    if isinstance(texts, str):
+        texts = [texts]
+    run = _compiled(model, max_length=int(max_length), method=method, **settings)
+    outputs = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        encoded = [(vocabulary.encode(t)[: input_length - 1] + [vocabulary.eos_id]) for t in chunk]
+        width = max(len(e) for e in encoded)
+        ids = np.zeros((len(encoded), width), "int32")
+        for row, e in enumerate(encoded):
+            ids[row, : len(e)] = e
+        tokens, _ = run(ids, (ids != PAD_ID).astype("int32"))
+        outputs.extend(vocabulary.decode([int(t) for t in row]) for row in np.asarray(tokens))
+    return outputs

@@ -1,0 +1,272 @@
+"""Convert a Hugging Face T5 checkpoint directory (T5 1.0, T5.1.1, Flan-T5, mT5) to a `T5Model`.
+
+Reads `config.json`, the weights (`model.safetensors`, a sharded `model.safetensors.index.json`,
+or `pytorch_model.bin`, the last one needing torch) and `spiece.model` when present. Safetensors
+are parsed by a small reader here (the format is a JSON header plus raw little-endian arrays), so
+conversion needs neither torch nor a bfloat16-capable numpy: bf16/fp16 weights become float32.
+
+The output head, which is where T5 variants differ:
+* T5 1.0 (`tie_word_embeddings` true or absent in config.json, no separate `lm_head.weight`):
+  tied head, decoder output scaled by d_model ** -0.5 -> our `tie_word_embeddings: true`.
+* T5.1.1 / Flan-T5 / mT5 (`tie_word_embeddings: false`, a separate `lm_head.weight`): untied.
+* transformers >= 5 always ties the head in memory and records the scaling as
+  `scale_decoder_outputs`; a checkpoint saved that way with `scale_decoder_outputs: false` has
+  no `lm_head.weight` yet must not be scaled: we copy the embedding into an untied head.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+
+import numpy as np
+
+from t5pre.errors import CheckpointError, ConfigError
+from t5pre.models.config import T5Config
+
+# Tensors some checkpoints carry that T5 never uses (HF ignores them too).
+_IGNORED = {
+    "encoder.embed_tokens.weight",  # copies of shared.weight
+    "decoder.embed_tokens.weight",
+    "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
+}
+
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4"}
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as float32 numpy arrays (bf16/fp16 widened)."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + header_len])
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    base = 8 + header_len
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+        start, end = info["data_offsets"]
+        if base + end > len(data):
+            raise CheckpointError(f"{path}: file is truncated (tensor {name} runs past the end)")
+        array = np.frombuffer(data, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize,
+                              offset=base + start).reshape(info["shape"])
+        if info["dtype"] == "BF16":  # bfloat16 = the top 16 bits of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = array.astype(np.float32)
+    return tensors
+
+
+def _read_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return read_safetensors(single)
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        tensors = {}
+        for shard in shards:
+            if not (directory / shard).is_file():
+                raise CheckpointError(f"{index} lists shard {shard}, which is missing")
+            tensors.update(read_safetensors(directory / shard))
+        return tensors
+    torch_file = directory / "pytorch_model.bin"
+    if torch_file.is_file():
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(
+                f"{torch_file}: reading pytorch_model.bin needs torch; install it or convert the "
+                "checkpoint to safetensors"
+            ) from None
+        try:
+            state = torch.load(torch_file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{torch_file}: cannot read ({e})") from None
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise CheckpointError(
+        f"{directory}: no weights found (expected model.safetensors, "
+        "model.safetensors.index.json or pytorch_model.bin)"
+    )
+
+
+def config_from_hf(hf: dict, source: str = "config.json") -> tuple[T5Config, bool]:
+    """(T5Config, scale_decoder_outputs) from an HF T5 config dict."""
+    model_type = hf.get("model_type", "t5")
+    if model_type not in ("t5", "mt5"):
+        raise ConfigError(f"{source}: model_type {model_type!r} is not T5 (expected 't5' or 'mt5')")
+    projection = hf.get("feed_forward_proj", "relu")
+    if projection not in ("relu", "gated-gelu"):
+        raise ConfigError(
+            f"{source}: feed_forward_proj {projection!r} is not supported (only 'relu' and 'gated-gelu')"
+        )
+    tie = hf.get("tie_word_embeddings", True)
+    scale = hf.get("scale_decoder_outputs", tie)
+    try:
+        config = T5Config(
+            d_model=hf["d_model"],
+            num_heads=hf["num_heads"],
+            d_kv=hf["d_kv"],
+            d_ff=hf["d_ff"],
+            num_encoder_layers=hf["num_layers"],
+            num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+            vocab_size=hf["vocab_size"],
+            relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+            dropout_rate=float(hf.get("dropout_rate", 0.1)),
+            layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+            feed_forward_proj=projection,
+            tie_word_embeddings=bool(scale),
+            name=hf.get("_name_or_path") or None,
+        )
+    except KeyError as e:
+        raise ConfigError(f"{source}: required field {e.args[0]!r} is missing") from None
+    return config, bool(scale)
+
+
+def _weight_plan(config: T5Config, model):
+    """(variable, [hf names], how to build the value from those arrays) for every variable."""
+    plan = []
+
+    def linear(*names):  # HF Linear weights are [out, in]; ours [in, out], fused on the out axis
+        return list(names), lambda *arrays: np.concatenate([a.T for a in arrays], axis=1)
+
+    def same(name):
+        return [name], lambda a: a
+
+    plan.append((model.token_embedding.embeddings, *same("shared.weight")))
+    plan.append((model.encoder_position_bias.embeddings,
+                 *same("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")))
+    plan.append((model.decoder_position_bias.embeddings,
+                 *same("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")))
+    for stack, blocks in (("encoder", model.encoder_blocks), ("decoder", model.decoder_blocks)):
+        for i, block in enumerate(blocks):
+            p = f"{stack}.block.{i}.layer"
+            ff = 1 if stack == "encoder" else 2
+            attn = f"{p}.0.SelfAttention"
+            plan.append((block.attention_norm.scale, *same(f"{p}.0.layer_norm.weight")))
+            plan.append((block.attention.qkv_kernel, *linear(f"{attn}.q.weight", f"{attn}.k.weight", f"{attn}.v.weight")))
+            plan.append((block.attention.output_kernel, *linear(f"{attn}.o.weight")))
+            if stack == "decoder":
+                cross = f"{p}.1.EncDecAttention"
+                plan.append((block.cross_attention_norm.scale, *same(f"{p}.1.layer_norm.weight")))
+                plan.append((block.cross_attention.query_kernel, *linear(f"{cross}.q.weight")))
+                plan.append((block.cross_attention.key_value_kernel, *linear(f"{cross}.k.weight", f"{cross}.v.weight")))
+                plan.append((block.cross_attention.output_kernel, *linear(f"{cross}.o.weight")))
+            dense = f"{p}.{ff}.DenseReluDense"
+            plan.append((block.feed_forward_norm.scale, *same(f"{p}.{ff}.layer_norm.weight")))
+            if config.is_gated:
+                plan.append((block.feed_forward.input_kernel, *linear(f"{dense}.wi_0.weight", f"{dense}.wi_1.weight")))
+            else:
+                plan.append((block.feed_forward.input_kernel, *linear(f"{dense}.wi.weight")))
+            plan.append((block.feed_forward.output_kernel, *linear(f"{dense}.wo.weight")))
+        final = model.encoder_final_norm if stack == "encoder" else model.decoder_final_norm
+        plan.append((final.scale, *same(f"{stack}.final_layer_norm.weight")))
+    return plan
+
+
+def from_hf(path, dtype=None, extra_ids=None):
+    """Load an HF T5 checkpoint directory -> `(T5Model, SentencePieceVocabulary or None)`.
+
+    `extra_ids` (sentinels added to spiece.model) defaults to tokenizer_config.json's
+    `extra_ids`, else 100 (T5's). Raises CheckpointError naming missing/unexpected tensors, shape
+    mismatches and a vocabulary larger than the embedding.
+    """
+    from t5pre.models.t5 import T5Model
+
+    directory = pathlib.Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"Hugging Face checkpoint directory not found: {directory}")
+    config_path = directory / "config.json"
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: config.json is missing") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: cannot read ({e})") from None
+    config, scaled = config_from_hf(hf_config, str(config_path))
+    tensors = _read_weights(directory)
+
+    has_head = "lm_head.weight" in tensors
+    shared = tensors.get("shared.weight")
+    if has_head and shared is not None and np.array_equal(tensors["lm_head.weight"], shared):
+        has_head = not scaled  # a stored copy of a tied head
+    if has_head or not scaled:
+        config.tie_word_embeddings = False  # untied (or tied-unscaled: copy the embedding)
+        if not has_head and shared is not None:
+            tensors["lm_head.weight"] = shared
+    else:
+        config.tie_word_embeddings = True
+
+    vocabulary = _read_vocabulary(directory, config, extra_ids)
+    model = T5Model(config, **({"dtype": dtype} if dtype else {}))
+    plan = _weight_plan(config, model)
+    if not config.tie_word_embeddings:
+        plan.append((model.lm_head.kernel, ["lm_head.weight"], lambda a: a.T))
+
+    needed = {name for _, names, _ in plan for name in names}
+    missing = sorted(needed - set(tensors))
+    unexpected = sorted(set(tensors) - needed - _IGNORED - {"lm_head.weight"})
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors ({len(missing)}): {', '.join(missing[:8])}"
+                         + (" ..." if len(missing) > 8 else ""))
+        if unexpected:
+            parts.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                         + (" ..." if len(unexpected) > 8 else ""))
+        raise CheckpointError(f"{directory}: weights do not match config.json: " + "; ".join(parts))
+    for variable, names, build in plan:
+        value = build(*[tensors[n] for n in names])
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"{directory}: {' + '.join(names)} gives shape {tuple(value.shape)} but the model "
+                f"expects {tuple(variable.shape)} for {variable.path}"
+            )
+        variable.assign(value)
+    return model, vocabulary
+
+
+def _read_vocabulary(directory: pathlib.Path, config: T5Config, extra_ids):
+    spm_path = directory / "spiece.model"
+    if not spm_path.is_file():
+        return None
+    from t5pre.data.vocabulary import SentencePieceVocabulary
+    from t5pre.errors import T5preError
+
+    if extra_ids is None:
+        extra_ids = 100
+        tokenizer_config = directory / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            try:
+                extra_ids = int(json.loads(tokenizer_config.read_text()).get("extra_ids", 100))
+            except (OSError, ValueError, TypeError):
+                pass
+    try:
+        vocabulary = SentencePieceVocabulary(str(spm_path), extra_ids=extra_ids)
+    except T5preError as e:
+        raise CheckpointError(f"{spm_path}: cannot load the vocabulary: {e}") from None
+    if vocabulary.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{directory}: vocabulary size mismatch: spiece.model with {extra_ids} extra ids has "
+            f"{vocabulary.vocab_size} ids but config.json vocab_size is {config.vocab_size} "
+            "embedding rows"
+        )
+    return vocabulary
+
+
+def convert_hf(path, out_dir, extra_ids=None):
+    """`from_hf(path)` then `save_pretrained(..., out_dir)`; returns (out_dir, model, vocabulary)."""
+    from t5pre.models.io import save_pretrained
+
+    model, vocabulary = from_hf(path, extra_ids=extra_ids)
+    return save_pretrained(model, vocabulary, out_dir), model, vocabulary

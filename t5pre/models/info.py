@@ -1,0 +1,67 @@
+"""Parameter counts and training FLOPs of a T5 config, computed from the config alone (no model is
+built, so `t5pre model info xl` is instant).
+
+FLOPs formula (matmuls only; norms, softmax, embedding lookups are negligible). For inputs of
+length N and targets of length M, with P_enc / P_dec the weight-matrix parameters of the encoder
+/ decoder layers, P_head = vocab_size * d_model (the output matmul, tied or not), I = num_heads *
+d_kv:
+
+    forward  = 2 * (P_enc * N + P_dec * M + P_head * M)              # 2 FLOPs per weight per token
+             + 4 * I * (L_enc * N^2 + L_dec * (M^2 + M * N))          # QK^T and AV, full matrices
+    training = 3 * forward                                            # backward ~ 2x forward
+
+`per_token` divides the training FLOPs of one example by N + M (its input + target tokens).
+This is the "6 x non-embedding parameters" rule with the attention terms written out and the
+decoder/head counted on target tokens only.
+"""
+
+from __future__ import annotations
+
+from t5pre.models.config import T5Config
+
+
+def parameter_counts(config: T5Config) -> dict:
+    """Trainable parameters by part: embedding, encoder, decoder, head, total."""
+    d, f, inner = config.d_model, config.d_ff, config.inner_dim
+    v = config.require_vocab_size()
+    ff = d * f * (2 if config.is_gated else 1) + f * d
+    self_attention = d * 3 * inner + inner * d
+    cross_attention = d * inner + d * 2 * inner + inner * d
+    bias = config.relative_attention_num_buckets * config.num_heads
+    encoder = bias + config.num_encoder_layers * (2 * d + self_attention + ff) + d
+    decoder = bias + config.num_decoder_layers * (3 * d + self_attention + cross_attention + ff) + d
+    embedding = v * d
+    head = 0 if config.tie_word_embeddings else v * d
+    return {
+        "embedding": embedding,
+        "encoder": encoder,
+        "decoder": decoder,
+        "head": head,
+        "total": embedding + encoder + decoder + head,
+    }
+
+
+def training_flops(config: T5Config, inputs_length: int, targets_length: int) -> dict:
+    """Training FLOPs of one example (see the module docstring for the formula)."""
+    d, f, inner = config.d_model, config.d_ff, config.inner_dim
+    v = config.require_vocab_size()
+    n, m = inputs_length, targets_length
+    ff = d * f * (2 if config.is_gated else 1) + f * d
+    enc_layer = d * 3 * inner + inner * d + ff
+    dec_layer = enc_layer + d * inner + d * 2 * inner + inner * d
+    p_enc, p_dec = config.num_encoder_layers * enc_layer, config.num_decoder_layers * dec_layer
+    dense = 2 * (p_enc * n + p_dec * m + v * d * m)
+    attention = 4 * inner * (config.num_encoder_layers * n * n
+                             + config.num_decoder_layers * (m * m + m * n))
+    forward = dense + attention
+    training = 3 * forward
+    return {
+        "forward_per_example": forward,
+        "training_per_example": training,
+        "training_per_token": training / (n + m),
+        "attention_share": attention / forward,
+    }
+
+
+def training_flops_per_token(config: T5Config, inputs_length: int = 512, targets_length: int = 114) -> float:
+    return training_flops(config, inputs_length, targets_length)["training_per_token"]
