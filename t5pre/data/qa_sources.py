@@ -1,4 +1,11 @@
-"""Reading extractive-QA data in the official SQuAD JSON layout.
+"""Sources for the downstream tasks: SQuAD-format JSON files, and files under a data directory.
+
+* :func:`read_squad_json` / :class:`SquadJSONSource`  extractive QA in the official SQuAD layout;
+* :class:`DataDirSource`  a source whose files live under ``$T5PRE_DATA_DIR``, resolved only when
+  a dataset is requested, so that catalogue tasks register on any machine and a missing file is
+  reported (path and variable named) to the one user who asks for it.
+
+Reading extractive-QA data in the official SQuAD JSON layout.
 
 The layout (SQuAD v1.1, and what most QA datasets exported "in SQuAD format" follow)::
 
@@ -18,11 +25,17 @@ before TensorFlow sees anything.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from typing import Dict, Iterator, List, Sequence, Union
+import random
+from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Union
 
+from t5pre.data.sources import DataSource, shard_examples
 from t5pre.errors import DataError
+
+#: The environment variable naming the directory that file-based catalogue tasks read.
+DATA_DIR_ENV = "T5PRE_DATA_DIR"
 
 SQUAD_FIELDS = ("id", "title", "context", "question", "answers")
 
@@ -47,8 +60,16 @@ def read_squad_json(path: Union[str, os.PathLike], require_answers: bool = True)
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        if "://" in path:  # gs://, s3://...: through TensorFlow's file system layer
+            import tensorflow as tf
+
+            if not tf.io.gfile.exists(path):
+                raise FileNotFoundError(path)
+            with tf.io.gfile.GFile(path, "rb") as handle:
+                document = json.loads(handle.read().decode("utf-8"))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                document = json.load(handle)
     except FileNotFoundError:
         raise DataError(f"SQuAD file not found: {path}") from None
     except json.JSONDecodeError as error:
@@ -89,3 +110,150 @@ def read_squad_files(paths: Sequence[Union[str, os.PathLike]], require_answers: 
     """:func:`read_squad_json` over several files, in order."""
     for path in paths:
         yield from read_squad_json(path, require_answers=require_answers)
+
+
+def _expand(patterns: Sequence[str]) -> List[str]:
+    """Sorted files matching the glob ``patterns`` (remote ones through ``tf.io.gfile``)."""
+    files = []
+    for pattern in patterns:
+        if "://" in pattern:
+            import tensorflow as tf
+
+            matched = tf.io.gfile.glob(pattern)
+        else:
+            matched = [f for f in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(f)]
+        if not matched:
+            raise DataError(f"no file matches {pattern!r}")
+        files.extend(matched)
+    return sorted(set(files))
+
+
+def _pattern_list(patterns) -> List[str]:
+    if isinstance(patterns, (str, os.PathLike)):
+        return [os.fspath(patterns)]
+    return [os.fspath(p) for p in patterns]
+
+
+class SquadJSONSource(DataSource):
+    """Files in the SQuAD JSON layout, one example per question.
+
+    Examples: ``{"id", "title", "context", "question"}`` as ``tf.string`` scalars and
+    ``answers`` as a 1-D ``tf.string`` (all gold answers). The files of a split are parsed in
+    Python when the dataset is built (SQuAD-sized files take a fraction of a second), so that
+    malformed input fails right away with a :class:`DataError` naming file and field, not later
+    inside a ``tf.data`` iterator. Files are shuffled with ``seed`` when ``shuffle``; sharding is
+    by example (shards disjoint, covering the split).
+    """
+
+    def __init__(self, split_to_filepattern: Mapping[str, object], require_answers: bool = True):
+        if not split_to_filepattern:
+            raise DataError("SquadJSONSource: no splits given")
+        self._patterns = {split: _pattern_list(p) for split, p in split_to_filepattern.items()}
+        self.require_answers = require_answers
+        super().__init__(list(self._patterns))
+
+    @property
+    def output_keys(self):
+        return SQUAD_FIELDS
+
+    def list_files(self, split: str) -> List[str]:
+        self.check_split(split)
+        try:
+            return _expand(self._patterns[split])
+        except DataError as error:
+            raise DataError(f"{self.describe()}: split {split!r}: {error}") from None
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int = 0, shard_info=None):
+        import tensorflow as tf
+
+        files = self.list_files(split)
+        if shuffle:
+            random.Random(seed).shuffle(files)
+        examples = list(read_squad_files(files, require_answers=self.require_answers))
+        if not examples:
+            raise DataError(f"{self.describe()}: split {split!r} has no questions in {', '.join(files)}")
+
+        def generate():
+            yield from examples
+
+        scalar = tf.TensorSpec([], tf.string)
+        signature = {key: scalar for key in SQUAD_FIELDS if key != "answers"}
+        signature["answers"] = tf.TensorSpec([None], tf.string)
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        # The number of questions is known: let tf.data and progress bars see it.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(examples)))
+        return shard_examples(dataset, shard_info)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{s}={' '.join(p)}" for s, p in self._patterns.items())
+        return f"SquadJSONSource({parts})"
+
+
+class DataDirSource(DataSource):
+    """A file source under the data directory ``$T5PRE_DATA_DIR``, resolved at read time.
+
+    ``relative_splits`` maps a split to a path (or glob, or list of them) relative to the data
+    directory; ``make_source({split: [absolute patterns]})`` builds the real source (e.g. a
+    ``JSONLSource``) once the directory is known. Nothing is looked up at construction, so a
+    catalogue task built on it registers everywhere; requesting a split whose files are absent
+    raises a :class:`DataError` naming the task, the missing path and the variable.
+    """
+
+    def __init__(
+        self,
+        relative_splits: Mapping[str, object],
+        make_source: Callable[[Dict[str, List[str]]], DataSource],
+        *,
+        name: str = "",
+        env_var: str = DATA_DIR_ENV,
+    ):
+        if not relative_splits:
+            raise DataError(f"DataDirSource {name!r}: no splits given")
+        self._relative = {split: _pattern_list(p) for split, p in relative_splits.items()}
+        self._make_source = make_source
+        self.name = name
+        self.env_var = env_var
+        super().__init__(list(self._relative))
+
+    @property
+    def relative_splits(self) -> Dict[str, List[str]]:
+        return dict(self._relative)
+
+    def data_dir(self) -> str:
+        """The data directory: ``$T5PRE_DATA_DIR``; a DataError when it is unset or absent."""
+        what = f"task {self.name!r}" if self.name else "this task"
+        layout = ", ".join(p for patterns in self._relative.values() for p in patterns)
+        value = os.environ.get(self.env_var, "").strip()
+        if not value:
+            raise DataError(
+                f"{what} reads local files under ${self.env_var}, which is not set; "
+                f"set {self.env_var} to the directory holding {layout}"
+            )
+        path = os.path.expanduser(value)
+        if "://" not in path and not os.path.isdir(path):
+            raise DataError(f"{what}: {self.env_var}={value} is not a directory (expected it to hold {layout})")
+        return path
+
+    def resolve(self, split: str) -> List[str]:
+        """Absolute patterns of ``split``; a DataError names the first one that matches nothing."""
+        self.check_split(split)
+        root = self.data_dir()
+        patterns = [p if os.path.isabs(p) or "://" in p else os.path.join(root, p) for p in self._relative[split]]
+        for pattern in patterns:
+            try:
+                _expand([pattern])
+            except DataError:
+                what = f"task {self.name!r}" if self.name else "this task"
+                raise DataError(
+                    f"{what}, split {split!r}: missing data file {pattern} "
+                    f"(looked under {self.env_var}={os.environ.get(self.env_var)})"
+                ) from None
+        return patterns
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int = 0, shard_info=None):
+        source = self._make_source({split: self.resolve(split)})
+        return source.get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{s}={' '.join(p)}" for s, p in self._relative.items())
+        return f"DataDirSource(${self.env_var}: {parts})"
