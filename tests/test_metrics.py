@@ -61,6 +61,11 @@ def test_squad_unicode():
     assert metrics.squad(["東京"], ["東京 タワー"])["f1"] == pytest.approx(100.0 * 2 / 3)
 
 
+def test_metrics_accept_utf8_bytes_from_tf_data():
+    assert metrics.squad([[b"Stra\xc3\x9fe"]], [b"strasse".replace(b"ss", b"\xc3\x9f")])["em"] == 100.0
+    assert metrics.rouge([b"the cat"], [b"the cat"])["rouge1"] == pytest.approx(100.0)
+
+
 def test_squad_averages_over_examples():
     # EM (1 + 0) / 2 = 50; F1 (1 + 0.5) / 2 = 75
     result = metrics.squad([["Eiffel Tower"], "Paris"], ["eiffel tower", "in Paris, France"])
@@ -72,8 +77,10 @@ def test_squad_rejects_mismatched_counts_and_bad_types():
         metrics.squad(["a", "b"], ["a"])
     with pytest.raises(DataError, match="empty list of references"):
         metrics.squad([[]], ["a"])
-    with pytest.raises(DataError, match="prediction 0 is bytes"):
-        metrics.squad(["a"], [b"a"])
+    with pytest.raises(DataError, match="prediction 0 is int"):
+        metrics.squad(["a"], [1])
+    with pytest.raises(DataError, match="a reference of example 0 is NoneType"):
+        metrics.squad([["a", None]], ["a"])
     with pytest.raises(DataError, match="no examples"):
         metrics.squad([], [])
 

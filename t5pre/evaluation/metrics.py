@@ -4,7 +4,7 @@ Every metric has the seqio-style signature ``fn(targets, predictions) -> {name: 
 
 * ``targets`` holds one entry per example, either a reference string or a list of reference
   strings (several gold answers / summaries; the best-matching one counts, as in T5);
-* ``predictions`` holds one decoded string per example;
+* ``predictions`` holds one decoded string per example (``bytes`` are decoded as UTF-8);
 * scores are percentages (x100), the scale T5 and the papers report.
 
 The metrics work on plain Python strings, so they run on whatever the decoder produced after the
@@ -50,16 +50,25 @@ def _as_reference_lists(targets: Targets, predictions: Sequence[str], metric: st
         )
     references = []
     for index, (target, prediction) in enumerate(zip(targets, predictions)):
-        if not isinstance(prediction, str):
+        if not isinstance(prediction, (str, bytes)):
             raise DataError(f"{metric}: prediction {index} is {type(prediction).__name__}, not a string")
-        refs = [target] if isinstance(target, str) else list(target)
+        refs = [target] if isinstance(target, (str, bytes)) else list(target)
         if not refs:
             raise DataError(f"{metric}: example {index} has an empty list of references")
         for ref in refs:
-            if not isinstance(ref, str):
+            if not isinstance(ref, (str, bytes)):
                 raise DataError(f"{metric}: a reference of example {index} is {type(ref).__name__}, not a string")
-        references.append(refs)
+        references.append([_as_str(ref) for ref in refs])
     return references
+
+
+def _as_str(text) -> str:
+    """Text as ``str``: ``bytes`` (what ``tf.data`` hands back) are decoded as UTF-8."""
+    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+
+
+def _as_str_list(predictions: Sequence) -> List[str]:
+    return [_as_str(prediction) for prediction in predictions]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +133,7 @@ def rouge(
     from rouge_score import rouge_scorer, scoring
 
     references = _as_reference_lists(targets, predictions, "rouge")
+    predictions = _as_str_list(predictions)
     if not predictions:
         raise DataError("rouge: no examples to score")
     unknown = [key for key in score_keys if not re.fullmatch(r"rouge([1-9]|L|Lsum)", key)]
@@ -201,6 +211,7 @@ def squad(targets: Targets, predictions: Sequence[str]) -> Dict[str, float]:
     and the best F1 are kept (independently); the per-example values are averaged over examples.
     """
     references = _as_reference_lists(targets, predictions, "squad")
+    predictions = _as_str_list(predictions)
     if not predictions:
         raise DataError("squad: no examples to score")
     em_total = 0.0
@@ -215,6 +226,7 @@ def squad(targets: Targets, predictions: Sequence[str]) -> Dict[str, float]:
 def exact_match(targets: Targets, predictions: Sequence[str]) -> Dict[str, float]:
     """Share of predictions equal to one of their references, verbatim (no normalisation), x100."""
     references = _as_reference_lists(targets, predictions, "exact_match")
+    predictions = _as_str_list(predictions)
     if not predictions:
         raise DataError("exact_match: no examples to score")
     hits = sum(prediction in refs for refs, prediction in zip(references, predictions))
