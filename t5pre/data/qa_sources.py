@@ -5,9 +5,7 @@
   a dataset is requested, so that catalogue tasks register on any machine and a missing file is
   reported (path and variable named) to the one user who asks for it.
 
-Reading extractive-QA data in the official SQuAD JSON layout.
-
-The layout (SQuAD v1.1, and what most QA datasets exported "in SQuAD format" follow)::
+The SQuAD layout (v1.1, and what most QA datasets exported "in SQuAD format" follow)::
 
     {"version": "1.1",
      "data": [{"title": "...",
