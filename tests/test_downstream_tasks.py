@@ -87,6 +87,9 @@ def test_qa_postprocessor_targets_are_all_answers():
     assert postprocessors.qa_postprocessor(b"Denver Broncos", example, is_target=True) == [
         "Denver Broncos", "the Broncos"]
     assert postprocessors.qa_postprocessor("x", {}, is_target=True) == ["x"]
+    # b"" is padding from padded_batch, not a gold answer (it would match an empty prediction).
+    padded = {"answers": [b"tea", b"", b""]}
+    assert postprocessors.qa_postprocessor(b"tea", padded, is_target=True) == ["tea"]
 
 
 # ---------------------------------------------------------------------------------------------

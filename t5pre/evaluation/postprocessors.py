@@ -51,8 +51,8 @@ def qa_postprocessor(
     """QA: a prediction is stripped; a target becomes the list of *all* gold answers.
 
     Training uses only the first answer as the target text, but SQuAD scores a prediction against
-    every gold answer, so for targets the ``answers`` feature of ``example`` is returned (falling
-    back to the target text alone when the example carries no ``answers``).
+    every gold answer, so for targets the non-empty entries of the ``answers`` feature of
+    ``example`` are returned (falling back to the target text alone when there are none).
     """
     if not is_target:
         return _to_str(text).strip()
@@ -61,5 +61,8 @@ def qa_postprocessor(
         return [_to_str(text).strip()]
     if hasattr(answers, "numpy"):
         answers = answers.numpy()
+    # Empty strings are dropped: they are the padding ``padded_batch`` adds to shorter answer
+    # lists, and an empty "gold answer" would give an empty prediction a perfect exact match.
     answers = [_to_str(answer).strip() for answer in list(answers)]
+    answers = [answer for answer in answers if answer]
     return answers or [_to_str(text).strip()]
