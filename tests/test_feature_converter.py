@@ -59,8 +59,11 @@ def _segments(ids, segment_ids, k):
     return ids[segment_ids == k].tolist()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_packing_invariants(seed):
+@pytest.mark.parametrize("seed,block", [(0, 128), (1, 128), (2, 7)])
+def test_packing_invariants(seed, block, monkeypatch):
+    from t5pre.data import feature_converter
+
+    monkeypatch.setattr(feature_converter, "PACKING_BLOCK", block)  # 7: many block boundaries
     n_in, n_tg = 32, 16
     examples = random_examples(60, seed, max_in=24, max_tg=12)
     examples[5] = (list(range(40)), list(range(20)))  # trimmed first, then packed whole

@@ -17,8 +17,8 @@ Choices (documented because they change what the model sees):
 * Nothing here treats id 0 specially: chunk boundaries come from lengths, so a 0 inside a document
   is carried like any other id (the seqio trap of "0 = padding" is avoided).
 
-The work runs per document inside ``tf.data`` (a ``scan`` carrying the leftover tokens), never per
-token in Python.
+The work runs inside ``tf.data``: a ``scan`` over blocks of documents carries the leftover tokens
+from one block to the next; nothing runs per token or in Python.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from typing import Any, Callable, Union
 from t5pre.errors import ConfigError
 
 TokensLength = Union[int, Callable[[Any], int], Any]
+
+_DOCUMENTS_PER_BLOCK = 64
 
 
 def _resolve_length(tokens_length: TokensLength, ctx) -> int:
@@ -45,6 +47,16 @@ def _resolve_length(tokens_length: TokensLength, ctx) -> int:
     if length < 1:
         raise ConfigError(f"chunk length must be >= 1, got {length}")
     return length
+
+
+def _flatten(block):
+    """All tokens of a block of documents, in order (ragged_batch gives a dense tensor when the
+    documents happen to have one static length)."""
+    import tensorflow as tf
+
+    if isinstance(block, tf.RaggedTensor):
+        return block.flat_values
+    return tf.reshape(block, [-1])
 
 
 def concatenate_and_split(dataset, tokens_length: int, feature_key: str = "targets",
@@ -69,9 +81,13 @@ def concatenate_and_split(dataset, tokens_length: int, feature_key: str = "targe
 
     def document(example):
         tokens = tf.cast(tf.reshape(example[feature_key], [-1]), tf.int32)
-        return tf.concat([tokens, separator], axis=0), False
+        return tf.concat([tokens, separator], axis=0)
 
-    stream = dataset.map(document, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The scan below runs once per *block* of documents (its fixed cost, ~0.2 ms, would dominate
+    # if paid per document): documents are gathered into blocks and flattened first.
+    stream = (dataset.map(document, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+              .ragged_batch(_DOCUMENTS_PER_BLOCK)
+              .map(lambda block: (_flatten(block), False)))
     if keep_remainder:
         flush = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), True))
         stream = stream.concatenate(flush)
