@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from t5pre.errors import ConfigError
+
 PAD_ID = 0
 EOS_ID = 1
 NEG_INF = -1e9
@@ -180,21 +182,21 @@ def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, m
     (`beam_size`, length-penalty `alpha`). Traceable: wrap in `tf.function` / `jax.jit`.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ConfigError(f"decoding method must be one of {list(METHODS)}, got {method!r}")
     max_length = int(max_length)
     if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise ConfigError(f"decoding max_length must be >= 1, got {max_length}")
     encoder_token_ids = ops.cast(ops.convert_to_tensor(encoder_token_ids), "int32")
     if encoder_padding_mask is None:
         encoder_padding_mask = ops.cast(encoder_token_ids != PAD_ID, "int32")
     encoder_padding_mask = ops.cast(ops.convert_to_tensor(encoder_padding_mask), "int32")
     if method == "beam":
         if int(beam_size) < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+            raise ConfigError(f"beam_size must be >= 1, got {beam_size}")
         return _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length,
                             int(beam_size), float(alpha), eos_id)
     if method == "sample" and temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     return _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length,
                              method == "sample", top_k, top_p, temperature, seed, eos_id)
 
