@@ -249,3 +249,11 @@ def test_trim_and_append_eos_preprocessors(vocab):
     assert trimmed["inputs"].tolist() == [5, 6, 7] and trimmed["targets"].tolist() == [9, 10]
     appended = next(prep.append_eos(ds, ctx).as_numpy_iterator())
     assert appended["inputs"].tolist() == [5, 6, 7, 8, 1]
+
+
+def test_a_user_task_cannot_silently_take_a_catalogue_name(vocab):
+    catalogue = TaskRegistry.names()  # imports t5pre.tasks
+    if not catalogue:
+        pytest.skip("the catalogue registers no task")
+    with pytest.raises(DataError, match=f"task '{catalogue[0]}' is already registered"):
+        TaskRegistry.add(catalogue[0], **_standard(vocab))

@@ -420,6 +420,9 @@ class TaskRegistry:
 
     @classmethod
     def add_task(cls, task: Task, replace: bool = False) -> Task:
+        # The catalogue first: a user task that takes a catalogue name must fail here, clearly,
+        # not later inside the catalogue's import.
+        _import_catalogue()
         if not replace and (task.name in cls._registry or task.name in MixtureRegistry._registry):
             raise DataError(f"task {task.name!r} is already registered (pass replace=True to replace it)")
         cls._registry[task.name] = task
@@ -452,6 +455,7 @@ class MixtureRegistry:
     @classmethod
     def add(cls, name: str, tasks: Sequence, default_rate=None, replace: bool = False) -> Mixture:
         """Register a mixture of ``[(task or task name, rate), ...]``."""
+        _import_catalogue()
         if not replace and (name in cls._registry or name in TaskRegistry._registry):
             raise DataError(f"mixture {name!r} is already registered (pass replace=True to replace it)")
         mixture = Mixture(name, tasks, default_rate=default_rate)
