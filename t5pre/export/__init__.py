@@ -1,1 +1,15 @@
-"""t5pre.export"""
+"""t5pre.export: a TensorFlow SavedModel that takes raw strings and returns generated strings.
+
+`export_saved_model(model, vocabulary, export_dir, settings)` writes it atomically; the graph
+(tokenizer, encoder, cached greedy / beam-search loop, detokenizer) is built in
+`t5pre.export.serving`. `t5pre export` is the command-line front end.
+"""
+
+from t5pre.export.saved_model import (  # noqa: F401
+    METADATA_DIR,
+    METADATA_FILE,
+    export_saved_model,
+    read_export_metadata,
+)
+
+__all__ = ["export_saved_model", "read_export_metadata", "METADATA_DIR", "METADATA_FILE"]

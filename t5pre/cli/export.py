@@ -1,0 +1,62 @@
+"""``t5pre export``: a TensorFlow SavedModel that serves raw strings (TensorFlow Serving ready)."""
+
+from __future__ import annotations
+
+HELP = """\
+Export a model directory (training directory, latest or --checkpoint STEP; or a save_pretrained
+directory) as a TensorFlow SavedModel that takes a batch of raw strings and returns generated
+strings. Tokenisation (tensorflow-text SentencePiece), the encoder, the cached decoding loop
+(greedy for --beam 1, else beam search) and detokenisation all run inside the graph.
+
+Signatures:
+  serving_default  inputs: string[batch] -> outputs: string[batch], scores: float32[batch]
+  generate_ids     inputs: string[batch] -> ids: int32[batch, L], scores, lengths: int32[batch]
+
+The export is written into a temporary sibling directory and renamed to --out only when it is
+complete, so a failed export never leaves a partial SavedModel. An existing --out is refused
+unless --overwrite. For TensorFlow Serving, export into a numbered version directory of the
+model base path, e.g. --out exports/my_t5/1.
+
+Loading it needs `tensorflow` and `tensorflow-text` (which itself requires `keras` installed),
+not t5pre: tf.saved_model.load(OUT).signatures["serving_default"](inputs=tf.constant([...])).
+"""
+
+
+def register(subparsers):
+    import argparse
+
+    from t5pre.cli.predict import add_decode_arguments
+
+    parser = subparsers.add_parser(
+        "export", help="export a strings-in/strings-out SavedModel",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_decode_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="EXPORT_DIR",
+                        help="directory to create (e.g. exports/my_t5/1 for TF Serving)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    import time
+
+    from t5pre.cli.predict import decode_settings
+    from t5pre.evaluation.predict import load_for_inference
+    from t5pre.export.saved_model import check_target, export_saved_model
+
+    settings = decode_settings(args)
+    check_target(args.out, args.overwrite)  # fail fast, before loading anything
+    start = time.time()
+    loaded = load_for_inference(args.model_dir, args.checkpoint)
+    settings = settings.resolved_for(loaded.run_config)
+    path = export_saved_model(
+        loaded.model, loaded.vocabulary, args.out, settings, overwrite=args.overwrite,
+        metadata={"source": {"model_dir": loaded.model_dir, "layout": loaded.layout,
+                             "checkpoint": loaded.checkpoint}})
+    how = "greedy" if settings.beam == 1 else f"beam {settings.beam}, alpha {settings.length_penalty}"
+    print(f"exported {loaded.model_dir}"
+          + (f" ({loaded.checkpoint})" if loaded.checkpoint else "")
+          + f" to {path} in {time.time() - start:.1f}s: {how}, inputs <= "
+          f"{settings.max_input_length} tokens, outputs <= {settings.max_decode_length} tokens; "
+          "signatures serving_default (strings) and generate_ids (ids, scores, lengths)")
+    return 0

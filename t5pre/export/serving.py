@@ -1,0 +1,101 @@
+"""The serving graph: strings in, strings out, everything inside one TensorFlow graph.
+
+`build_serving_module(model, vocabulary, settings)` returns a `tf.Module` whose two
+`tf.function`s become the SavedModel's signatures:
+
+* `serving_default(inputs: string[B]) -> {"outputs": string[B], "scores": float32[B]}`
+* `generate_ids(inputs: string[B]) -> {"ids": int32[B, max_decode_length], "scores": float32[B],
+  "lengths": int32[B]}` (ids after the start token, EOS included, 0 after it; `lengths` counts
+  the tokens up to and including EOS)
+
+Inside: tensorflow-text's `SentencepieceTokenizer` built from the vocabulary's serialized model
+(sentinels included, so `<extra_id_0>` in a request is one token), inputs cut to
+`max_input_length - 1` tokens plus EOS and zero-padded to the longest row of the batch (the same
+convention as `t5pre predict`), the encoder run once, the cached decoding loop of
+`t5pre.models.decoding` (greedy for beam 1, else beam search) as a `tf.while_loop`, then
+detokenisation (stops at EOS). Both signatures call one inner `tf.function`, so the decoding loop
+is traced and stored once.
+
+Why a plain `tf.Module` rather than `keras.export.ExportArchive`: the module holds exactly what
+serving needs (the weights as a flat variable list, the tokenizer resource, two functions), its
+signatures return named outputs, and nothing Keras-specific is needed to load it: a consumer
+imports `tensorflow` and `tensorflow_text` (for the SentencePiece ops) and nothing else.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from t5pre.models.decoding import decode
+
+SERVING_SIGNATURE = "serving_default"
+IDS_SIGNATURE = "generate_ids"
+INPUT_NAME = "inputs"
+
+
+def encode_inputs(vocabulary, texts, max_input_length):
+    """1-D strings -> (ids int32 [B, W], padding mask int32 [B, W]): at most
+    `max_input_length - 1` tokens of text, then EOS, zero-padded to the longest row."""
+    tokens = vocabulary.encode_tf(texts)[:, : max_input_length - 1]
+    eos = tf.fill([tokens.nrows(), 1], tf.constant(vocabulary.eos_id, tf.int32))
+    tokens = tf.concat([tokens, tf.RaggedTensor.from_tensor(eos)], axis=1)
+    ids = tokens.to_tensor(default_value=vocabulary.pad_id)
+    mask = tf.sequence_mask(tokens.row_lengths(), maxlen=tf.shape(ids)[1], dtype=tf.int32)
+    return ids, mask
+
+
+def generated_lengths(ids, eos_id):
+    """Tokens up to and including the first EOS (the full length when there is none)."""
+    is_eos = tf.cast(tf.equal(ids, eos_id), tf.int32)
+    before_or_at = tf.cast(tf.equal(tf.cumsum(is_eos, axis=1, exclusive=True), 0), tf.int32)
+    return tf.reduce_sum(before_or_at, axis=1)
+
+
+def build_serving_module(model, vocabulary, settings) -> tf.Module:
+    """A tf.Module with `serving_default` and `generate_ids` functions (see module docstring).
+
+    `settings` is a resolved `t5pre.evaluation.predict.DecodeSettings` (lengths set). The model's
+    variables are tracked as a flat list (not the Keras object graph), which keeps the SavedModel
+    free of Keras objects.
+    """
+    max_input_length = int(settings.max_input_length)
+    decode_kwargs = settings.decode_kwargs()
+    eos_id = int(vocabulary.eos_id)
+    text_spec = tf.TensorSpec([None], tf.string, name=INPUT_NAME)
+
+    module = tf.Module(name="t5pre_serving")
+    module.model_variables = list(model.variables)
+    module.tokenizer = vocabulary.tf_tokenizer  # its resource (the spm model) is saved with it
+    module.max_input_length = tf.Variable(max_input_length, trainable=False, name="max_input_length")
+    module.max_decode_length = tf.Variable(int(settings.max_decode_length), trainable=False,
+                                           name="max_decode_length")
+    module.beam_size = tf.Variable(int(settings.beam), trainable=False, name="beam_size")
+
+    @tf.function(input_signature=[text_spec], autograph=False)
+    def generate(inputs):
+        ids, mask = encode_inputs(vocabulary, inputs, max_input_length)
+        tokens, scores = decode(model, ids, mask, **decode_kwargs)
+        return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
+
+    @tf.function(input_signature=[text_spec], autograph=False)
+    def serve_text(inputs):
+        tokens, scores = generate(inputs)
+        return {"outputs": vocabulary.decode_tf(tokens), "scores": scores}
+
+    @tf.function(input_signature=[text_spec], autograph=False)
+    def serve_ids(inputs):
+        tokens, scores = generate(inputs)
+        return {"ids": tokens, "scores": scores, "lengths": generated_lengths(tokens, eos_id)}
+
+    module.generate = generate
+    module.serve_text = serve_text
+    module.serve_ids = serve_ids
+    return module
+
+
+def signatures(module) -> dict:
+    """The concrete functions to save as SavedModel signatures."""
+    return {
+        SERVING_SIGNATURE: module.serve_text.get_concrete_function(),
+        IDS_SIGNATURE: module.serve_ids.get_concrete_function(),
+    }
