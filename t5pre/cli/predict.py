@@ -71,18 +71,30 @@ def _read_lines(path: str):
             yield line.rstrip("\r\n")
         return
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # decoded line by line, so that an error names its line
     except FileNotFoundError:
         raise DataError(f"{path}: input file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not an input file") from None
     with f:
-        line_number = 0
-        try:
-            for line_number, line in enumerate(f, start=1):
-                yield line.rstrip("\r\n")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{line_number + 1}: not valid UTF-8 ({e.reason})") from None
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{line_number}: not valid UTF-8 ({e.reason} at byte "
+                                f"{e.start})") from None
+            if line_number == 1:
+                line = line.lstrip("\ufeff")  # a UTF-8 byte-order mark is not text
+            yield line.rstrip("\r\n")
+
+
+def _check_first(lines):
+    """Read the first line now (raising the file's errors), then yield everything lazily."""
+    import itertools
+
+    lines = iter(lines)
+    first = list(itertools.islice(lines, 1))
+    return itertools.chain(first, lines)
 
 
 def run(args):
@@ -93,11 +105,13 @@ def run(args):
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     settings = decode_settings(args)
+    texts = args.texts if args.texts else _read_lines(args.input_file)
+    if args.input_file and args.input_file != "-":
+        texts = _check_first(texts)  # a missing or unreadable file fails before the model loads
     from t5pre.evaluation.predict import Predictor
 
     predictor = Predictor.from_model_dir(args.model_dir, args.checkpoint, settings,
                                          batch_size=args.batch_size)
-    texts = args.texts if args.texts else _read_lines(args.input_file)
     out = sys.stdout
     for text, score in predictor.iter_predictions(texts):
         line = " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text

@@ -1,0 +1,130 @@
+"""`t5pre predict` and the shared `Predictor`: inputs from arguments, files and stdin, batching,
+truncation, scores, and clear errors. (Export parity with predict is in test_export.py.)"""
+
+import io
+
+import numpy as np
+import pytest
+
+from test_export import TEXTS, make_tiny_model  # one tiny model recipe for both files
+
+DECODE = ["--max-decode-length", "8", "--max-input-length", "12"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from t5pre.data.vocabulary import default_vocabulary
+    from t5pre.models.io import save_pretrained
+
+    model, vocabulary = make_tiny_model(), default_vocabulary()
+    directory = save_pretrained(model, vocabulary, tmp_path_factory.mktemp("predict") / "model")
+    return model, vocabulary, directory
+
+
+def run_predict(capsys, *argv):
+    from t5pre.cli import main
+
+    capsys.readouterr()
+    code = main(["predict", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_arguments_file_stdin_and_batch_sizes_agree(pretrained, tmp_path, capsys, monkeypatch):
+    _, _, model_dir = pretrained
+    code, from_args, _ = run_predict(capsys, "--model-dir", str(model_dir), *DECODE, *TEXTS)
+    assert code == 0
+    lines = from_args.split("\n")[:-1]
+    assert len(lines) == len(TEXTS)
+
+    source = tmp_path / "inputs.txt"
+    source.write_text("".join(t + "\n" for t in TEXTS), encoding="utf-8")
+    for batch in ("1", "2", "32"):
+        code, out, _ = run_predict(capsys, "--model-dir", str(model_dir), *DECODE,
+                                   "--input-file", str(source), "--batch-size", batch)
+        assert code == 0 and out == from_args, batch
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\r\n".join(TEXTS) + "\r\n"))
+    code, out, _ = run_predict(capsys, "--model-dir", str(model_dir), *DECODE, "--input-file", "-")
+    assert code == 0 and out == from_args
+
+
+def test_outputs_and_scores_are_the_models_decoding(pretrained, capsys):
+    from t5pre.evaluation.predict import DecodeSettings, Predictor, predict_texts
+    from t5pre.models.decoding import decode
+
+    model, vocabulary, model_dir = pretrained
+    code, out, _ = run_predict(capsys, "--model-dir", str(model_dir), *DECODE, "--scores", *TEXTS)
+    assert code == 0
+    scored = [line.split("\t", 1) for line in out.split("\n")[:-1]]
+
+    settings = DecodeSettings(max_decode_length=8, max_input_length=12)
+    predictor = Predictor(model, vocabulary, settings)
+    ids, mask = predictor.encode_batch(TEXTS)
+    tokens, scores = decode(model, ids, mask, max_length=8)
+    expected = [vocabulary.decode(row) for row in np.asarray(tokens)]
+    assert [text for _, text in scored] == expected
+    np.testing.assert_allclose([float(s) for s, _ in scored], np.asarray(scores), atol=1e-3)
+    assert predict_texts(model_dir, TEXTS, settings=settings, batch_size=2) == expected
+
+
+def test_inputs_are_cut_to_max_input_length(pretrained):
+    from t5pre.evaluation.predict import DecodeSettings, Predictor
+
+    model, vocabulary, _ = pretrained
+    prefix = "the quick brown fox jumps over the lazy dog and keeps running"
+    assert len(vocabulary.encode(prefix)) > 6
+    predictor = Predictor(model, vocabulary, DecodeSettings(max_decode_length=6,
+                                                            max_input_length=6))
+    ids, mask = predictor.encode_batch([prefix, prefix + " far far away"])
+    assert ids.shape == (2, 6) and ids[0, -1] == vocabulary.eos_id and mask.all()
+    short, long = predictor.predict([prefix, prefix + " far far away, into the woods"])
+    assert short == long  # only the first 5 tokens + EOS are seen
+    wide = Predictor(model, vocabulary, DecodeSettings(max_decode_length=6, max_input_length=64))
+    ids, _ = wide.encode_batch([prefix])
+    assert ids.shape[1] == len(vocabulary.encode(prefix)) + 1
+
+
+def test_beam_size_one_is_greedy_and_beam_runs(pretrained, capsys):
+    _, _, model_dir = pretrained
+    args = ["--model-dir", str(model_dir), *DECODE, *TEXTS[:3]]
+    code, greedy, _ = run_predict(capsys, *args)
+    code_b1, beam1, _ = run_predict(capsys, "--beam", "1", *args)
+    code_b4, beam4, _ = run_predict(capsys, "--beam", "4", "--length-penalty", "1.0", *args)
+    assert code == code_b1 == code_b4 == 0
+    assert beam1 == greedy
+    assert len(beam4.split("\n")[:-1]) == 3
+
+
+def test_empty_input_file_prints_nothing(pretrained, tmp_path, capsys):
+    _, _, model_dir = pretrained
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, out, err = run_predict(capsys, "--model-dir", str(model_dir), "--input-file", str(empty))
+    assert (code, out, err) == (0, "", "")
+
+
+@pytest.mark.parametrize("case", ["no_input", "both_inputs", "missing_file", "bad_utf8",
+                                  "bad_batch", "bad_length", "bad_penalty"])
+def test_bad_arguments_give_clear_errors(pretrained, tmp_path, capsys, case):
+    _, _, model_dir = pretrained
+    base = ["--model-dir", str(model_dir)]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\nbroken \xff\xfe line\n")
+    argv, expected = {
+        "no_input": (base, "no input"),
+        "both_inputs": (base + ["--input-file", str(bad), "text"], "not both"),
+        "missing_file": (base + ["--input-file", str(tmp_path / "none.txt")],
+                         "none.txt: input file not found"),
+        "bad_utf8": (base + ["--input-file", str(bad)], "bad.txt:2: not valid UTF-8"),
+        "bad_batch": (base + ["--batch-size", "0", "x"], "--batch-size must be >= 1"),
+        "bad_length": (base + ["--max-input-length", "1", "x"], "--max-input-length must be >= 2"),
+        "bad_penalty": (base + ["--beam", "2", "--length-penalty", "-1", "x"],
+                        "--length-penalty must be >= 0"),
+    }[case]
+    code, out, err = run_predict(capsys, *argv)
+    assert code == 2
+    assert err.startswith("t5pre: error: ") and expected in err, err
+    assert "Traceback" not in err
+    if case == "bad_utf8":
+        assert out == ""  # the error comes before any output of that batch
