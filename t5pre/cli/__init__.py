@@ -55,6 +55,20 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("t5pre: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a data error raised inside tf.data reaches us wrapped in an OpError
+        converted = _as_data_error(e)
+        if converted is None:
+            raise
+        print(f"t5pre: error: {converted}", file=sys.stderr)
+        return 2
+
+
+def _as_data_error(error):
+    if "tensorflow" not in sys.modules:  # only TensorFlow wraps our errors
+        return None
+    from t5pre.data.sources import as_data_error
+
+    return as_data_error(error)
 
 
 if __name__ == "__main__":
