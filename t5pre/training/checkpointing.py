@@ -77,6 +77,26 @@ def all_checkpoint_steps(model_dir: str) -> list[int]:
     return sorted(checkpoint_step(p) for p in state.all_model_checkpoint_paths)
 
 
+def model_weights_trackable(model):
+    """The model's variables as a name-keyed trackable, for ``tf.train.Checkpoint``.
+
+    We do not hand the Keras model itself to tf.train.Checkpoint: Keras 3 layers kept in Python
+    lists are not reliably edges of TF's object graph (a T5's blocks were reachable only through
+    the optimizer), so a model-only restore could silently skip them. Keying every variable by
+    its Keras path (``encoder_block_0/attention/qkv_kernel``) makes the checkpoint independent
+    of how the model tracks its sub-layers."""
+    tf = _tf()
+    holder = tf.Module(name="model_weights")
+    weights = {}
+    for i, v in enumerate(model.weights):
+        key = getattr(v, "path", None) or getattr(v, "name", None) or f"variable_{i}"
+        if key in weights:
+            key = f"{key}_{i}"
+        weights[key] = v
+    holder.weights = weights
+    return holder
+
+
 class CheckpointKeeper:
     """Saves and restores a run's state; chief-only writes (see module docstring).
 
@@ -94,7 +114,7 @@ class CheckpointKeeper:
             self.data_examples = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.data_pipelines = tf.Variable(1, dtype=tf.int64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, step=self.step,
+            model=model_weights_trackable(model), optimizer=optimizer, step=self.step,
             data_examples=self.data_examples, data_pipelines=self.data_pipelines)
         self.directory = checkpoint_dir(model_dir)
         if is_chief:
@@ -148,7 +168,8 @@ def restore_model_weights(model, model_dir: str, checkpoint=None) -> str:
     tf = _tf()
     path = find_checkpoint(model_dir, checkpoint)
     try:
-        status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        status = tf.train.Checkpoint(model=model_weights_trackable(model)).restore(
+            path).expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         first = str(e).strip().splitlines()[0][:300]

@@ -58,16 +58,15 @@ class _Feature:
 
 
 class SyntheticTask:
-    """A task-contract stand-in: ``inputs`` random ids, ``targets`` = the first inputs reversed.
-
-    ``inject_nan_at``: not used here; NaNs are injected through the loss in the tests.
-    """
+    """A task-contract stand-in: ``inputs`` random ids, ``targets`` = the first inputs reversed."""
 
     splits = ("train", "validation")
 
-    def __init__(self, vocab_size: int = 128, num_examples: int = 4096, name="synthetic"):
+    def __init__(self, vocab_size: int = 128, num_examples: int = 4096, name="synthetic",
+                 num_symbols: int = 16):
         self.name = name
         self.vocab_size = vocab_size
+        self.num_symbols = num_symbols  # ids used: 3 .. 3+num_symbols (a quick first drop)
         self.num_examples = num_examples
         self.output_features = {"inputs": _Feature(SimpleVocabulary(vocab_size)),
                                 "targets": _Feature(SimpleVocabulary(vocab_size))}
@@ -79,12 +78,12 @@ class SyntheticTask:
         n_in = (sequence_length or {}).get("inputs", 16)
         n_tg = (sequence_length or {}).get("targets", 8)
         offset = 0 if split == "train" else 1_000_000
-        vocab = self.vocab_size
+        top = min(3 + self.num_symbols, self.vocab_size)
 
         def example(index):
             key = tf.stack([tf.cast(index + offset, tf.int64), tf.constant(7, tf.int64)])
             length = tf.random.stateless_uniform([], key, 4, n_in, dtype=tf.int32)
-            ids = tf.random.stateless_uniform([length - 1], key + 1, 3, vocab, dtype=tf.int32)
+            ids = tf.random.stateless_uniform([length - 1], key + 1, 3, top, dtype=tf.int32)
             k = tf.minimum(length - 1, n_tg - 1)
             inputs = tf.concat([ids, [1]], 0)
             targets = tf.concat([tf.reverse(ids[:k], [0]), [1]], 0)

@@ -1,0 +1,66 @@
+"""``t5pre pretrain``: denoising pretraining of a T5 model into a model directory.
+
+    t5pre pretrain --model-dir runs/default                       # the packaged demo config
+    t5pre pretrain --config configs/pretrain/t5_1_1_base.yaml --model-dir DIR \\
+        [--set training.batch_size=256 ...] [--steps N] [--strategy mirrored] [--tpu ADDR]
+
+Re-running the same command resumes from the latest checkpoint in DIR (exact step, learning
+rate and data position); a larger ``--steps`` continues a finished run.
+"""
+
+from __future__ import annotations
+
+from t5pre.training.config import STRATEGIES
+
+
+def add_run_arguments(parser, default_config_help: str) -> None:
+    """The arguments ``pretrain`` shares with ``finetune``."""
+    parser.add_argument("--config", help=f"run config YAML ({default_config_help})")
+    parser.add_argument("--model-dir", required=True,
+                        help="where checkpoints, logs and model files go; resumed if it has "
+                             "checkpoints")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set training.batch_size=64 "
+                             "(value parsed as YAML; repeatable)")
+    parser.add_argument("--steps", type=int, help="total training steps (= --set training.steps=N)")
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="tf.distribute strategy (default: the config's, normally auto)")
+    parser.add_argument("--tpu", help="TPU name or grpc:// address (implies --strategy tpu)")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "pretrain", help="pretrain a T5 model with a denoising objective",
+        description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, "default: the packaged configs/pretrain/default.yaml")
+    parser.set_defaults(func=run)
+
+
+def load_run_config(args, packaged: str = "default"):
+    """The resolved run config the arguments describe."""
+    from t5pre.training.config import load_config, packaged_config_path
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"training.steps={args.steps}")
+    if args.tpu:
+        overrides.append(f"strategy.tpu={args.tpu}")
+        if not args.strategy:
+            overrides.append("strategy.name=tpu")
+    if args.strategy:
+        overrides.append(f"strategy.name={args.strategy}")
+    path = args.config or packaged_config_path(packaged)
+    return load_config(path, overrides, model_dir=args.model_dir)
+
+
+def run(args):
+    config = load_run_config(args)
+    from t5pre.training.strategy import create_strategy
+
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    strategy = create_strategy(config.strategy.name, config.strategy.tpu)
+    from t5pre.training.trainer import Trainer
+
+    result = Trainer(config, args.model_dir, strategy=strategy).train()
+    return 0 if result.step >= config.training.steps else 1

@@ -1,0 +1,166 @@
+"""The training loop: loss falls, model directory layout, NaN skipping, gradient accumulation,
+load_model, the `t5pre pretrain` command and its errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from t5pre.errors import CheckpointError, ConfigError
+from t5pre.training.testing import SyntheticTask, tiny_config, weights_of
+
+
+def train(model_dir, *overrides, task=None, **kwargs):
+    from t5pre.training.trainer import Trainer
+
+    trainer = Trainer(tiny_config(*overrides, model_dir=str(model_dir)), str(model_dir),
+                      task=task or SyntheticTask(), **kwargs)
+    return trainer, trainer.train()
+
+
+SHORT_RUN = ("training.steps=40", "training.log_every=10", "training.checkpoint_every=20",
+             "optimizer.learning_rate=1e-2", "optimizer.warmup_steps=4")
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """One 40-step run shared by the tests that only read its results."""
+    model_dir = tmp_path_factory.mktemp("short") / "run"
+    trainer, result = train(model_dir, *SHORT_RUN)
+    return model_dir, trainer, result
+
+
+def test_short_run_loss_falls_and_writes_the_model_dir(short_run):
+    run, _, result = short_run
+    losses = [loss for _, loss in result.history]
+    assert [s for s, _ in result.history] == [10, 20, 30, 40]
+    assert losses[-1] < losses[0] - 0.5, losses  # ln(128)=4.85 at the start
+    assert result.step == 40 and result.skipped_steps == 0
+    for name in ("config.yaml", "model_config.json", "checkpoints/checkpoint",
+                 "checkpoints/ckpt-20.index", "checkpoints/ckpt-40.index"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "model_config.json").read_text())["d_model"] == 32
+
+
+def test_rerunning_a_finished_run_does_nothing(short_run, capsys):
+    run, _, _ = short_run
+    _, again = train(run, *SHORT_RUN)
+    assert again.step == 40 and again.history == []
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def _poisoned_loss(bad_calls):
+    """seq2seq_loss that returns +inf on the given (0-based) calls, i.e. training steps."""
+    import tensorflow as tf
+
+    from t5pre.models import seq2seq_loss
+
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+    bad = tf.constant(sorted(bad_calls), dtype=tf.int64)
+
+    def loss_fn(targets, logits, weights, z_loss=0.0):
+        loss, metrics = seq2seq_loss(targets, logits, weights, z_loss=z_loss)
+        poisoned = tf.reduce_any(tf.equal(bad, calls))
+        calls.assign_add(1)
+        return loss * tf.where(poisoned, np.inf, 1.0), metrics
+
+    return loss_fn
+
+
+def test_nonfinite_steps_are_skipped(tmp_path):
+    trainer, result = train(tmp_path / "nan", "training.steps=10", "training.nonfinite_skip_limit=2",
+                            loss_fn=_poisoned_loss({3, 4}))
+    assert result.step == 10 and result.skipped_steps == 2
+    assert int(trainer.optimizer.iterations.numpy()) == 8  # skipped steps do not update
+    assert all(np.isfinite(w).all() for w in weights_of(trainer.model))
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, capsys):
+    from t5pre.training.trainer import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError) as e:
+        train(tmp_path / "div", "training.steps=20", "training.checkpoint_every=4",
+              "training.nonfinite_skip_limit=2", loss_fn=_poisoned_loss(set(range(5, 100))))
+    msg = str(e.value)
+    assert "3 consecutive steps" in msg and "at step 8" in msg and "ckpt-4" in msg
+    from t5pre.training.model_dir import load_model
+    from t5pre.training.checkpointing import latest_checkpoint
+    assert latest_checkpoint(str(tmp_path / "div")).endswith("ckpt-4")
+    model, _, _ = load_model(tmp_path / "div")
+    assert all(np.isfinite(w).all() for w in weights_of(model))
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    common = ("training.steps=3", "training.log_every=1", "optimizer.warmup_steps=0",
+              "optimizer.schedule=constant")
+    t1, _ = train(tmp_path / "a1", *common)
+    t2, _ = train(tmp_path / "a2", *common, "training.grad_accum_steps=2")
+    for a, b in zip(weights_of(t1.model), weights_of(t2.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_load_model_returns_the_trained_weights(short_run):
+    from t5pre.training.model_dir import load_model
+
+    run, trainer, _ = short_run
+    model, vocabulary, run_config = load_model(run)
+    assert run_config.training.steps == 40 and vocabulary is None  # the stand-in has no spiece
+    for a, b in zip(weights_of(trainer.model), weights_of(model)):
+        np.testing.assert_array_equal(a, b)
+    older, _, _ = load_model(run, checkpoint=20)
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(weights_of(model), weights_of(older)))
+    with pytest.raises(CheckpointError, match="available steps: 20, 40"):
+        load_model(run, checkpoint=30)
+
+
+def test_model_dir_errors(tmp_path):
+    from t5pre.training.model_dir import load_model
+
+    with pytest.raises(CheckpointError, match="model directory not found"):
+        load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        load_model(tmp_path / "empty")
+
+
+def test_resuming_with_another_model_is_refused(short_run):
+    run, _, _ = short_run
+    with pytest.raises(CheckpointError, match="another config.*d_model"):
+        train(run, "training.steps=50", "model.overrides.d_model=48")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from t5pre.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  task: default_span_corruption\ntraining:\n  stepz: 3\n")
+    assert main(["pretrain", "--config", str(bad), "--model-dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t5pre: error: ") and "bad.yaml:4" in err and "'steps'" in err
+    assert main(["pretrain", "--model-dir", str(tmp_path / "x"), "--set",
+                 "data.task=no_such_task"]) == 2
+    assert "data.task = 'no_such_task'" in capsys.readouterr().err
+
+
+def test_cli_pretrain_on_the_real_default_task(tmp_path, capsys):
+    """`t5pre pretrain` end to end: packaged default config, real span-corruption pipeline,
+    shipped vocabulary saved beside the checkpoints, load_model reads it all back."""
+    from t5pre.cli import main
+    from t5pre.training.model_dir import load_model
+
+    run = tmp_path / "default"
+    code = main(["pretrain", "--model-dir", str(run), "--steps", "3",
+                 "--set", "training.batch_size=4", "--set", "training.log_every=1",
+                 "--set", "training.eval_every=0",
+                 "--set", "data.sequence_length={inputs: 32, targets: 8}",
+                 "--set", "model.overrides={d_model: 32, d_ff: 64, num_heads: 2, d_kv: 16, "
+                          "num_encoder_layers: 1, num_decoder_layers: 1}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "tensorboard --logdir" in out and "step 3/3" in out
+    assert (run / "spiece.model").is_file() and (run / "vocab.json").is_file()
+    model, vocabulary, cfg = load_model(run)
+    assert cfg.data.task == "default_span_corruption"
+    assert model.config.vocab_size >= vocabulary.vocab_size
