@@ -173,6 +173,27 @@ def test_random_roll_keeps_noise_count_and_removes_start_bias():
     assert 0 < starts_with_noise < 40
 
 
+@pytest.mark.parametrize("roll", [False, True])
+def test_batched_masks_have_the_same_semantics(roll):
+    num_noise, num_spans = denoising.noise_counts(120, 0.15, 3.0)
+    masks = denoising.random_spans_noise_masks(16, 120, 0.15, 3.0, [4, 2], random_roll=roll)
+    masks = masks.numpy()
+    assert masks.shape == (16, 120)
+    assert (masks.sum(axis=1) == num_noise).all()
+    for mask in masks:
+        if roll:
+            assert _spans(mask) in (num_spans, num_spans + 1)
+        else:
+            assert _spans(mask) == num_spans and not mask[0] and mask[-1]
+    assert len({m.tobytes() for m in masks}) == 16  # rows are independent draws
+    tokens = np.arange(16 * 120, dtype=np.int32).reshape(16, 120) % 1000
+    inputs, targets = denoising.span_corrupt_batch(tokens, masks, 1100)
+    for row in range(16):
+        single_in, single_tg = denoising.span_corrupt(tokens[row], masks[row], 1100)
+        assert inputs[row].numpy().tolist() == single_in.numpy().tolist()
+        assert targets[row].numpy().tolist() == single_tg.numpy().tolist()
+
+
 # ------------------------------------------------------------------ span corruption -----------
 
 def _reconstruct(inputs, targets, vocab_size, num_sentinels):
@@ -210,15 +231,21 @@ def test_span_corrupt_reconstructs_and_orders_sentinels():
                 assert len(targets) - n == int(mask.numpy().sum())
 
 
-def test_span_corruption_preprocessor_end_to_end():
+# Blocks of equal-length chunks take the vectorised path; a shorter chunk in a block (the last of a
+# pass) sends that block down the row-by-row path. Both are checked.
+TAILS = {"full_chunks": [], "with_short_chunks": [[5, 6, 7], [9]]}
+
+
+@pytest.mark.parametrize("tail", list(TAILS))
+def test_span_corruption_preprocessor_end_to_end(tail):
     ctx = make_ctx(inputs=64, targets=20, seed=3)
     objective = denoising.span_corruption()
     length = objective.raw_tokens_length(ctx)
     assert length == denoising.random_spans_helper(64, 0.15, 3.0)[0]
     rng = np.random.default_rng(1)
-    docs = [rng.integers(3, 1000, size=length).tolist() for _ in range(8)] + [[5, 6, 7], [9]]
+    docs = [rng.integers(0, 1000, size=length).tolist() for _ in range(8)] + TAILS[tail]
     examples = run(objective, docs, ctx)
-    assert len(examples) == 9  # the 1-token chunk is too short to corrupt and is dropped
+    assert len(examples) == len([d for d in docs if len(d) >= 2])  # 1-token chunks are dropped
     for ex, doc in zip(examples, docs):
         assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
         assert len(ex["inputs"]) <= 64 and len(ex["targets"]) <= 20
@@ -252,13 +279,15 @@ def test_too_many_spans_is_refused():
 
 # ------------------------------------------------------------------ other objectives ----------
 
-def test_prefix_lm_invariants():
+@pytest.mark.parametrize("tail", list(TAILS))
+def test_prefix_lm_invariants(tail):
     ctx = make_ctx(inputs=30, targets=12, seed=1)
     objective = denoising.prefix_lm()
     length = objective.raw_tokens_length(ctx)
     assert length == 29
     rng = np.random.default_rng(2)
-    docs = [rng.integers(0, 1000, size=n).tolist() for n in [length] * 20 + [2, 5]]
+    docs = [rng.integers(0, 1000, size=length).tolist() for _ in range(20)]
+    docs += [d for d in TAILS[tail] if len(d) >= 2]
     splits = set()
     for ex, doc in zip(run(objective, docs, ctx), docs):
         inputs, targets = ex["inputs"].tolist(), ex["targets"].tolist()
@@ -270,12 +299,14 @@ def test_prefix_lm_invariants():
     assert len(splits) > 3
 
 
-def test_iid_denoising_invariants():
+@pytest.mark.parametrize("tail", list(TAILS))
+def test_iid_denoising_invariants(tail):
     ctx = make_ctx(inputs=400, targets=400, seed=5)
     objective = denoising.iid_denoising()
     length = objective.raw_tokens_length(ctx)
     rng = np.random.default_rng(3)
-    docs = [rng.integers(3, 1000, size=length).tolist() for _ in range(50)]
+    docs = [rng.integers(3, 1000, size=length).tolist() for _ in range(50 - len(TAILS[tail]))]
+    docs += TAILS[tail]
     changed = masked = 0
     for ex, doc in zip(run(objective, docs, ctx), docs):
         inputs, targets = ex["inputs"], ex["targets"]
@@ -287,7 +318,7 @@ def test_iid_denoising_invariants():
         # Replacements are the mask token or regular pieces, never pad/EOS/UNK/other sentinels.
         replaced = inputs[:-1][diff]
         assert ((replaced == 1099) | ((replaced >= 3) & (replaced < 1000))).all()
-    total = 50 * length
+    total = sum(len(d) for d in docs)
     assert 0.11 * total < changed < 0.16 * total  # 0.15 selected, ~1/10 of those kept as is
     assert 0.75 < masked / changed < 0.95
 

@@ -165,19 +165,6 @@ def _seed_tensor(seeds):
     return seeds
 
 
-def _random_composition(total, parts, seed):
-    """Uniformly random composition of ``total`` into ``parts`` positive integers (int32 [parts]).
-
-    Picks ``parts - 1`` distinct cut points among the ``total - 1`` gaps uniformly at random
-    (top-k of uniform keys), which makes every composition equally likely.
-    """
-    tf = _tf()
-    keys = tf.random.stateless_uniform([total - 1], seed=seed)
-    cuts = tf.sort(tf.math.top_k(keys, k=parts - 1, sorted=False).indices + 1)
-    bounds = tf.concat([[0], cuts, [total]], axis=0)
-    return bounds[1:] - bounds[:-1]
-
-
 def _noise_counts_tf(length, noise_density, mean_noise_span_length):
     tf = _tf()
     num_noise = tf.cast(tf.math.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
@@ -203,19 +190,8 @@ def random_spans_noise_mask(length, noise_density, mean_noise_span_length, seeds
     Deterministic given ``seeds``; pure TF, so it works inside ``tf.data`` maps.
     """
     tf = _tf()
-    length = tf.convert_to_tensor(length, tf.int32)
-    seed = _seed_tensor(seeds)
-    num_noise, num_spans = _noise_counts_tf(
-        length, np.float32(noise_density), np.float32(mean_noise_span_length))
-    seed_noise, seed_keep, seed_roll = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    noise_lengths = _random_composition(num_noise, num_spans, seed_noise)
-    keep_lengths = _random_composition(length - num_noise, num_spans, seed_keep)
-    interleaved = tf.reshape(tf.stack([keep_lengths, noise_lengths], axis=1), [-1])
-    mask = tf.repeat(tf.tile([False, True], [num_spans]), interleaved)
-    if random_roll:
-        shift = tf.random.stateless_uniform([], seed=seed_roll, minval=0, maxval=length,
-                                            dtype=tf.int32)
-        mask = tf.roll(mask, shift, axis=0)
+    mask = random_spans_noise_masks(1, length, noise_density, mean_noise_span_length, seeds,
+                                    random_roll)[0]
     return tf.ensure_shape(mask, [None])
 
 
@@ -244,6 +220,87 @@ def iid_noise_mask(length, noise_density, seeds):
     """Each token is noise independently with probability ``noise_density`` (bool ``[length]``)."""
     tf = _tf()
     return tf.random.stateless_uniform([length], seed=_seed_tensor(seeds)) < noise_density
+
+
+def _random_compositions(total, parts, rows, seed):
+    """``[rows, parts]``: per row, a uniformly random composition of ``total`` into ``parts``
+    positive integers.
+
+    Picks ``parts - 1`` distinct cut points among the ``total - 1`` gaps uniformly at random
+    (the top-k of uniform keys), which makes every composition equally likely.
+    """
+    tf = _tf()
+    keys = tf.random.stateless_uniform([rows, total - 1], seed=seed)
+    cuts = tf.sort(tf.math.top_k(keys, k=parts - 1, sorted=False).indices + 1, axis=-1)
+    bounds = tf.concat([tf.zeros([rows, 1], tf.int32), cuts, tf.fill([rows, 1], total)], axis=1)
+    return bounds[:, 1:] - bounds[:, :-1]
+
+
+def _masks_from_span_lengths(keep_lengths, noise_lengths, length):
+    """``[rows, length]`` masks laid out keep_0, noise_0, keep_1, noise_1, ... per row.
+
+    +1 at each noise span's start and -1 at its end, then a running sum: a few vectorised ops
+    (``tf.repeat`` over the spans was the slowest step of the whole pipeline).
+    """
+    tf = _tf()
+    rows = tf.shape(keep_lengths)[0]
+    starts = tf.cumsum(keep_lengths, axis=1) + tf.cumsum(noise_lengths, axis=1, exclusive=True)
+    ends = starts + noise_lengths
+    row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(starts))
+    indices = tf.stack([tf.concat([row_ids, row_ids], 1), tf.concat([starts, ends], 1)], axis=-1)
+    updates = tf.concat([tf.ones_like(starts), -tf.ones_like(ends)], axis=1)
+    delta = tf.scatter_nd(tf.reshape(indices, [-1, 2]), tf.reshape(updates, [-1]),
+                          tf.stack([rows, length + 1]))
+    return tf.cumsum(delta, axis=1)[:, :length] > 0
+
+
+def random_spans_noise_masks(rows, length, noise_density, mean_noise_span_length, seeds,
+                             random_roll: bool = False):
+    """``[rows, length]`` independent masks with :func:`random_spans_noise_mask`'s semantics.
+
+    The vectorised form used on blocks of equal-length chunks: one set of ops for many chunks.
+    """
+    tf = _tf()
+    length = tf.convert_to_tensor(length, tf.int32)
+    rows = tf.convert_to_tensor(rows, tf.int32)
+    seed = _seed_tensor(seeds)
+    num_noise, num_spans = _noise_counts_tf(
+        length, np.float32(noise_density), np.float32(mean_noise_span_length))
+    seed_noise, seed_keep, seed_roll = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    noise_lengths = _random_compositions(num_noise, num_spans, rows, seed_noise)
+    keep_lengths = _random_compositions(length - num_noise, num_spans, rows, seed_keep)
+    masks = _masks_from_span_lengths(keep_lengths, noise_lengths, length)
+    if random_roll:
+        shifts = tf.random.stateless_uniform([rows], seed=seed_roll, minval=0, maxval=length,
+                                             dtype=tf.int32)
+        positions = tf.math.floormod(tf.range(length)[None, :] - shifts[:, None], length)
+        masks = tf.gather(masks, positions, batch_dims=1)
+    return masks
+
+
+def span_corrupt_batch(tokens, noise_masks, vocab_size):
+    """:func:`span_corrupt` over ``[rows, length]`` tokens and masks -> ragged (inputs, targets)."""
+    tf = _tf()
+    tokens = tf.convert_to_tensor(tokens)
+    noise_masks = tf.convert_to_tensor(noise_masks, tf.bool)
+    rows = tf.shape(tokens)[0]
+    previous = tf.concat([tf.zeros([rows, 1], tf.bool), noise_masks[:, :-1]], axis=1)
+    first_noise = tf.logical_and(noise_masks, tf.logical_not(previous))
+    span_index = tf.cumsum(tf.cast(first_noise, tokens.dtype), axis=1) - 1
+    sentinels = tf.cast(vocab_size, tokens.dtype) - 1 - span_index
+    pairs = tf.reshape(tf.stack([sentinels, tokens], axis=2), [rows, -1])
+    keep_inputs = tf.reshape(
+        tf.stack([first_noise, tf.logical_not(noise_masks)], axis=2), [rows, -1])
+    keep_targets = tf.reshape(tf.stack([first_noise, noise_masks], axis=2), [rows, -1])
+    return _ragged_select(pairs, keep_inputs), _ragged_select(pairs, keep_targets)
+
+
+def _ragged_select(values, keep):
+    """Rows of ``values[keep]`` as a RaggedTensor (cheaper than ``tf.ragged.boolean_mask``)."""
+    tf = _tf()
+    lengths = tf.reduce_sum(tf.cast(keep, tf.int64), axis=1)
+    return tf.RaggedTensor.from_row_lengths(tf.boolean_mask(values, keep), lengths,
+                                            validate=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +353,9 @@ def _example_seed(base_seed, index, tokens):
     return tf.random.experimental.stateless_fold_in(seed, fingerprint)
 
 
+BLOCK_SIZE = 64  # chunks corrupted together in one vectorised step
+
+
 class DenoisingObjective:
     """A preprocessor ``fn(ds, ctx)`` turning raw token chunks into inputs/targets pairs.
 
@@ -338,36 +398,85 @@ class DenoisingObjective:
         return {}
 
     # -- preprocessor ----------------------------------------------------------------------
+    vectorised = False  # True when corrupt_batch is implemented
+
+    def corrupt_batch(self, tokens, seed, ctx_values):  # pragma: no cover - optional
+        """Vectorised :meth:`corrupt` over a dense ``[batch, length]`` block of equal-length
+        chunks; returns ragged ``(inputs, targets)`` (int64 row splits)."""
+        raise NotImplementedError
+
+    def _corrupt_rows(self, block, seed, values):
+        """Fallback for blocks of unequal lengths (the last chunk of a pass): one row at a time."""
+        tf = _tf()
+        rows = block.nrows(out_type=tf.int32)
+        arrays = [tf.TensorArray(tf.int32, size=rows, infer_shape=False) for _ in range(4)]
+
+        def body(i, inputs_values, inputs_lengths, targets_values, targets_lengths):
+            row_seed = tf.random.experimental.stateless_fold_in(seed, i)
+            inputs, targets = self.corrupt(block[i], row_seed, values)
+            return (i + 1, inputs_values.write(i, inputs), inputs_lengths.write(i, tf.size(inputs)[None]),
+                    targets_values.write(i, targets), targets_lengths.write(i, tf.size(targets)[None]))
+
+        _, iv, il, tv, tl = tf.while_loop(lambda i, *_: i < rows, body, [0] + arrays)
+        def ragged(values_array, lengths_array):
+            return tf.RaggedTensor.from_row_lengths(
+                values_array.concat(), tf.cast(lengths_array.concat(), tf.int64), validate=False)
+
+        return ragged(iv, il), ragged(tv, tl)
+
     def __call__(self, dataset, ctx):
+        """Apply the objective to ``{feature_key: chunk}`` examples; outputs inputs/targets.
+
+        Chunks are processed in blocks of ``BLOCK_SIZE`` (vectorised over a block when all its
+        chunks have the same length, which is every block but the last of a pass), so the
+        per-example cost is a fraction of a tf.data step. Every block draws its randomness from
+        ``ctx.seed``, its position in the stream and a fingerprint of its tokens.
+        """
         tf = _tf()
         self.check(ctx)
         values = self._ctx_values(ctx)
         prefix = tf.constant(self._prefix_ids(ctx), tf.int32)
         eos_inputs = _add_eos(ctx, "inputs")
         eos_targets = _add_eos(ctx, "targets")
-        eos_in = tf.constant([_eos_id(ctx, "inputs")], tf.int32)
-        eos_tg = tf.constant([_eos_id(ctx, "targets")], tf.int32)
+        eos_in = _eos_id(ctx, "inputs")
+        eos_tg = _eos_id(ctx, "targets")
         base_seed = tf.constant([int(getattr(ctx, "seed", 0) or 0), _stable_hash(self.name)],
                                 tf.int64)
         key = self.feature_key
         minimum = self.min_tokens
 
-        def keep(index, example):
+        def keep(example):
             return tf.size(example[key]) >= minimum
 
-        def apply(index, example):
-            tokens = tf.cast(example[key], tf.int32)
-            seed = _example_seed(base_seed, index, tokens)
-            inputs, targets = self.corrupt(tokens, seed, values)
-            inputs = tf.concat([prefix, inputs], axis=0)
-            if eos_inputs:
-                inputs = tf.concat([inputs, eos_in], axis=0)
-            if eos_targets:
-                targets = tf.concat([targets, eos_tg], axis=0)
-            return {"inputs": inputs, "targets": targets}
+        def chunk(example):
+            return tf.cast(tf.reshape(example[key], [-1]), tf.int32)
 
-        return (dataset.enumerate().filter(keep)
-                .map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+        def apply(index, block):
+            if not isinstance(block, tf.RaggedTensor):
+                block = tf.RaggedTensor.from_tensor(block)
+            seed = _example_seed(base_seed, index, block.flat_values)
+            lengths = tf.cast(block.row_lengths(), tf.int32)
+            uniform = tf.reduce_all(tf.equal(lengths, lengths[0]))
+            if self.vectorised:
+                inputs, targets = tf.cond(
+                    uniform,
+                    lambda: self.corrupt_batch(
+                        tf.reshape(block.flat_values, [tf.size(lengths), -1]), seed, values),
+                    lambda: self._corrupt_rows(block, seed, values))
+            else:
+                inputs, targets = self._corrupt_rows(block, seed, values)
+            rows = tf.size(lengths)
+            parts_in = [tf.RaggedTensor.from_tensor(tf.tile(prefix[None], [rows, 1])), inputs]
+            parts_tg = [targets]
+            if eos_inputs:
+                parts_in.append(tf.RaggedTensor.from_tensor(tf.fill([rows, 1], eos_in)))
+            if eos_targets:
+                parts_tg.append(tf.RaggedTensor.from_tensor(tf.fill([rows, 1], eos_tg)))
+            return {"inputs": tf.concat(parts_in, axis=1), "targets": tf.concat(parts_tg, axis=1)}
+
+        return (dataset.filter(keep).map(chunk).ragged_batch(BLOCK_SIZE).enumerate()
+                .map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .unbatch())
 
     min_tokens = 2
 
@@ -432,6 +541,15 @@ class SpanCorruption(DenoisingObjective):
                                        self.mean_noise_span_length, seed, self.random_roll)
         return span_corrupt(tokens, mask, values["vocab_size"])
 
+    vectorised = True
+
+    def corrupt_batch(self, tokens, seed, values):
+        tf = _tf()
+        shape = tf.shape(tokens)
+        masks = random_spans_noise_masks(shape[0], shape[1], self.noise_density,
+                                         self.mean_noise_span_length, seed, self.random_roll)
+        return span_corrupt_batch(tokens, masks, values["vocab_size"])
+
 
 class PrefixLM(DenoisingObjective):
     """Prefix language modelling: a random split point; inputs = prefix, targets = the rest.
@@ -470,6 +588,20 @@ class PrefixLM(DenoisingObjective):
         split = tf.random.stateless_uniform([], seed=seed, minval=low, maxval=high + 1,
                                             dtype=tf.int32)
         return tokens[:split], tokens[split:]
+
+    vectorised = True
+
+    def corrupt_batch(self, tokens, seed, values):
+        tf = _tf()
+        tokens = tokens[:, : values["max_prefix"] + values["max_rest"]]
+        rows, length = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        low = tf.maximum(1, length - values["max_rest"])
+        high = tf.minimum(length - 1, values["max_prefix"])
+        splits = tf.random.stateless_uniform([rows], seed=seed, minval=low, maxval=high + 1,
+                                             dtype=tf.int32)
+        in_prefix = tf.range(length)[None, :] < splits[:, None]
+        return (_ragged_select(tokens, in_prefix),
+                _ragged_select(tokens, tf.logical_not(in_prefix)))
 
 
 class IIDDenoising(DenoisingObjective):
@@ -515,19 +647,30 @@ class IIDDenoising(DenoisingObjective):
         return {"mask_id": int(vocabulary.sentinel(0)), "low": 3,
                 "high": int(vocabulary.vocab_size) - int(vocabulary.extra_ids)}
 
-    def corrupt(self, tokens, seed, values):
+    def _corrupt_dense(self, tokens, seed, values):
+        """Elementwise, so the same code serves one chunk ``[length]`` and a block ``[rows, length]``."""
         tf = _tf()
-        length = tf.size(tokens)
+        shape = tf.shape(tokens)
         seed_select, seed_kind, seed_token = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3))
-        selected = iid_noise_mask(length, self.noise_density, seed_select)
-        kind = tf.random.stateless_uniform([length], seed=seed_kind)
+        selected = tf.random.stateless_uniform(shape, seed=seed_select) < self.noise_density
+        kind = tf.random.stateless_uniform(shape, seed=seed_kind)
         random_tokens = tf.random.stateless_uniform(
-            [length], seed=seed_token, minval=values["low"], maxval=values["high"], dtype=tf.int32)
+            shape, seed=seed_token, minval=values["low"], maxval=values["high"], dtype=tf.int32)
         replaced = tf.where(kind < self.mask_rate, values["mask_id"],
                             tf.where(kind < self.mask_rate + self.random_rate, random_tokens,
                                      tokens))
-        return tf.where(selected, replaced, tokens), tokens
+        return tf.where(selected, replaced, tokens)
+
+    def corrupt(self, tokens, seed, values):
+        return self._corrupt_dense(tokens, seed, values), tokens
+
+    vectorised = True
+
+    def corrupt_batch(self, tokens, seed, values):
+        tf = _tf()
+        return (tf.RaggedTensor.from_tensor(self._corrupt_dense(tokens, seed, values)),
+                tf.RaggedTensor.from_tensor(tokens))
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,7 +749,8 @@ def make_objective(name: str, **kwargs) -> DenoisingObjective:
 
 
 __all__: Sequence[str] = [
-    "random_spans_helper", "random_spans_noise_mask", "span_corrupt", "noise_counts",
+    "random_spans_helper", "random_spans_noise_mask", "random_spans_noise_masks", "span_corrupt",
+    "span_corrupt_batch", "noise_counts",
     "span_corruption_tokens_length", "iid_noise_mask", "DenoisingObjective", "SpanCorruption",
     "PrefixLM", "IIDDenoising", "span_corruption", "prefix_lm", "iid_denoising", "ul2_denoisers",
     "UL2Denoiser", "make_objective", "UL2_PARADIGM_PREFIXES",
