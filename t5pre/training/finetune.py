@@ -261,10 +261,36 @@ class InitModel:
     load_into: Callable  # (model) -> description of what was loaded
 
 
+def copy_weights(source_model, target_model, where: str) -> int:
+    """Copies every weight of ``target_model`` from the ``source_model`` weight at the same path.
+
+    Why not restore the checkpoint (or the .h5 file) straight into the fine-tuning model: both
+    match weights by the model's object structure, and a model with dropout (fine-tuning) has
+    more sub-layers than the same architecture without (pretraining), so the structures differ
+    while the weights (named by path) are the same. Returns the number of arrays copied."""
+    by_path = {w.path: w for w in source_model.weights}
+    copied, missing = 0, []
+    for weight in target_model.weights:
+        src = by_path.get(weight.path)
+        if src is None or tuple(src.shape) != tuple(weight.shape):
+            if weight.trainable:
+                missing.append(weight.path if src is None else
+                               f"{weight.path} {tuple(src.shape)} vs {tuple(weight.shape)}")
+            continue
+        weight.assign(src.numpy() if hasattr(src, "numpy") else src.value)
+        copied += 1
+    if missing:
+        raise CheckpointError(f"{where}: the init model does not fit the fine-tuning model "
+                              f"({len(missing)} weights missing or of another shape: "
+                              f"{', '.join(missing[:5])})")
+    return copied
+
+
 def read_init(source: InitSource) -> InitModel:
-    """Reads what fine-tuning needs to know before building the model (HF weights are converted
-    here, once: tying of the output head is only known from the tensors)."""
-    from t5pre.models.io import (WEIGHTS_FILE, load_vocabulary_from, load_weights_into,
+    """Reads what fine-tuning needs to know before building its model: the architecture and the
+    vocabulary; the weights are read later (only when the run starts, not on resume), except
+    for Hugging Face directories, where the output-head tying is only known from the tensors."""
+    from t5pre.models.io import (WEIGHTS_FILE, load_pretrained, load_vocabulary_from,
                                  read_model_config)
     from t5pre.training import checkpointing
 
@@ -273,28 +299,28 @@ def read_init(source: InitSource) -> InitModel:
         config = read_model_config(source.path)
 
         def load_into(model):
-            return checkpointing.restore_model_weights(model, source.path, path)
+            from t5pre.models import T5Model
+
+            twin = T5Model(config)
+            checkpointing.restore_model_weights(twin, source.path, path)
+            copy_weights(twin, model, path)
+            return path
 
         return InitModel(source, config, load_vocabulary_from(source.path), load_into)
     if source.kind == "pretrained":
-        weights = os.path.join(source.path, WEIGHTS_FILE)
-
         def load_into(model):
-            load_weights_into(model, weights)
-            return weights
+            twin, _ = load_pretrained(source.path)
+            copy_weights(twin, model, source.path)
+            return os.path.join(source.path, WEIGHTS_FILE)
 
         return InitModel(source, read_model_config(source.path),
                          load_vocabulary_from(source.path), load_into)
     from t5pre.models import from_hf
 
     hf_model, vocabulary = from_hf(source.path)
-    values = [v.numpy() if hasattr(v, "numpy") else v for v in hf_model.get_weights()]
 
     def load_into(model):
-        if len(model.weights) != len(values):
-            raise CheckpointError(f"{source.path}: the converted model has {len(values)} weight "
-                                  f"arrays, the fine-tuning model {len(model.weights)}")
-        model.set_weights(values)
+        copy_weights(hf_model, model, source.path)
         return f"{source.path} (Hugging Face T5, converted)"
 
     return InitModel(source, hf_model.config, vocabulary, load_into)

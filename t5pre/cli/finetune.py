@@ -1,0 +1,107 @@
+"""``t5pre finetune``: fine-tune a pretrained T5 on a downstream task into a model directory.
+
+    t5pre finetune --init-from runs/default --task default_summarize --model-dir runs/ft
+    t5pre finetune --config configs/finetune/squad.yaml --init-from runs/pre@ckpt-300 \\
+        --task squad_v1.1_files --model-dir runs/squad [--set training.batch_size=64] [--steps N]
+
+``--init-from`` takes a ``t5pre pretrain`` model directory (latest checkpoint, or ``DIR@ckpt-N``
+/ ``--init-checkpoint N``), a ``save_pretrained`` / ``t5pre convert hf`` directory, a Hugging Face
+T5 directory, or ``random``. The run evaluates the validation split every
+``training.eval_every`` steps by decoding it and scoring it with the task's metrics (TensorBoard:
+``DIR/logs/eval``) and keeps the best model in ``DIR/best/``. Re-running the command resumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from t5pre.cli.pretrain import add_run_arguments
+from t5pre.errors import ConfigError
+
+RANDOM_INIT = "random"
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a pretrained model on a downstream task",
+        description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, "a path or a packaged name: default_summarize, debian_descriptions, "
+                              "squad, cnn_dailymail; default: default_summarize")
+    parser.add_argument("--init-from", required=True, metavar="DIR[@ckpt-N]",
+                        help="the model to start from: a pretraining model dir, a save_pretrained "
+                             "dir, a Hugging Face T5 dir, or 'random'")
+    parser.add_argument("--init-checkpoint", type=int, metavar="N",
+                        help="checkpoint step of the --init-from model dir (default: latest)")
+    parser.add_argument("--task", help="the downstream task (default: the config's data.task)")
+    parser.add_argument("--use-model-vocabulary", action="store_true",
+                        help="tokenise the task's text with the init model's vocabulary when it "
+                             "differs from the task's (e.g. a Hugging Face T5 on a built-in task)")
+    add_module_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def add_module_argument(parser) -> None:
+    parser.add_argument("--module", action="append", default=[], metavar="PYTHON_MODULE",
+                        help="import this module first (it may register your own tasks); "
+                             "repeatable")
+
+
+def import_modules(names) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"--module {name}: cannot import it ({e})") from None
+
+
+def config_path(value):
+    """A config path, or the name of a packaged fine-tune config (``squad`` -> its YAML)."""
+    import importlib.resources
+
+    name = value or "default_summarize"
+    if value and (os.path.exists(value) or os.sep in value or value.endswith((".yaml", ".yml"))):
+        return value
+    ref = importlib.resources.files("t5pre.configs").joinpath("finetune", f"{name}.yaml")
+    if not ref.is_file():
+        packaged = sorted(p.name[:-5] for p in
+                          importlib.resources.files("t5pre.configs").joinpath("finetune").iterdir()
+                          if p.name.endswith(".yaml"))
+        raise ConfigError(f"--config {value}: no such file and no packaged fine-tune config of "
+                          f"that name (packaged: {', '.join(packaged)})")
+    return str(ref)
+
+
+def run(args):
+    from t5pre.training.finetune import finetune, load_finetune_config, resolve_init
+
+    import_modules(args.module)
+    overrides = list(args.overrides)
+    if args.tpu:
+        overrides.append(f"strategy.tpu={args.tpu}")
+        if not args.strategy:
+            overrides.append("strategy.name=tpu")
+    if args.strategy:
+        overrides.append(f"strategy.name={args.strategy}")
+    if args.use_model_vocabulary:
+        overrides.append("finetune.use_model_vocabulary=true")
+    run_config, settings = load_finetune_config(
+        config_path(args.config), overrides, task=args.task, steps=args.steps,
+        model_dir=args.model_dir)
+    init = None
+    checkpoint = args.init_checkpoint if args.init_checkpoint is not None \
+        else settings.init_checkpoint
+    if args.init_from != RANDOM_INIT:
+        init = resolve_init(args.init_from, checkpoint)
+    elif checkpoint is not None:
+        raise ConfigError("--init-checkpoint needs an --init-from model directory, not 'random'")
+
+    from t5pre.training.strategy import create_strategy
+
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    strategy = create_strategy(run_config.strategy.name, run_config.strategy.tpu)
+    result = finetune(run_config, args.model_dir, init=init, settings=settings, strategy=strategy)
+    if result.best_score is not None:
+        print(f"best {result.best_metric} {result.best_score:.3f} at step {result.best_step}: "
+              f"{os.path.join(args.model_dir, 'best')}")
+    return 0 if result.train.step >= run_config.training.steps else 1

@@ -1,0 +1,374 @@
+"""Score a model on a downstream task: decode a split, postprocess, apply the task's metrics.
+
+This is the back end of ``t5pre evaluate`` and of the periodic evaluation inside
+``t5pre finetune`` (which keeps the best checkpoint by the task's main metric).
+
+What is decoded is what the model was trained on: the task's own pipeline (source,
+preprocessors, tokenisation, trimming to ``sequence_length``) gives the encoder ids, so an
+evaluation never re-tokenises text in a way training did not. The raw text
+(``inputs_pretokenized`` / ``targets_pretokenized``) goes to the predictions file and, through the
+task's ``postprocess_fn(text, example=..., is_target=...)``, to every ``metric_fns`` entry as
+``metric(targets, predictions)`` (seqio's convention). Each predictions row keeps both the raw and
+the postprocessed ("scored") texts, so the scores can be recomputed from the file alone.
+
+Decoding is batched and cached (:func:`t5pre.models.decoding.decode`: the encoder runs once, the
+decoder keeps a key/value cache), compiled once per model and setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Optional
+
+from t5pre.errors import CheckpointError, ConfigError, DataError
+
+#: Which score a task is judged by when none is named, in order of preference: ROUGE-Lsum for
+#: summarization (T5 reports it with ROUGE-1/2; it moves earlier than ROUGE-2 for small models),
+#: F1 for SQuAD, then exact match.
+MAIN_METRIC_PREFERENCE = ("rougeLsum", "rouge2", "rougeL", "rouge1", "f1", "em", "exact_match")
+
+#: Raw example fields that are not model inputs but may matter for scoring (kept in the rows).
+_TOKEN_FEATURES = ("inputs", "targets")
+
+
+# ------------------------------------------------------------------------------ vocabularies
+def describe_vocabulary(vocabulary) -> str:
+    """``4100 ids, spiece sha1 1a2b3c4d`` (enough to tell two vocabularies apart in a message)."""
+    if vocabulary is None:
+        return "no vocabulary"
+    size = getattr(vocabulary, "vocab_size", "?")
+    data = getattr(vocabulary, "serialized_model", None)
+    digest = hashlib.sha1(data).hexdigest()[:8] if isinstance(data, (bytes, bytearray)) else "?"
+    return f"{size} ids, spiece.model sha1 {digest}"
+
+
+def vocabularies_match(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a == b:
+        return True
+    # Two objects over the same SentencePiece bytes and sentinel count are the same vocabulary.
+    return (getattr(a, "serialized_model", None) is not None
+            and getattr(a, "serialized_model", None) == getattr(b, "serialized_model", None)
+            and getattr(a, "extra_ids", None) == getattr(b, "extra_ids", None))
+
+
+def task_with_vocabulary(task, vocabulary):
+    """A copy of ``task`` that tokenises its text with ``vocabulary`` (not registered).
+
+    For a model whose vocabulary differs from the one the task was registered with (e.g. a
+    converted Hugging Face T5 on a built-in task): the task's text, preprocessors, metrics and
+    postprocessing stay; only the token ids change."""
+    from t5pre.data.registry import Feature, Task
+
+    features = {key: Feature(vocabulary, add_eos=f.add_eos, required=f.required)
+                for key, f in task.output_features.items()}
+    return Task(task.name, task.source, preprocessors=task.preprocessors,
+                output_features=features, metric_fns=task.metric_fns,
+                postprocess_fn=task.postprocess_fn,
+                shuffle_buffer_size=getattr(task, "shuffle_buffer_size", 10_000),
+                description=getattr(task, "description", ""))
+
+
+def check_vocabulary(model_vocabulary, task, where: str, *, use_model_vocabulary: bool = False,
+                     flag: str = "--use-model-vocabulary"):
+    """The task to use with a model whose vocabulary is ``model_vocabulary``.
+
+    Returns ``task`` when the vocabularies match, a re-tokenising copy when
+    ``use_model_vocabulary``; raises CheckpointError otherwise: a model reading ids of another
+    vocabulary would train or score silently on garbage."""
+    task_vocabulary = getattr(task, "vocabulary", None)
+    if model_vocabulary is None or vocabularies_match(model_vocabulary, task_vocabulary):
+        return task
+    if use_model_vocabulary:
+        return task_with_vocabulary(task, model_vocabulary)
+    raise CheckpointError(
+        f"{where}: the checkpoint's vocabulary ({describe_vocabulary(model_vocabulary)}) does not "
+        f"match task {task.name!r}'s vocabulary ({describe_vocabulary(task_vocabulary)}); use a "
+        f"checkpoint trained with the task's vocabulary, register the task over the model's "
+        f"vocabulary (vocabulary=MODEL_DIR), or pass {flag} to tokenise the task's text with the "
+        f"model's vocabulary")
+
+
+def get_downstream_task(name: str):
+    """The registered task ``name`` (DataError listing close names when unknown)."""
+    from t5pre.data.registry import get_task
+
+    if not name:
+        raise ConfigError("no task given (--task NAME; `t5pre tasks list` shows them)")
+    try:
+        return get_task(name)
+    except DataError as e:
+        raise DataError(f"{e} (`t5pre tasks list` shows the registered tasks)") from None
+
+
+def main_metric_name(scores: dict, preferred: Optional[str] = None) -> Optional[str]:
+    """The key of ``scores`` that ranks checkpoints: ``preferred`` if given, else the first of
+    :data:`MAIN_METRIC_PREFERENCE` present, else the first key that is not an interval bound."""
+    if preferred:
+        if preferred not in scores:
+            raise ConfigError(f"metric {preferred!r} is not among the task's scores "
+                              f"({', '.join(sorted(scores)) or 'none'})")
+        return preferred
+    for key in MAIN_METRIC_PREFERENCE:
+        if key in scores:
+            return key
+    plain = [k for k in scores if not k.endswith(("_low", "_high"))]
+    return plain[0] if plain else None
+
+
+# ------------------------------------------------------------------------------ examples
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _jsonable(value):
+    """numpy/bytes example values -> JSON values (None when not representable as text/numbers)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "SO":
+            return [_jsonable(v) for v in value.tolist()]
+        if value.ndim == 0:
+            return value.item()
+        return None  # token ids and other arrays: not useful in a predictions file
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool, list)):
+        return value
+    return None
+
+
+def load_examples(task, split: str, sequence_length: dict, max_examples: Optional[int] = None):
+    """The first ``max_examples`` examples of ``split`` in order (numpy values, raw text kept)."""
+    if split not in task.splits:
+        raise DataError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+    dataset = task.get_dataset(sequence_length=dict(sequence_length), split=split, shuffle=False,
+                               seed=0, num_epochs=1)
+    if max_examples is not None:
+        dataset = dataset.take(int(max_examples))
+    examples = list(dataset.as_numpy_iterator())
+    if not examples:
+        raise DataError(f"task {task.name!r}: split {split!r} yielded no examples to evaluate")
+    for i, ex in enumerate(examples):
+        for key in ("inputs", "targets_pretokenized", "inputs_pretokenized"):
+            if key not in ex:
+                raise DataError(f"task {task.name!r}: example {i} of split {split!r} has no "
+                                f"{key!r} feature; evaluation needs the token ids and the raw "
+                                "text (the task's tokenize preprocessor keeps it)")
+    return examples
+
+
+# ------------------------------------------------------------------------------ decoding
+@dataclasses.dataclass
+class DecodeOptions:
+    """How predictions are decoded: ``beam`` 1 is greedy; lengths in tokens, EOS included."""
+
+    beam: int = 1
+    length_penalty: float = 0.6
+    max_length: int = 128
+    batch_size: int = 32
+
+    def validate(self) -> "DecodeOptions":
+        for name, least in (("beam", 1), ("max_length", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be an integer >= {least}, got {value!r}")
+        if self.length_penalty < 0:
+            raise ConfigError(f"--length-penalty must be >= 0, got {self.length_penalty}")
+        return self
+
+    def decode_kwargs(self) -> dict:
+        kwargs = {"max_length": self.max_length, "method": "greedy" if self.beam == 1 else "beam"}
+        if self.beam > 1:
+            kwargs.update(beam_size=self.beam, alpha=float(self.length_penalty))
+        return kwargs
+
+
+def _compiled_decoder(model, options: DecodeOptions):
+    """``decode`` with fixed settings, traced once per (model, settings) and kept on the model.
+
+    ``reduce_retracing`` lets batches of different widths share one trace."""
+    import keras
+
+    from t5pre.models.decoding import decode
+
+    key = tuple(sorted(options.decode_kwargs().items()))
+    cache = model.__dict__.setdefault("_t5pre_eval_decoders", {})
+    if key not in cache:
+        kwargs = options.decode_kwargs()
+
+        def run(ids, mask):
+            return decode(model, ids, mask, **kwargs)
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            run = tf.function(run, reduce_retracing=True)
+        cache[key] = run
+    return cache[key]
+
+
+def decode_examples(model, vocabulary, examples, options: DecodeOptions) -> list:
+    """Decoded prediction text for every example, in order (batches padded to their longest)."""
+    import numpy as np
+
+    run = _compiled_decoder(model, options)
+    predictions = []
+    for start in range(0, len(examples), options.batch_size):
+        chunk = examples[start:start + options.batch_size]
+        width = max(len(ex["inputs"]) for ex in chunk)
+        ids = np.zeros((len(chunk), width), "int32")
+        for row, ex in enumerate(chunk):
+            ids[row, :len(ex["inputs"])] = ex["inputs"]
+        tokens, _ = run(ids, (ids != 0).astype("int32"))
+        predictions.extend(vocabulary.decode([int(t) for t in row]) for row in np.asarray(tokens))
+    return predictions
+
+
+# ------------------------------------------------------------------------------ scoring
+@dataclasses.dataclass
+class EvalResult:
+    task: str
+    split: str
+    scores: dict
+    rows: list  # one dict per example: input, target, prediction, scored_target, scored_prediction
+    main_metric: Optional[str]
+    seconds: float
+
+    @property
+    def main_score(self) -> Optional[float]:
+        return None if self.main_metric is None else self.scores[self.main_metric]
+
+
+def score_rows(task, rows) -> dict:
+    """Every ``metric_fns`` entry applied to the rows' scored targets and predictions."""
+    targets = [row["scored_target"] for row in rows]
+    predictions = [row["scored_prediction"] for row in rows]
+    scores = {}
+    for fn in task.metric_fns:
+        name = getattr(fn, "__name__", repr(fn))
+        result = fn(targets, predictions)
+        if not isinstance(result, dict):
+            raise DataError(f"task {task.name!r}: metric {name} returned {type(result).__name__}, "
+                            "expected a dict of scores")
+        for key, value in result.items():
+            if key in scores:
+                raise DataError(f"task {task.name!r}: two metrics both report {key!r}")
+            scores[key] = float(value)
+    return scores
+
+
+def make_rows(task, examples, predictions) -> list:
+    rows = []
+    for i, (ex, prediction) in enumerate(zip(examples, predictions)):
+        target = _text(ex["targets_pretokenized"])
+        row = {"index": i, "input": _text(ex["inputs_pretokenized"]), "target": target,
+               "prediction": prediction}
+        for key, value in ex.items():
+            if key in _TOKEN_FEATURES or key.endswith("_pretokenized") or key in row:
+                continue
+            value = _jsonable(value)
+            if value is not None:
+                row[key] = value
+        row["scored_target"] = _jsonable(task.postprocess(target, example=ex, is_target=True))
+        row["scored_prediction"] = _jsonable(task.postprocess(prediction, example=ex,
+                                                               is_target=False))
+        rows.append(row)
+    return rows
+
+
+class TaskEvaluator:
+    """Decodes a fixed set of a task's examples and scores them; reusable across checkpoints.
+
+    The examples are read once (the first ``max_examples`` of ``split``, in order) so periodic
+    evaluation during fine-tuning compares every checkpoint on the same inputs."""
+
+    def __init__(self, task, vocabulary, *, split: str = "validation",
+                 sequence_length: dict, max_examples: Optional[int] = None,
+                 options: Optional[DecodeOptions] = None, metric: Optional[str] = None):
+        self.task = task
+        self.vocabulary = vocabulary
+        self.split = split
+        self.sequence_length = dict(sequence_length)
+        self.max_examples = max_examples
+        self.options = (options or DecodeOptions(max_length=int(sequence_length["targets"])))
+        self.options.validate()
+        self.metric = metric
+        self._examples = None
+
+    @property
+    def examples(self) -> list:
+        if self._examples is None:
+            self._examples = load_examples(self.task, self.split, self.sequence_length,
+                                           self.max_examples)
+        return self._examples
+
+    def evaluate(self, model) -> EvalResult:
+        start = time.perf_counter()
+        examples = self.examples
+        predictions = decode_examples(model, self.vocabulary, examples, self.options)
+        rows = make_rows(self.task, examples, predictions)
+        scores = score_rows(self.task, rows)
+        main = main_metric_name(scores, self.metric) if scores else None
+        return EvalResult(self.task.name, self.split, scores, rows, main,
+                          time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------ files
+def write_results(result: EvalResult, out_json: str, predictions_path: Optional[str] = None,
+                  extra: Optional[dict] = None) -> tuple[str, str]:
+    """Writes the scores JSON and the predictions JSONL (each atomically); returns both paths."""
+    out_json = os.fspath(out_json)
+    if predictions_path is None:
+        stem = out_json[:-5] if out_json.endswith(".json") else out_json
+        predictions_path = stem + ".predictions.jsonl"
+    for path in (out_json, predictions_path):
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+    _atomic_write(predictions_path,
+                  "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
+    summary = {"task": result.task, "split": result.split, "num_examples": len(result.rows),
+               "main_metric": result.main_metric, "scores": result.scores,
+               "predictions_file": os.path.abspath(predictions_path),
+               "seconds": round(result.seconds, 3), **(extra or {})}
+    _atomic_write(out_json, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return out_json, predictions_path
+
+
+def read_predictions(path) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def format_scores(scores: dict, main_metric: Optional[str] = None) -> str:
+    """A two-column table: ``metric  score  [low, high]`` (interval bounds folded in)."""
+    names = [k for k in scores if not k.endswith(("_low", "_high"))]
+    if not names:
+        return "(no scores: the task has no metric_fns)"
+    width = max(len(n) for n in names) + 2
+    lines = [f"{'metric'.ljust(width)}score"]
+    for name in names:
+        line = f"{name.ljust(width)}{scores[name]:8.3f}"
+        if f"{name}_low" in scores and f"{name}_high" in scores:
+            line += f"   [{scores[name + '_low']:.3f}, {scores[name + '_high']:.3f}]"
+        if name == main_metric:
+            line += "   <- main"
+        lines.append(line)
+    return "\n".join(lines)
