@@ -51,6 +51,8 @@ LOADER = textwrap.dedent("""
             "id_scores": ids_out["scores"].numpy().tolist(),
             "lengths": ids_out["lengths"].numpy().tolist(),
             "signatures": sorted(loaded.signatures.keys()),
+            "empty_batch": loaded.signatures["serving_default"](
+                inputs=tf.constant([], tf.string))["outputs"].shape.as_list(),
         }
     result["t5pre_imported"] = any(m == "t5pre" or m.startswith("t5pre.") for m in sys.modules)
     print(json.dumps(result))
@@ -154,7 +156,9 @@ def predict_cli(capsys, model_dir, *extra):
 
 def test_fresh_process_needs_no_t5pre(served):
     assert served["t5pre_imported"] is False
-    assert served["greedy"]["signatures"] == ["generate_ids", "serving_default"]
+    for name in ("greedy", "beam"):
+        assert served[name]["signatures"] == ["generate_ids", "serving_default"]
+        assert served[name]["empty_batch"] == [0]
 
 
 def test_greedy_export_equals_t5pre_predict_and_python_decoding(tiny, served, capsys):
@@ -259,13 +263,13 @@ def test_failed_export_leaves_nothing_behind(tiny, tmp_path, monkeypatch):
     model, vocabulary, _, _ = tiny
     calls = []
 
-    def half_written_then_crash(module, path, signatures):
+    def half_written_then_crash(model, vocabulary, settings, path):
         calls.append(path)
         pathlib.Path(path, "saved_model.pb").write_bytes(b"\x08\x01 half a graph")
         pathlib.Path(path, "variables").mkdir()
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(saved_model, "_save_module", half_written_then_crash)
+    monkeypatch.setattr(saved_model, "_write_saved_model", half_written_then_crash)
     settings = DecodeSettings(max_decode_length=4, max_input_length=8)
     target = tmp_path / "exports" / "1"
     with pytest.raises(OSError, match="injected"):

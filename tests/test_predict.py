@@ -39,7 +39,7 @@ def test_arguments_file_stdin_and_batch_sizes_agree(pretrained, tmp_path, capsys
 
     source = tmp_path / "inputs.txt"
     source.write_text("".join(t + "\n" for t in TEXTS), encoding="utf-8")
-    for batch in ("1", "2", "32"):
+    for batch in ("2",):  # 5 inputs -> batches of 2, 2, 1
         code, out, _ = run_predict(capsys, "--model-dir", str(model_dir), *DECODE,
                                    "--input-file", str(source), "--batch-size", batch)
         assert code == 0 and out == from_args, batch
@@ -85,15 +85,21 @@ def test_inputs_are_cut_to_max_input_length(pretrained):
     assert ids.shape[1] == len(vocabulary.encode(prefix)) + 1
 
 
-def test_beam_size_one_is_greedy_and_beam_runs(pretrained, capsys):
-    _, _, model_dir = pretrained
-    args = ["--model-dir", str(model_dir), *DECODE, *TEXTS[:3]]
-    code, greedy, _ = run_predict(capsys, *args)
-    code_b1, beam1, _ = run_predict(capsys, "--beam", "1", *args)
-    code_b4, beam4, _ = run_predict(capsys, "--beam", "4", "--length-penalty", "1.0", *args)
-    assert code == code_b1 == code_b4 == 0
-    assert beam1 == greedy
-    assert len(beam4.split("\n")[:-1]) == 3
+def test_beam_search_settings_reach_the_decoder(pretrained):
+    from t5pre.evaluation.predict import DecodeSettings, Predictor
+    from t5pre.models.decoding import decode
+
+    model, vocabulary, _ = pretrained
+    assert DecodeSettings(beam=1, max_decode_length=5).decode_kwargs() == {
+        "max_length": 5, "method": "greedy"}
+    settings = DecodeSettings(beam=4, length_penalty=1.0, max_decode_length=8, max_input_length=12)
+    predictor = Predictor(model, vocabulary, settings)
+    tokens, scores = predictor.generate_ids(TEXTS[:3])
+    ids, mask = predictor.encode_batch(TEXTS[:3])
+    expected, expected_scores = decode(model, ids, mask, max_length=8, method="beam", beam_size=4,
+                                       alpha=1.0)
+    np.testing.assert_array_equal(tokens, np.asarray(expected))
+    np.testing.assert_allclose(scores, np.asarray(expected_scores), atol=1e-4)
 
 
 def test_empty_input_file_prints_nothing(pretrained, tmp_path, capsys):
@@ -128,3 +134,26 @@ def test_bad_arguments_give_clear_errors(pretrained, tmp_path, capsys, case):
     assert "Traceback" not in err
     if case == "bad_utf8":
         assert out == ""  # the error comes before any output of that batch
+
+
+def test_predict_runs_on_the_jax_backend(pretrained):
+    """`t5pre predict` with KERAS_BACKEND=jax (jax.jit decoding) prints the TF backend's lines."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    from t5pre.evaluation.predict import DecodeSettings, Predictor
+
+    model, vocabulary, model_dir = pretrained
+    expected = Predictor(model, vocabulary, DecodeSettings(
+        max_decode_length=8, max_input_length=12)).predict_with_scores(TEXTS)
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    code = "import sys; from t5pre.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "predict", "--model-dir", str(model_dir),
+                           *DECODE, "--scores", *TEXTS],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split("\t", 1) for line in proc.stdout.split("\n")[:-1]]
+    assert [text for _, text in lines] == [text for text, _ in expected]
+    np.testing.assert_allclose([float(s) for s, _ in lines], [s for _, s in expected], atol=1e-3)

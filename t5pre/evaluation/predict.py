@@ -192,8 +192,8 @@ class Predictor:
         return ids, mask
 
     def _decode_fn(self):
-        """`decode` with this predictor's settings, compiled once (tf.function on TensorFlow,
-        eager `while_loop` elsewhere); `reduce_retracing` keeps varying batch shapes to one trace."""
+        """`decode` with this predictor's settings, compiled once: `tf.function` on TensorFlow
+        (`reduce_retracing` keeps varying batch shapes to one trace), `jax.jit` on JAX."""
         if self._compiled is None:
             import keras
 
@@ -204,10 +204,15 @@ class Predictor:
             def run(ids, mask):
                 return decode(model, ids, mask, **kwargs)
 
-            if keras.backend.backend() == "tensorflow":
+            backend = keras.backend.backend()
+            if backend == "tensorflow":
                 import tensorflow as tf
 
                 run = tf.function(run, reduce_retracing=True)
+            elif backend == "jax":
+                import jax
+
+                run = jax.jit(run)  # one compile per batch shape
             self._compiled = run
         return self._compiled
 

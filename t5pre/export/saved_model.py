@@ -28,11 +28,15 @@ METADATA_DIR = "assets.extra"
 METADATA_FILE = "t5pre_export.json"
 
 
-def _save_module(module, path: str, signatures: dict) -> None:
-    """`tf.saved_model.save` (a seam: tests replace it to inject a failure mid-export)."""
+def _write_saved_model(model, vocabulary, settings, path: str) -> None:
+    """Build the serving module, trace its signatures and save it into `path` (an existing
+    empty directory). Kept as one seam: tests replace it to inject a failure mid-export."""
     import tensorflow as tf
 
-    tf.saved_model.save(module, path, signatures=signatures)
+    from t5pre.export.serving import build_serving_module, signatures
+
+    module = build_serving_module(model, vocabulary, settings)
+    tf.saved_model.save(module, path, signatures=signatures(module))
 
 
 def _give_usual_mode(path: pathlib.Path) -> None:
@@ -67,8 +71,7 @@ def export_saved_model(model, vocabulary, export_dir, settings, *, overwrite: bo
     """
     import keras
 
-    from t5pre.export.serving import IDS_SIGNATURE, SERVING_SIGNATURE, build_serving_module
-    from t5pre.export.serving import signatures as make_signatures
+    from t5pre.export.serving import IDS_SIGNATURE, SERVING_SIGNATURE
 
     if keras.backend.backend() != "tensorflow":
         raise ConfigError(
@@ -84,8 +87,7 @@ def export_saved_model(model, vocabulary, export_dir, settings, *, overwrite: bo
     _give_usual_mode(staging)  # mkdtemp makes 0700; a server running as another user must read it
     retired = None
     try:
-        module = build_serving_module(model, vocabulary, settings)
-        _save_module(module, str(staging), make_signatures(module))
+        _write_saved_model(model, vocabulary, settings, str(staging))
         _write_metadata(staging, {
             "format": "t5pre-serving-saved-model",
             "format_version": 1,
