@@ -72,7 +72,7 @@ def tokenize_text(text_key: str = "text"):
                             f"field {text_key!r} (it has {have})")
         vocabulary = ctx.output_features["targets"].vocabulary
 
-        # Not converted by autograph: it mangles the vocabulary's tokenizer property.
+        # Plain TF calls: nothing for autograph to convert (and it once tripped on the tokenizer).
         @tf.autograph.experimental.do_not_convert
         def encode(batch):
             ids = vocabulary.encode_tf(batch[text_key])

@@ -1,0 +1,168 @@
+"""Throughput of the span-corruption input pipeline on ONE CPU core, stage by stage.
+
+Stages (each includes the ones before it):
+
+1. ``read+tokenize``   source -> SentencePiece ids (tensorflow-text, batched)
+2. ``+chunk``          documents concatenated and cut into chunks of the raw length that
+                       fills ``--inputs-length`` (568 for 512/114)
+3. ``+span corrupt``   T5 span corruption + EOS: the task's examples (``Task.get_dataset``
+                       order, without the example shuffle buffer, whose fill time would dominate
+                       a short run)
+4. ``+features``       ``EncDecFeatureConverter(pack=True)``: fixed-length model features
+
+``tokens/s`` counts corpus tokens consumed per second (sentinels, EOS and padding excluded), so
+the rows compare directly; ``examples/s`` counts what the stage emits (documents, chunks,
+examples, packed feature rows).
+
+TensorFlow is held to one core: intra-op and inter-op pools of 1 thread and a private tf.data
+threadpool of 1 thread (``AUTOTUNE`` parallel maps then run on that single thread).
+
+Usage::
+
+    python benchmarks/span_corruption_pipeline.py                 # the embedded default corpus
+    python benchmarks/span_corruption_pipeline.py \\
+        --files /work/shared/data/pretrain/enwiki_gensim_sample.jsonl \\
+        --files '/work/shared/data/pretrain/jane_austen/*.txt'
+
+Each ``--files`` (a glob; ``.jsonl`` files are read as JSON Lines with ``--text-key``) is one
+corpus row group. ``--no-default`` skips the default corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _one_core(tf):
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def _count(dataset, fn, options, seconds, batch=256):
+    """Iterate ``dataset`` (mapped to per-element counts in-graph) for at most ``seconds``."""
+    import tensorflow as tf
+
+    counted = dataset.map(fn).batch(batch).with_options(options)
+    iterator = iter(counted)
+    next(iterator)  # warm-up: traces functions, fills the pipeline
+    elements = tokens = 0
+    start = time.perf_counter()
+    for batch_counts in iterator:
+        elements += int(tf.size(batch_counts))
+        tokens += int(tf.reduce_sum(batch_counts))
+        if time.perf_counter() - start > seconds:
+            break
+    elapsed = time.perf_counter() - start
+    return elements, tokens, elapsed
+
+
+def benchmark(task, lengths, options, seconds, split="train"):
+    """Rows ``(stage, examples/s, tokens/s, examples, seconds)`` for one task."""
+    import tensorflow as tf
+
+    from t5pre.data.feature_converter import EncDecFeatureConverter
+    from t5pre.data.registry import PreprocessContext, derive_seed
+
+    vocab = task.vocabulary
+    first_sentinel = vocab.vocab_size - vocab.extra_ids
+    source = task.source.get_dataset(split=split, shuffle=False, seed=0).repeat()
+
+    def ctx(position):
+        return PreprocessContext(sequence_length=dict(lengths),
+                                 output_features=task.output_features, split=split,
+                                 seed=derive_seed(0, "preprocessor", position, 0), shuffle=False,
+                                 task_name=task.name)
+
+    stages = []
+    dataset = source
+    names = ["read+tokenize", "+chunk", "+span corrupt"]
+    for position, (name, preprocessor) in enumerate(zip(names, task.preprocessors)):
+        dataset = preprocessor(dataset, ctx(position))
+        stages.append((name, dataset))
+
+    def plain_tokens(example):
+        return tf.size(example["targets"])
+
+    def corpus_tokens(example):
+        real = lambda ids: tf.reduce_sum(tf.cast(  # noqa: E731
+            tf.logical_and(ids < first_sentinel, ids != vocab.eos_id), tf.int32))
+        return real(example["inputs"]) + real(example["targets"])
+
+    def feature_tokens(example):
+        enc = tf.logical_and(example["encoder_padding_mask"] > 0,
+                             example["encoder_token_ids"] < first_sentinel)
+        dec = tf.logical_and(example["decoder_loss_weights"] > 0,
+                             example["decoder_target_ids"] < first_sentinel)
+        eos = tf.logical_and(dec, example["decoder_target_ids"] == vocab.eos_id)
+        enc_eos = tf.logical_and(enc, example["encoder_token_ids"] == vocab.eos_id)
+        return (tf.reduce_sum(tf.cast(enc, tf.int32)) + tf.reduce_sum(tf.cast(dec, tf.int32))
+                - tf.reduce_sum(tf.cast(eos, tf.int32)) - tf.reduce_sum(tf.cast(enc_eos, tf.int32)))
+
+    features = EncDecFeatureConverter(pack=True)(stages[-1][1], lengths)
+    counters = [plain_tokens, plain_tokens, corpus_tokens]
+    rows = []
+    for (name, dataset), fn in zip(stages + [("+features (packed)", features)],
+                                   counters + [feature_tokens]):
+        n, tokens, elapsed = _count(dataset, fn, options, seconds)
+        rows.append((name, n / elapsed, tokens / elapsed, n, elapsed))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", action="append", default=[],
+                        help="a glob of text (.txt, one document a line) or .jsonl files; repeatable")
+    parser.add_argument("--text-key", default="text", help="JSON field with the text")
+    parser.add_argument("--no-default", action="store_true", help="skip the default corpus")
+    parser.add_argument("--inputs-length", type=int, default=512)
+    parser.add_argument("--targets-length", type=int, default=114)
+    parser.add_argument("--seconds", type=float, default=8.0, help="time per stage")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    options = _one_core(tf)
+    import t5pre
+    from t5pre.tasks import pretraining
+
+    lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+    tasks = []
+    if not args.no_default:
+        tasks.append(("default corpus", t5pre.get_task("default_span_corruption")))
+    for i, pattern in enumerate(args.files):
+        task = pretraining.register_text_pretraining_task(
+            f"benchmark_files_{i}", {"train": [pattern]}, text_key=args.text_key)
+        tasks.append((os.path.basename(pattern.rstrip("/")), task))
+
+    objective = tasks[0][1].preprocessors[-1] if tasks else None
+    raw = objective.raw_tokens_length(_context(lengths, tasks[0][1])) if objective else None
+    print(f"span corruption pipeline on 1 core: lengths {lengths}, raw chunk {raw} tokens, "
+          f"TF {tf.__version__}, {args.seconds:g} s per stage")
+    header = f"{'corpus':<28} {'stage':<20} {'examples/s':>11} {'tokens/s':>11} {'examples':>9}"
+    print(header)
+    print("-" * len(header))
+    for label, task in tasks:
+        for stage, eps, tps, n, _ in benchmark(task, lengths, options, args.seconds):
+            print(f"{label[:28]:<28} {stage:<20} {eps:>11,.0f} {tps:>11,.0f} {n:>9,}")
+            sys.stdout.flush()
+    return 0
+
+
+def _context(lengths, task):
+    from t5pre.data.registry import PreprocessContext
+
+    return PreprocessContext(sequence_length=dict(lengths), output_features=task.output_features,
+                             split="train", seed=0, shuffle=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
