@@ -190,3 +190,23 @@ def test_c4_span_corruption_with_mock_data():
     for ex in examples:
         assert len(ex["inputs"]) <= 64 and ex["inputs"][-1] == 1
         assert ex["targets"][0] == task.vocabulary.sentinel(0)
+
+
+def test_pipeline_resumes_mid_stream_from_an_iterator_checkpoint(tmp_path):
+    # Chunking (scan), span corruption (blocks) and packing keep their state in the iterator, so
+    # a training run restored from a checkpoint continues with exactly the next examples.
+    task = t5pre.get_task("default_span_corruption")
+
+    def make():
+        ds = task.get_dataset(LENGTHS, split="validation", seed=0, shuffle_buffer_size=50)
+        return EncDecFeatureConverter(pack=True)(ds, LENGTHS).batch(4)
+
+    iterator = iter(make())
+    for _ in range(3):
+        next(iterator)
+    path = tf.train.Checkpoint(iterator=iterator).save(str(tmp_path / "ckpt"))
+    expected = [next(iterator)["encoder_token_ids"].numpy() for _ in range(3)]
+    restored = iter(make())
+    tf.train.Checkpoint(iterator=restored).restore(path)
+    got = [next(restored)["encoder_token_ids"].numpy() for _ in range(3)]
+    assert all((a == b).all() for a, b in zip(expected, got))
