@@ -2,9 +2,10 @@
 
 Every objective takes a chunk of raw token ids (the ``"targets"`` feature that
 :mod:`t5pre.data.chunking` emits, no EOS) and turns it into an ``inputs``/``targets`` pair. All
-randomness comes from stateless TF random ops seeded per example from the preprocessor's
-``ctx.seed``, the example's position in the stream and a fingerprint of its tokens, so a pipeline
-is reproducible (same seed, same examples) and runs entirely inside ``tf.data``.
+randomness comes from stateless TF random ops seeded from the preprocessor's ``ctx.seed``, the
+position in the stream (of a block of ``BLOCK_SIZE`` chunks processed together) and a fingerprint
+of the tokens, so a pipeline is reproducible (same seed, same examples), resumable from an
+iterator checkpoint, and runs entirely inside ``tf.data``.
 
 Span corruption (T5), precisely:
 
@@ -216,12 +217,6 @@ def span_corrupt(tokens, noise_mask, vocab_size):
     return tf.boolean_mask(pairs, keep_inputs), tf.boolean_mask(pairs, keep_targets)
 
 
-def iid_noise_mask(length, noise_density, seeds):
-    """Each token is noise independently with probability ``noise_density`` (bool ``[length]``)."""
-    tf = _tf()
-    return tf.random.stateless_uniform([length], seed=_seed_tensor(seeds)) < noise_density
-
-
 def _random_compositions(total, parts, rows, seed):
     """``[rows, parts]``: per row, a uniformly random composition of ``total`` into ``parts``
     positive integers.
@@ -341,8 +336,9 @@ def _sequence_lengths(ctx, who: str) -> tuple[int, int]:
         ) from None
 
 
-def _example_seed(base_seed, index, tokens):
-    """Per-example stateless seed: the preprocessor seed, the stream position and the content.
+def _block_seed(base_seed, index, tokens):
+    """Stateless seed of a block of chunks: the preprocessor seed, the block's position in the
+    stream and a fingerprint of its tokens.
 
     Folding in a fingerprint of the tokens keeps masks independent across data shards, whose
     stream positions coincide.
@@ -359,9 +355,11 @@ BLOCK_SIZE = 64  # chunks corrupted together in one vectorised step
 class DenoisingObjective:
     """A preprocessor ``fn(ds, ctx)`` turning raw token chunks into inputs/targets pairs.
 
-    Subclasses implement :meth:`corrupt` (TF, per example, no EOS) and :meth:`raw_tokens_length`
-    (the chunk length that makes the outputs fit ``ctx.sequence_length``), which the chunking
-    preprocessor reads (:func:`t5pre.data.chunking.split_into_chunks` accepts an objective).
+    Subclasses implement :meth:`corrupt` (TF, one chunk, no EOS), optionally its vectorised form
+    :meth:`corrupt_batch` (a block of equal-length chunks; set ``vectorised = True``), and
+    :meth:`raw_tokens_length` (the chunk length that makes the outputs fit
+    ``ctx.sequence_length``), which the chunking preprocessor reads
+    (:func:`t5pre.data.chunking.split_into_chunks` accepts an objective).
 
     ``prefix`` (optional text, e.g. UL2's ``[NLU]``) is tokenized with the inputs vocabulary and
     prepended to every ``inputs``; its length is taken out of the inputs budget.
@@ -414,10 +412,13 @@ class DenoisingObjective:
         def body(i, inputs_values, inputs_lengths, targets_values, targets_lengths):
             row_seed = tf.random.experimental.stateless_fold_in(seed, i)
             inputs, targets = self.corrupt(block[i], row_seed, values)
-            return (i + 1, inputs_values.write(i, inputs), inputs_lengths.write(i, tf.size(inputs)[None]),
-                    targets_values.write(i, targets), targets_lengths.write(i, tf.size(targets)[None]))
+            return (i + 1,
+                    inputs_values.write(i, inputs), inputs_lengths.write(i, tf.size(inputs)[None]),
+                    targets_values.write(i, targets),
+                    targets_lengths.write(i, tf.size(targets)[None]))
 
         _, iv, il, tv, tl = tf.while_loop(lambda i, *_: i < rows, body, [0] + arrays)
+
         def ragged(values_array, lengths_array):
             return tf.RaggedTensor.from_row_lengths(
                 values_array.concat(), tf.cast(lengths_array.concat(), tf.int64), validate=False)
@@ -454,7 +455,7 @@ class DenoisingObjective:
         def apply(index, block):
             if not isinstance(block, tf.RaggedTensor):
                 block = tf.RaggedTensor.from_tensor(block)
-            seed = _example_seed(base_seed, index, block.flat_values)
+            seed = _block_seed(base_seed, index, block.flat_values)
             lengths = tf.cast(block.row_lengths(), tf.int32)
             uniform = tf.reduce_all(tf.equal(lengths, lengths[0]))
             if self.vectorised:
@@ -751,7 +752,7 @@ def make_objective(name: str, **kwargs) -> DenoisingObjective:
 __all__: Sequence[str] = [
     "random_spans_helper", "random_spans_noise_mask", "random_spans_noise_masks", "span_corrupt",
     "span_corrupt_batch", "noise_counts",
-    "span_corruption_tokens_length", "iid_noise_mask", "DenoisingObjective", "SpanCorruption",
+    "span_corruption_tokens_length", "DenoisingObjective", "SpanCorruption",
     "PrefixLM", "IIDDenoising", "span_corruption", "prefix_lm", "iid_denoising", "ul2_denoisers",
     "UL2Denoiser", "make_objective", "UL2_PARADIGM_PREFIXES",
 ]
