@@ -19,6 +19,11 @@ model base path, e.g. --out exports/my_t5/1.
 
 Loading it needs `tensorflow` and `tensorflow-text` (which itself requires `keras` installed),
 not t5pre: tf.saved_model.load(OUT).signatures["serving_default"](inputs=tf.constant([...])).
+The stock TensorFlow Serving model server links the tensorflow-text ops; use a release at least
+as new as the TensorFlow that wrote the export.
+
+Decoding settings (beam, length penalty, lengths) are fixed at export time; they are recorded in
+OUT/assets.extra/t5pre_export.json.
 """
 
 
@@ -38,6 +43,7 @@ def register(subparsers):
 
 
 def run(args):
+    import os
     import time
 
     from t5pre.cli.predict import decode_settings
@@ -51,7 +57,8 @@ def run(args):
     settings = settings.resolved_for(loaded.run_config)
     path = export_saved_model(
         loaded.model, loaded.vocabulary, args.out, settings, overwrite=args.overwrite,
-        metadata={"source": {"model_dir": loaded.model_dir, "layout": loaded.layout,
+        metadata={"source": {"model_dir": os.path.abspath(loaded.model_dir),
+                             "layout": loaded.layout,
                              "checkpoint": loaded.checkpoint}})
     how = "greedy" if settings.beam == 1 else f"beam {settings.beam}, alpha {settings.length_penalty}"
     print(f"exported {loaded.model_dir}"

@@ -87,15 +87,12 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
         tokens, scores = generate(inputs)
         return {"ids": tokens, "scores": scores, "lengths": generated_lengths(tokens, eos_id)}
 
-    module.generate = generate
-    module.serve_text = serve_text
-    module.serve_ids = serve_ids
+    # Kept off the module's tracked attributes: a tf.function attribute would be saved a second
+    # time as an object-graph function (doubling the graph); the signatures are all we serve.
+    module._t5pre_signatures = {SERVING_SIGNATURE: serve_text, IDS_SIGNATURE: serve_ids}
     return module
 
 
 def signatures(module) -> dict:
     """The concrete functions to save as SavedModel signatures."""
-    return {
-        SERVING_SIGNATURE: module.serve_text.get_concrete_function(),
-        IDS_SIGNATURE: module.serve_ids.get_concrete_function(),
-    }
+    return {name: fn.get_concrete_function() for name, fn in module._t5pre_signatures.items()}
