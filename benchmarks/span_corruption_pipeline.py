@@ -10,9 +10,11 @@ Stages (each includes the ones before it):
                        a short run)
 4. ``+features``       ``EncDecFeatureConverter(pack=True)``: fixed-length model features
 
-``tokens/s`` counts corpus tokens consumed per second (sentinels, EOS and padding excluded), so
-the rows compare directly; ``examples/s`` counts what the stage emits (documents, chunks,
-examples, packed feature rows).
+``tokens/s`` counts corpus tokens consumed per wall-clock second (sentinels, EOS and padding
+excluded), so the rows compare directly; ``examples/s`` counts what the stage emits (documents,
+chunks, examples, packed feature rows). ``tokens/cpu-s`` divides by the CPU time the process
+used instead: on a busy shared machine it is the better estimate of one dedicated core's
+throughput (``cpu/wall`` shows how much of a core the run actually got; ~1.0 when idle).
 
 TensorFlow is held to one core: intra-op and inter-op pools of 1 thread and a private tf.data
 threadpool of 1 thread (``AUTOTUNE`` parallel maps then run on that single thread).
@@ -55,18 +57,17 @@ def _count(dataset, fn, options, seconds, batch=256):
     iterator = iter(counted)
     next(iterator)  # warm-up: traces functions, fills the pipeline
     elements = tokens = 0
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for batch_counts in iterator:
         elements += int(tf.size(batch_counts))
         tokens += int(tf.reduce_sum(batch_counts))
         if time.perf_counter() - start > seconds:
             break
-    elapsed = time.perf_counter() - start
-    return elements, tokens, elapsed
+    return elements, tokens, time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def benchmark(task, lengths, options, seconds, split="train"):
-    """Rows ``(stage, examples/s, tokens/s, examples, seconds)`` for one task."""
+    """Rows ``(stage, examples, tokens, wall seconds, CPU seconds)`` for one task."""
     import tensorflow as tf
 
     from t5pre.data.feature_converter import EncDecFeatureConverter
@@ -112,8 +113,7 @@ def benchmark(task, lengths, options, seconds, split="train"):
     rows = []
     for (name, dataset), fn in zip(stages + [("+features (packed)", features)],
                                    counters + [feature_tokens]):
-        n, tokens, elapsed = _count(dataset, fn, options, seconds)
-        rows.append((name, n / elapsed, tokens / elapsed, n, elapsed))
+        rows.append((name,) + _count(dataset, fn, options, seconds))
     return rows
 
 
@@ -147,12 +147,14 @@ def main(argv=None):
     raw = objective.raw_tokens_length(_context(lengths, tasks[0][1])) if objective else None
     print(f"span corruption pipeline on 1 core: lengths {lengths}, raw chunk {raw} tokens, "
           f"TF {tf.__version__}, {args.seconds:g} s per stage")
-    header = f"{'corpus':<28} {'stage':<20} {'examples/s':>11} {'tokens/s':>11} {'examples':>9}"
+    header = (f"{'corpus':<26} {'stage':<19} {'examples/s':>10} {'tokens/s':>10} "
+              f"{'tokens/cpu-s':>12} {'cpu/wall':>8} {'examples':>8}")
     print(header)
     print("-" * len(header))
     for label, task in tasks:
-        for stage, eps, tps, n, _ in benchmark(task, lengths, options, args.seconds):
-            print(f"{label[:28]:<28} {stage:<20} {eps:>11,.0f} {tps:>11,.0f} {n:>9,}")
+        for stage, n, tokens, wall, cpu in benchmark(task, lengths, options, args.seconds):
+            print(f"{label[:26]:<26} {stage:<19} {n / wall:>10,.0f} {tokens / wall:>10,.0f} "
+                  f"{tokens / max(cpu, 1e-9):>12,.0f} {cpu / wall:>8.2f} {n:>8,}")
             sys.stdout.flush()
     return 0
 

@@ -382,3 +382,14 @@ def test_split_into_chunks_uses_the_objective_length():
     assert [int(tf.size(c["targets"])) for c in chunks] == [length] * (500 // length) + [500 % length]
     with pytest.raises(ConfigError):
         chunking.split_into_chunks(0)(ds, ctx)
+
+
+def test_chunking_refuses_examples_without_1d_tokens():
+    from t5pre.errors import DataError
+
+    ds = tf.data.Dataset.from_tensors({"text": tf.constant("raw text")})
+    with pytest.raises(DataError, match="targets"):
+        chunking.concatenate_and_split(ds, 8)
+    ds = tf.data.Dataset.from_tensors({"targets": tf.zeros([2, 3], tf.int32)})
+    with pytest.raises(DataError, match="1-D"):
+        chunking.concatenate_and_split(ds, 8)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Union
 
-from t5pre.errors import ConfigError
+from t5pre.errors import ConfigError, DataError
 
 TokensLength = Union[int, Callable[[Any], int], Any]
 
@@ -49,16 +49,6 @@ def _resolve_length(tokens_length: TokensLength, ctx) -> int:
     return length
 
 
-def _flatten(block):
-    """All tokens of a block of documents, in order (ragged_batch gives a dense tensor when the
-    documents happen to have one static length)."""
-    import tensorflow as tf
-
-    if isinstance(block, tf.RaggedTensor):
-        return block.flat_values
-    return tf.reshape(block, [-1])
-
-
 def concatenate_and_split(dataset, tokens_length: int, feature_key: str = "targets",
                           document_separator_id: int | None = None,
                           keep_remainder: bool = True):
@@ -76,18 +66,26 @@ def concatenate_and_split(dataset, tokens_length: int, feature_key: str = "targe
     if int(tokens_length) < 1:
         raise ConfigError(f"chunk length must be >= 1, got {tokens_length}")
     length = tf.constant(int(tokens_length), tf.int32)
-    separator = (tf.constant([int(document_separator_id)], tf.int32)
-                 if document_separator_id is not None else tf.zeros([0], tf.int32))
 
-    def document(example):
-        tokens = tf.cast(tf.reshape(example[feature_key], [-1]), tf.int32)
-        return tf.concat([tokens, separator], axis=0)
+    def block_tokens(block):
+        tokens = block[feature_key]
+        if not isinstance(tokens, tf.RaggedTensor):
+            tokens = tf.RaggedTensor.from_tensor(tokens)
+        tokens = tf.cast(tokens, tf.int32)
+        if document_separator_id is not None:
+            separators = tf.fill([tokens.nrows(), 1], tf.constant(int(document_separator_id)))
+            tokens = tf.concat([tokens, tf.RaggedTensor.from_tensor(separators)], axis=1)
+        return tokens.flat_values, False
 
     # The scan below runs once per *block* of documents (its fixed cost, ~0.2 ms, would dominate
-    # if paid per document): documents are gathered into blocks and flattened first.
-    stream = (dataset.map(document, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # if paid per document), and documents go straight into blocks without a per-document step.
+    spec = dataset.element_spec
+    if not isinstance(spec, dict) or feature_key not in spec or spec[feature_key].shape.rank != 1:
+        raise DataError(f"chunking needs examples with a 1-D token feature {feature_key!r}, "
+                        f"got {spec}")
+    stream = (dataset.map(lambda example: {feature_key: example[feature_key]})
               .ragged_batch(_DOCUMENTS_PER_BLOCK)
-              .map(lambda block: (_flatten(block), False)))
+              .map(block_tokens, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     if keep_remainder:
         flush = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), True))
         stream = stream.concatenate(flush)
@@ -96,18 +94,20 @@ def concatenate_and_split(dataset, tokens_length: int, feature_key: str = "targe
         tokens, is_flush = element
         buffer = tf.concat([buffer, tokens], axis=0)
         full = tf.size(buffer) // length
-        used = full * length
-        rest = buffer[used:]
-        row_lengths = tf.fill([full], length)
+        rest = buffer[full * length:]
+        # On the flush marker the remainder goes out too, padded to a row and cut back to its
+        # true length below (dense rows unbatch much faster than ragged ones).
         emit_rest = tf.logical_and(is_flush, tf.size(rest) > 0)
-        row_lengths = tf.cond(emit_rest, lambda: tf.concat([row_lengths, [tf.size(rest)]], 0),
-                              lambda: row_lengths)
-        values = buffer[: tf.reduce_sum(row_lengths)]
+        rows = full + tf.cast(emit_rest, tf.int32)
+        padded = tf.pad(buffer, [[0, tf.maximum(0, rows * length - tf.size(buffer))]])
+        padded = padded[: rows * length]
+        lengths = tf.concat([tf.fill([full], length),
+                             tf.fill([tf.cast(emit_rest, tf.int32)], tf.size(rest))], axis=0)
         leftover = tf.cond(is_flush, lambda: tf.zeros([0], tf.int32), lambda: rest)
-        return leftover, tf.RaggedTensor.from_row_lengths(values, row_lengths, validate=False)
+        return leftover, (tf.reshape(padded, [rows, length]), lengths)
 
     chunks = stream.scan(tf.zeros([0], tf.int32), step).unbatch()
-    return chunks.map(lambda chunk: {feature_key: chunk},
+    return chunks.map(lambda chunk, size: {feature_key: chunk[:size]},
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
