@@ -197,10 +197,15 @@ class T5Attention(keras.layers.Layer):
         )
 
     def _split_heads(self, x, parts):
-        """[B, T, parts*H*dk] -> `parts` tensors [B, T, H, dk]."""
+        """[B, T, parts*H*dk] -> `parts` tensors [B, T, H, dk].
+
+        `split` rather than strided slices: its gradient is one concat, where slicing makes a
+        zero-padded full-size gradient per part (measured: 18% of a tiny-model train step)."""
         shape = ops.shape(x)
-        x = ops.reshape(x, (shape[0], shape[1], parts, self.num_heads, self.key_value_dim))
-        return [x[:, :, i] for i in range(parts)]
+        return [
+            ops.reshape(part, (shape[0], shape[1], self.num_heads, self.key_value_dim))
+            for part in ops.split(x, parts, axis=-1)
+        ]
 
     def cross_key_values(self, encoder_outputs):
         """Keys and values of the encoder outputs, [B, 2, N, H, dk] (computed once per decode)."""
