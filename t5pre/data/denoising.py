@@ -449,8 +449,11 @@ class DenoisingObjective:
         def keep(example):
             return tf.size(example[key]) >= minimum
 
+        # Longer inputs (documents not cut by the chunker) are trimmed so the outputs still fit.
+        max_tokens = self.raw_tokens_length(ctx)
+
         def chunk(example):
-            return tf.cast(tf.reshape(example[key], [-1]), tf.int32)
+            return tf.cast(tf.reshape(example[key], [-1]), tf.int32)[:max_tokens]
 
         def apply(index, block):
             if not isinstance(block, tf.RaggedTensor):
