@@ -338,3 +338,48 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         load_pretrained(small)
     with pytest.raises(CheckpointError, match="embedding"):
         save_pretrained(micro_model(vocab_size=16), tiny_vocabulary(), tmp_path / "small2")
+
+
+# -- model info -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [{}, {"feed_forward_proj": "relu", "tie_word_embeddings": True}])
+def test_parameter_counts_match_the_built_model(overrides):
+    from t5pre.models.info import parameter_counts, training_flops
+
+    model = micro_model(**overrides)
+    counts = parameter_counts(model.config)
+    assert counts["total"] == model.count_params()
+    assert counts["embedding"] == 64 * 32 and counts["head"] == (0 if overrides else 64 * 32)
+    # dense FLOPs = 6 x (weight-matrix parameters, head included) per token when N == M
+    matrices = sum(int(np.prod(w.shape)) for w in model.trainable_weights
+                   if len(w.shape) == 2 and "embedding" not in w.path and "position_bias" not in w.path)
+    if model.lm_head is None:
+        matrices += 64 * 32
+    flops = training_flops(model.config, 10, 10)
+    attention = flops["attention_share"] * flops["forward_per_example"] * 3
+    assert flops["training_per_example"] - attention == pytest.approx(6 * matrices * 10)
+
+
+def test_published_parameter_counts():
+    from t5pre.models.info import parameter_counts
+
+    # the numbers Hugging Face reports for google/t5-v1_1-small and t5-small
+    assert parameter_counts(T5Config.from_name("small"))["total"] == 76_961_152
+    assert parameter_counts(T5Config.from_name("t5_1_0_small"))["total"] == 60_506_624
+
+
+def test_model_info_cli(tmp_path, capsys):
+    from t5pre.cli import main
+    from t5pre.models.io import save_pretrained
+
+    assert main(["model", "info", "small", "--inputs-length", "512", "--targets-length", "114"]) == 0
+    out = capsys.readouterr().out
+    assert "76,961,152" in out and "per token" in out
+    assert main(["model", "info", "tiny", "--vocab-size", "4100"]) == 0
+    assert "4224 embedding rows" in capsys.readouterr().out
+    saved = save_pretrained(micro_model(), None, tmp_path / "m")
+    assert main(["model", "info", str(saved)]) == 0
+    assert f"{micro_model().count_params():,}" in capsys.readouterr().out
+    assert main(["model", "info", "gigantic"]) == 2
+    assert "known sizes" in capsys.readouterr().err

@@ -174,6 +174,8 @@ class T5Config:
             raise ConfigError(f"cannot read model config {path}: {e.strerror or e}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        if isinstance(values, dict):
+            values.pop("format_version", None)  # written by save_pretrained (t5pre.models.io)
         return cls.from_dict(values, source=str(path))
 
     @classmethod
