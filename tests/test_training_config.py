@@ -73,6 +73,12 @@ def test_override_parsing_and_precedence(tmp_path):
         C.load_config(path, ["training.steps"])
 
 
+def test_defaults_are_never_modified():
+    defaults = {"data": {"task": "x"}, "model": {"overrides": {"d_model": 8}}}
+    C.load_config(None, ["model.overrides.d_model=16", "data.task=y"], defaults=defaults)
+    assert defaults == {"data": {"task": "x"}, "model": {"overrides": {"d_model": 8}}}
+
+
 def test_unknown_model_override_field_is_caught():
     with pytest.raises(ConfigError, match="model.overrides.d_modle.*did you mean 'd_model'"):
         C.load_config(None, ["data.task=x", "model.overrides={d_modle: 8}"])

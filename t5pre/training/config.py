@@ -12,6 +12,7 @@ writes to ``DIR/config.yaml``; reading that file back gives the same run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.resources
@@ -435,6 +436,8 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
+    """A new nested dict: ``extra`` over ``base``; neither input is modified or shared."""
+    base, extra = copy.deepcopy(base), copy.deepcopy(extra)
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):

@@ -112,7 +112,15 @@ def worker_info(strategy) -> WorkerInfo:
 
 def describe(strategy) -> str:
     info = worker_info(strategy)
+    tf = _tf()
     kind = type(strategy).__name__
+    for cls, name in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+                      (tf.distribute.TPUStrategy, "TPUStrategy"),
+                      (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+                      (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy")):
+        if isinstance(strategy, cls):
+            kind = name
+            break
     s = f"{kind} with {strategy.num_replicas_in_sync} replica(s)"
     if info.num_workers > 1:
         s += f", worker {info.task_type}:{info.task_id} of {info.num_workers}"

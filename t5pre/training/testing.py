@@ -120,6 +120,9 @@ def _main(argv=None):
     p.add_argument("--die-in-save-at", type=int, default=0,
                    help="SIGKILL this process inside the checkpoint save of that step, after "
                         "the checkpoint files are written and before the state file")
+    p.add_argument("--also-keras-all-reduce", metavar="DUMP",
+                   help="then train again (into DUMP.dir) with Keras' own optimizer all-reduce "
+                        "left on, and dump to DUMP (tests show it double-counts)")
     p.add_argument("--slow", type=float, default=0.0, help="sleep seconds per logged window")
     args = p.parse_args(argv)
 
@@ -155,14 +158,22 @@ def _main(argv=None):
             print(msg, flush=True)
             time.sleep(args.slow)
 
-    from t5pre.training.trainer import Trainer
-    trainer = Trainer(cfg, args.model_dir, strategy=strategy, task=SyntheticTask(), log=log)
-    result = trainer.train()
-    if args.dump:
-        np.savez(args.dump + ".npz", *weights_of(trainer.model))
-        with open(args.dump + ".json", "w") as f:
-            json.dump({"step": result.step, "history": result.history,
-                       "skipped": result.skipped_steps}, f)
+    from t5pre.training import trainer as trainer_module
+
+    def run(model_dir, dump):
+        trainer = trainer_module.Trainer(cfg, model_dir, strategy=strategy,
+                                         task=SyntheticTask(), log=log)
+        result = trainer.train()
+        if dump:
+            np.savez(dump + ".npz", *weights_of(trainer.model))
+            with open(dump + ".json", "w") as f:
+                json.dump({"step": result.step, "history": result.history,
+                           "skipped": result.skipped_steps}, f)
+
+    run(args.model_dir, args.dump)
+    if args.also_keras_all_reduce:
+        trainer_module._no_second_all_reduce = lambda optimizer: None
+        run(args.also_keras_all_reduce + ".dir", args.also_keras_all_reduce)
     return 0
 
 

@@ -532,8 +532,11 @@ class Trainer:
                     updates = int(inner_optimizer(self.optimizer).iterations.numpy())
                     metrics["learning_rate"] = self._learning_rate_at(updates - 1)
                     if flops_per_token and t.peak_flops:
+                        # Hardware FLOPs: every position of the padded example is computed.
+                        seq = d.sequence_length.inputs + d.sequence_length.targets
                         peak = t.peak_flops * self.strategy.num_replicas_in_sync
-                        metrics["mfu"] = flops_per_token * metrics["tokens_per_sec"] / peak
+                        metrics["mfu"] = (flops_per_token * seq * metrics["examples_per_sec"]
+                                          / peak)
                     metrics["skipped_steps"] = skipped_total
                     recent = step_times[-t.log_every:]
                     eta = (t.steps - step) * (sum(recent) / max(len(recent), 1))
