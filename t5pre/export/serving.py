@@ -58,6 +58,9 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
     variables are tracked as a flat list (not the Keras object graph), which keeps the SavedModel
     free of Keras objects.
     """
+    # A private vocabulary object, so that the exported tokenizer is a resource of its own and
+    # not one that an earlier tf.data pipeline in this process created and owns.
+    vocabulary = type(vocabulary)(vocabulary.serialized_model, extra_ids=vocabulary.extra_ids)
     max_input_length = int(settings.max_input_length)
     decode_kwargs = settings.decode_kwargs()
     eos_id = int(vocabulary.eos_id)
