@@ -172,3 +172,20 @@ def test_shipped_default_vocabulary():
     assert vocab.decode(ids) == text
     assert len(ids) < 20  # trained on docstrings: common words are single pieces
     assert default_vocabulary() is vocab
+
+
+def test_tf_tokenizer_survives_kernel_cache_clears():
+    """tf.random.set_seed clears TF's kernel cache; tensorflow-text's kernel-owned model resource
+    used to die with it, breaking every later pipeline of a cached vocabulary."""
+    import tensorflow as tf
+
+    from t5pre.data.vocabulary import default_vocabulary
+
+    vocab = default_vocabulary()
+    texts = ["hello world <extra_id_0>", "a b c"]
+    expected = [vocab.encode(t) for t in texts]
+    for seed in (1, 2):
+        tf.random.set_seed(seed)
+        got = [x.numpy().tolist() for x in tf.data.Dataset.from_tensor_slices(texts).map(vocab.encode_tf)]
+        assert got == expected
+        assert vocab.decode_tf(tf.constant(expected[1] + [1])).numpy().decode() == "a b c"

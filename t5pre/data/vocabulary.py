@@ -253,9 +253,11 @@ class SentencePieceVocabulary:
             import tensorflow_text as tf_text
 
             with tf.init_scope():  # the tokenizer's resource must outlive any tf.function
-                self._tf_tokenizer = tf_text.SentencepieceTokenizer(
+                tokenizer = tf_text.SentencepieceTokenizer(
                     model=self._serialized, out_type=tf.int32, add_bos=False, add_eos=False
                 )
+                tokenizer._model_resource = _shared_model_resource(self._serialized)
+                self._tf_tokenizer = tokenizer
         return self._tf_tokenizer
 
     def encode_tf(self, text):
@@ -456,6 +458,30 @@ def train_vocabulary(
 # ---------------------------------------------------------------------------- shipped default
 DEFAULT_VOCABULARY_FILE = "default_spiece.model"
 _default_vocabulary = None
+
+
+def _shared_model_resource(serialized: bytes):
+    """A SentencePiece model resource owned by TensorFlow's resource manager, not by a kernel.
+
+    tensorflow-text creates its model resource *private to the op kernel* (its own TODO notes
+    it), and TensorFlow deletes such resources whenever it clears its kernel cache, which
+    ``tf.random.set_seed`` / ``keras.utils.set_random_seed`` do. A tokenizer cached on a
+    vocabulary would then fail in the next tf.data pipeline with "Resource ... SentencepieceOp
+    ... does not exist". Giving the resource a ``shared_name`` (derived from the model bytes, so
+    equal models share one resource) makes the resource manager own it instead.
+    """
+    import hashlib
+
+    from tensorflow_text.python.ops import sentencepiece_tokenizer as sp_ops
+
+    shared_name = "t5pre_spm_" + hashlib.sha1(serialized).hexdigest()[:20]
+
+    class _SharedModelResource(sp_ops._SentencepieceModelResource):
+        def _create_resource(self):
+            return sp_ops.gen_sentencepiece_tokenizer.sentencepiece_op(
+                model=self._model, shared_name=shared_name)
+
+    return _SharedModelResource(serialized, None)
 
 
 def default_vocabulary_path() -> str:
