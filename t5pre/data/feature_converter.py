@@ -20,8 +20,8 @@ trimmed first). Ends of examples are tracked by their *lengths*, never by lookin
 0 inside an example survives packing intact. Segment ``k`` of the encoder and segment ``k`` of the
 decoder always come from the same example.
 
-Everything is tf.data ops (a scalar scan per block, vectorised feature building), no per-token
-Python.
+Everything is tf.data ops: per block of examples, a scalar scan assigns bins and a handful of
+vectorised ragged ops build all the features; nothing runs per token or in Python.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ENCODER_DECODER_FEATURES = (
     "encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask",
     "decoder_target_ids", "decoder_loss_weights",
 )
-PACKING_BLOCK = 128  # examples packed together (bins never span two blocks)
+PACKING_BLOCK = 128  # examples converted (and packed) together; a packed row never spans blocks
 PACKING_FEATURES = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids",
                     "decoder_positions")
 
@@ -50,24 +50,6 @@ def _lengths(sequence_length: Mapping[str, int]) -> tuple[int, int]:
     if inputs_length < 1 or targets_length < 1:
         raise ConfigError(f"sequence lengths must be >= 1, got {dict(sequence_length)}")
     return inputs_length, targets_length
-
-
-def _segments_and_positions(lengths, total):
-    """Segment ids (from 1) and positions (restarting at 0) for segments of ``lengths``."""
-    import tensorflow as tf
-
-    count = tf.size(lengths)
-    segment_ids = tf.repeat(tf.range(1, count + 1, dtype=tf.int32), lengths)
-    starts = tf.cumsum(lengths, exclusive=True)
-    positions = tf.range(total, dtype=tf.int32) - tf.repeat(starts, lengths)
-    return segment_ids, positions
-
-
-def _pad_to(tensor, length):
-    import tensorflow as tf
-
-    padded = tf.pad(tensor, [[0, length - tf.size(tensor)]])
-    return tf.ensure_shape(padded, [length])
 
 
 class EncDecFeatureConverter:
@@ -92,44 +74,93 @@ class EncDecFeatureConverter:
         if missing:
             present = sorted(spec) if isinstance(spec, Mapping) else type(spec).__name__
             raise DataError(f"feature converter: examples lack {missing} (they have {present})")
+        pack = self.pack
 
         def trim(example):
             return (tf.cast(tf.reshape(example["inputs"], [-1]), tf.int32)[:inputs_length],
                     tf.cast(tf.reshape(example["targets"], [-1]), tf.int32)[:targets_length])
 
-        pairs = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if self.pack:
-            groups = _pack_next_fit(pairs, inputs_length, targets_length)
-        else:
-            groups = pairs.map(lambda i, t: (i, tf.size(i)[None], t, tf.size(t)[None]),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        pack = self.pack
-
-        def features(encoder, encoder_lengths, decoder, decoder_lengths):
-            enc_segments, enc_positions = _segments_and_positions(encoder_lengths, tf.size(encoder))
-            dec_segments, dec_positions = _segments_and_positions(decoder_lengths, tf.size(decoder))
-            shifted = tf.concat([[0], decoder[:-1]], axis=0)[: tf.size(decoder)]
-            decoder_inputs = tf.where(dec_positions == 0, tf.zeros_like(shifted), shifted)
-            enc_real = tf.ones_like(encoder)
-            dec_real = tf.ones_like(decoder)
-            out = {
-                "encoder_token_ids": _pad_to(encoder, inputs_length),
-                "encoder_padding_mask": _pad_to(enc_real, inputs_length),
-                "decoder_token_ids": _pad_to(decoder_inputs, targets_length),
-                "decoder_padding_mask": _pad_to(dec_real, targets_length),
-                "decoder_target_ids": _pad_to(decoder, targets_length),
-                "decoder_loss_weights": tf.cast(_pad_to(dec_real, targets_length), tf.float32),
-            }
+        def convert_block(inputs, targets):
+            inputs, targets = _as_ragged(inputs), _as_ragged(targets)
+            in_lengths = tf.cast(inputs.row_lengths(), tf.int32)
+            tg_lengths = tf.cast(targets.row_lengths(), tf.int32)
             if pack:
-                out.update({
-                    "encoder_segment_ids": _pad_to(enc_segments, inputs_length),
-                    "encoder_positions": _pad_to(enc_positions, inputs_length),
-                    "decoder_segment_ids": _pad_to(dec_segments, targets_length),
-                    "decoder_positions": _pad_to(dec_positions, targets_length),
-                })
-            return out
+                bins = _next_fit_bins(in_lengths, tg_lengths, inputs_length, targets_length)
+            else:
+                bins = tf.range(tf.size(in_lengths))
+            return _block_features(inputs, targets, bins, inputs_length, targets_length, pack)
 
-        return groups.map(features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # Examples go through in blocks: one vectorised step builds the features of a whole
+        # block (a per-example step would cost more than everything upstream of it).
+        return (dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .ragged_batch(PACKING_BLOCK)
+                .map(convert_block, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .unbatch())
+
+
+def _as_ragged(block):
+    import tensorflow as tf
+
+    return block if isinstance(block, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(block)
+
+
+def _side_features(tokens, bins, num_bins, length):
+    """Per-token values of one side (encoder or decoder) of a block, and a densifier.
+
+    ``tokens`` is ragged ``[examples, None]``; ``bins[e]`` the output row of example ``e``
+    (non-decreasing). Returns flat ``positions`` and ``segment_ids`` (aligned with
+    ``tokens.flat_values``) and ``dense(flat) -> [num_bins, length]`` (zero padded).
+    """
+    import tensorflow as tf
+
+    lengths = tf.cast(tokens.row_lengths(), tf.int32)
+    per_example = tf.ragged.range(lengths)  # 0..len-1 for each example
+    positions = per_example.flat_values
+    example_of_token = tf.cast(per_example.value_rowids(), tf.int32)
+    examples = tf.range(tf.size(lengths))
+    first_in_bin = tf.math.unsorted_segment_min(examples, bins, num_bins)
+    segment_of_example = examples - tf.gather(first_in_bin, bins) + 1
+    segment_ids = tf.gather(segment_of_example, example_of_token)
+    bin_of_token = tf.gather(bins, example_of_token)
+
+    def dense(flat):
+        grouped = tf.RaggedTensor.from_value_rowids(flat, bin_of_token, nrows=num_bins,
+                                                    validate=False)
+        return grouped.to_tensor(default_value=0, shape=[None, length])
+
+    return positions, segment_ids, dense
+
+
+def _block_features(inputs, targets, bins, inputs_length, targets_length, pack):
+    """Model features ``[num_bins, length]`` for a block of examples assigned to ``bins``."""
+    import tensorflow as tf
+
+    num_bins = bins[-1] + 1
+    enc_positions, enc_segments, enc_dense = _side_features(inputs, bins, num_bins, inputs_length)
+    dec_positions, dec_segments, dec_dense = _side_features(targets, bins, num_bins,
+                                                            targets_length)
+    encoder = inputs.flat_values
+    decoder = targets.flat_values
+    # Shift right within each example: position 0 of every segment gets the start id 0.
+    shifted = tf.concat([[0], decoder[:-1]], axis=0)[: tf.size(decoder)]
+    decoder_inputs = tf.where(dec_positions == 0, tf.zeros_like(shifted), shifted)
+    dec_real = dec_dense(tf.ones_like(decoder))
+    out = {
+        "encoder_token_ids": enc_dense(encoder),
+        "encoder_padding_mask": enc_dense(tf.ones_like(encoder)),
+        "decoder_token_ids": dec_dense(decoder_inputs),
+        "decoder_padding_mask": dec_real,
+        "decoder_target_ids": dec_dense(decoder),
+        "decoder_loss_weights": tf.cast(dec_real, tf.float32),
+    }
+    if pack:
+        out.update({
+            "encoder_segment_ids": enc_dense(enc_segments),
+            "encoder_positions": enc_dense(enc_positions),
+            "decoder_segment_ids": dec_dense(dec_segments),
+            "decoder_positions": dec_dense(dec_positions),
+        })
+    return out
 
 
 def _next_fit_bins(inputs_lengths, targets_lengths, inputs_length: int, targets_length: int):
@@ -149,34 +180,3 @@ def _next_fit_bins(inputs_lengths, targets_lengths, inputs_length: int, targets_
     zero = tf.constant(0, tf.int32)
     bins, _, _ = tf.scan(step, (inputs_lengths, targets_lengths), initializer=(zero, zero, zero))
     return bins
-
-
-def _pack_next_fit(pairs, inputs_length: int, targets_length: int):
-    """Group (inputs, targets) pairs greedily; yields (enc, enc_lengths, dec, dec_lengths).
-
-    Packing runs on blocks of ``PACKING_BLOCK`` consecutive examples: one small scalar loop per
-    block assigns bins, then the tokens of each bin are gathered with ragged ops. A bin never
-    spans two blocks (at most one partly filled bin per block), which keeps the per-example cost
-    to a few microseconds instead of a full pipeline step.
-    """
-    import tensorflow as tf
-
-    def pack_block(inputs, targets):
-        if not isinstance(inputs, tf.RaggedTensor):
-            inputs = tf.RaggedTensor.from_tensor(inputs)
-        if not isinstance(targets, tf.RaggedTensor):
-            targets = tf.RaggedTensor.from_tensor(targets)
-        in_lengths = tf.cast(inputs.row_lengths(), tf.int32)
-        tg_lengths = tf.cast(targets.row_lengths(), tf.int32)
-        bins = _next_fit_bins(in_lengths, tg_lengths, inputs_length, targets_length)
-        num_bins = bins[-1] + 1
-
-        def group(values, rowids):
-            return tf.RaggedTensor.from_value_rowids(values, rowids, nrows=num_bins)
-
-        return (group(inputs.flat_values, tf.repeat(bins, in_lengths)), group(in_lengths, bins),
-                group(targets.flat_values, tf.repeat(bins, tg_lengths)), group(tg_lengths, bins))
-
-    return (pairs.ragged_batch(PACKING_BLOCK)
-            .map(pack_block, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .unbatch())
