@@ -209,6 +209,33 @@ def test_mixture_rates_are_respected(vocab, registered):
     assert len(finite) == 100  # with num_epochs, every task is read to its end
 
 
+def test_mixture_of_supervised_and_unsupervised_tasks_keeps_shared_keys(vocab, registered):
+    """A pretraining task has no *_pretokenized texts; mixing it with a supervised task keeps
+    inputs/targets and drops the texts only one side has."""
+    import tensorflow as tf
+
+    add_task, add_mixture = registered
+    _constant_task(add_task, vocab, "t_sup", "a test")
+
+    def strip_texts(ds, ctx):
+        return ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+
+    def fn(split, shuffle, seed):
+        return tf.data.Dataset.from_tensors({"doc": "what", "title": "what"}).repeat(50)
+
+    add_task("t_unsup", FunctionSource(fn, splits=("train",), name="u"),
+             [prep.rekey({"inputs": "doc", "targets": "title"}), prep.tokenize,
+              prep.append_eos_after_trim, strip_texts],
+             {"inputs": Feature(vocab), "targets": Feature(vocab)})
+    mixture = add_mixture("m_sup_unsup", [("t_sup", 1), ("t_unsup", 1)])
+    examples = list(mixture.get_dataset({"inputs": 8, "targets": 8}, seed=0, num_epochs=1)
+                    .as_numpy_iterator())
+    assert len(examples) == 100
+    assert all(set(ex) == {"inputs", "targets"} for ex in examples)
+    assert {tuple(ex["inputs"]) for ex in examples} == {
+        tuple(vocab.encode("a test") + [1]), tuple(vocab.encode("what") + [1])}
+
+
 def test_mixture_of_incompatible_tasks_is_refused(vocab, registered):
     add_task, add_mixture = registered
     _constant_task(add_task, vocab, "t_inc_a", "a")

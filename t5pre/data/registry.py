@@ -317,8 +317,8 @@ class Mixture:
     ):
         """Sampled mixture of the tasks' datasets (same arguments as :meth:`Task.get_dataset`).
 
-        Examples keep only the output features and their ``*_pretokenized`` texts (the keys all
-        tasks share). With ``num_epochs`` set, sampling goes on until every task is exhausted.
+        Examples keep only the output features, plus their ``*_pretokenized`` texts when every
+        task has them (a pretraining task and a supervised task mix on ``inputs``/``targets``). With ``num_epochs`` set, sampling goes on until every task is exhausted.
         """
         import tensorflow as tf
 
@@ -337,13 +337,21 @@ class Mixture:
                 num_epochs=num_epochs,
                 shuffle_buffer_size=shuffle_buffer_size,
             )
-            keys = [k for k in features if k in ds.element_spec]
-            keys += [f"{k}_pretokenized" for k in features if f"{k}_pretokenized" in ds.element_spec]
-            datasets.append(ds.map(lambda ex, keys=tuple(keys): {k: ex[k] for k in keys}))
+            datasets.append(ds)
             weights.append(rate)
-        specs = {tuple(sorted(d.element_spec)) for d in datasets}
+        # Keep the keys every task has: the output features always, the raw texts only when all
+        # tasks carry them (a pretraining task has no *_pretokenized text to mix with).
+        wanted = list(features) + [f"{k}_pretokenized" for k in features]
+        shared = [k for k in wanted if all(k in d.element_spec for d in datasets)]
+        missing = {t: [k for k in features if k not in d.element_spec]
+                   for t, d in zip(rates, datasets)}
+        missing = {t: ks for t, ks in missing.items() if ks}
+        if missing:
+            raise DataError(f"mixture {self.name!r}: tasks lack output features: {missing}")
+        datasets = [d.map(lambda ex, keys=tuple(shared): {k: ex[k] for k in keys}) for d in datasets]
+        specs = {tuple((k, d.element_spec[k].dtype.name) for k in shared) for d in datasets}
         if len(specs) > 1:
-            raise DataError(f"mixture {self.name!r}: tasks produce different keys: {sorted(specs)}")
+            raise DataError(f"mixture {self.name!r}: tasks produce different dtypes: {sorted(specs)}")
         if len(datasets) == 1:
             return datasets[0]
         return tf.data.Dataset.sample_from_datasets(
