@@ -72,12 +72,12 @@ def finetune_config(args, task: str, work: str):
     from t5pre.training.finetune import load_finetune_config
 
     overrides = [
-        f"data.task={task}", "data.sequence_length.inputs=128", "data.sequence_length.targets=32",
+        f"data.task={task}", "data.sequence_length.inputs=64", "data.sequence_length.targets=16",
         f"training.batch_size={args.batch_size}", f"training.steps={args.finetune_steps}",
         "training.seed=0", f"training.log_every={max(args.finetune_steps // 5, 1)}",
         f"training.eval_every={args.finetune_steps}", "training.eval_steps=2",
         f"training.checkpoint_every={args.finetune_steps}", "training.keep_checkpoints=1",
-        "optimizer.name=adamw", "optimizer.learning_rate=2e-3", "optimizer.warmup_steps=20",
+        "optimizer.name=adamw", "optimizer.learning_rate=3e-3", "optimizer.warmup_steps=20",
         "optimizer.final_learning_rate=1e-4", "strategy.name=one_device",
         f"finetune.eval_examples={args.eval_examples}", "finetune.eval_batch_size=50",
         "finetune.metric=rougeLsum",
