@@ -137,9 +137,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_pretrain_on_the_real_default_task(tmp_path, capsys):
     """`t5pre pretrain` end to end: packaged default config, real span-corruption pipeline,
     shipped vocabulary saved beside the checkpoints, load_model reads it all back."""
+    import tensorflow as tf
+
+    import t5pre
     from t5pre.cli import main
     from t5pre.training.model_dir import load_model
 
+    # A tokenizer used eagerly before training must survive the trainer's seeding (TF's
+    # tf.random.set_seed would clear the kernel cache and delete its resource).
+    vocab = t5pre.get_task("default_span_corruption").output_features["targets"].vocabulary
+    assert len(vocab.encode_tf(tf.constant("hello world")).numpy()) > 0
     run = tmp_path / "default"
     code = main(["pretrain", "--model-dir", str(run), "--steps", "3",
                  "--set", "training.batch_size=4", "--set", "training.log_every=1",

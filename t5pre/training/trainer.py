@@ -83,6 +83,25 @@ def _apply_if_finite(optimizer, grads, variables, finite):
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, finite))
 
 
+def seed_keras(seed: int) -> None:
+    """Seeds Keras (initialisers, dropout), Python and NumPy, but not TensorFlow's global seed.
+
+    ``tf.random.set_seed`` (which ``keras.utils.set_random_seed`` calls) clears TF's eager
+    kernel cache, and that destroys resources held by earlier kernels: a SentencePiece tokenizer
+    used before training starts then fails inside tf.data with "Resource ...SentencepieceOp does
+    not exist". Nothing here needs the TF global seed: Keras draws from its own seed generator
+    and the data pipelines seed their random ops explicitly."""
+    import keras
+
+    tf = _tf()
+    original = tf.random.set_seed
+    tf.random.set_seed = lambda _seed: None
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        tf.random.set_seed = original
+
+
 @dataclasses.dataclass
 class TrainResult:
     step: int
@@ -157,7 +176,7 @@ class Trainer:
         t = self.config.training
         if t.deterministic:
             tf.config.experimental.enable_op_determinism()
-        keras.utils.set_random_seed(t.seed)
+        seed_keras(t.seed)
         keras.mixed_precision.set_global_policy(
             "float32" if t.precision == "float32" else t.precision)
 
