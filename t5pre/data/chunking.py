@@ -29,7 +29,7 @@ from t5pre.errors import ConfigError, DataError
 
 TokensLength = Union[int, Callable[[Any], int], Any]
 
-_DOCUMENTS_PER_BLOCK = 256
+_DOCUMENTS_PER_BLOCK = 64
 
 
 def _resolve_length(tokens_length: TokensLength, ctx) -> int:
