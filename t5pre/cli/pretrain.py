@@ -54,8 +54,34 @@ def load_run_config(args, packaged: str = "default"):
     return load_config(path, overrides, model_dir=args.model_dir)
 
 
+def check_backend() -> None:
+    """The training loop is tf.distribute code: refuse other Keras backends clearly."""
+    import json
+    import os
+
+    from t5pre.errors import ConfigError
+
+    # Read the way Keras does (env, then keras.json) without importing it: importing Keras
+    # first would be harmless, but MultiWorkerMirroredStrategy wants to be TF's first user.
+    backend = os.environ.get("KERAS_BACKEND")
+    if not backend:
+        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        try:
+            with open(os.path.join(home, "keras.json")) as f:
+                backend = json.load(f).get("backend")
+        except (OSError, ValueError):
+            backend = None
+    backend = backend or "tensorflow"
+    if backend != "tensorflow":
+        raise ConfigError(
+            f"training runs on the TensorFlow backend (KERAS_BACKEND={backend!r}); unset "
+            "KERAS_BACKEND or set it to tensorflow. The model itself runs on JAX for "
+            "inference; see the README (JAX: keras.distribution.DataParallel)")
+
+
 def run(args):
     config = load_run_config(args)
+    check_backend()
     from t5pre.training.strategy import create_strategy
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
