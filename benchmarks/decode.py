@@ -24,6 +24,11 @@ Contenders:
 Beam search: t5pre runs T5/t5x-style beam search (2K candidates, length penalty alpha=0.6);
 HF's `generate(num_beams=K)` has the same structure (2K candidates); the tokens need not match.
 
+``--patch head_major`` / ``--patch kv_flat`` add a cached contender with a candidate change of
+the decoding path (local copies of model methods, swapped in while it traces), the measured
+evidence for proposed model changes: ``head_major`` keeps decode-time keys/values as
+[B, H, T, dk] (no per-step transpose); ``kv_flat`` also puts layer and key|value on axis 0.
+
 Threads and timing as in `train_step.py`: same thread count for TF and torch, contenders
 interleaved window by window, median of windows.
 
@@ -47,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import default_threads, set_threads  # noqa: E402  (same thread policy)
+from train_step import default_threads, print_table, set_threads, timed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -212,29 +217,13 @@ def _head_major_decode_step(self, token_ids, cache_index, cache, cross_key_value
     return self.logits(x)[:, 0], ops.stack(new_cache)
 
 
-# "kv_leading": head-major AND the layer and key|value axes leading -- cross K/V
-# [layers, 2, B, H, N, dk], cache [layers, 2, B, H, T, dk] -- so that `cross_kv[i][0]` and
-# `cache[i][0]` are dim-0 slices, which TensorFlow serves without a copy (inner-axis slices like
-# `x[:, 0]` copy). Greedy/sample only here: beam search would repeat/gather on axis 2, not 1.
+# "kv_flat": head-major AND layer and key|value sharing axis 0 -- cross K/V
+# [2 * layers, B, H, N, dk], cache [2 * layers, B, H, T, dk], rows 2i / 2i+1 = keys / values of
+# layer i -- so that every per-layer / per-k|v read is a dim-0 slice, which TensorFlow serves
+# without a copy (inner-axis slices such as `x[:, 0]` copy: 48% of a beam decode). The batch
+# stays on axis 1, so decoding.py (beam repeat / cache gather on axis 1) works unchanged.
 
-def _leading_cross_key_values(self, encoder_outputs):
-    from keras import ops
-
-    return ops.stack([ops.transpose(_head_major_cross_key_values(block.cross_attention,
-                                                                 encoder_outputs),
-                                    (1, 0, 2, 3, 4))
-                      for block in self.decoder_blocks])
-
-
-def _leading_init_cache(self, batch_size, max_length):
-    from keras import ops
-
-    c = self.config
-    return ops.zeros((c.num_decoder_layers, 2, batch_size, c.num_heads, max_length, c.d_kv),
-                     dtype=self.compute_dtype)
-
-
-def _leading_attention_call(self, hidden_states, attention_bias, encoder_outputs=None,
+def _pair_attention_call(self, hidden_states, attention_bias, encoder_outputs=None,
                             cross_key_values=None, cache=None, cache_index=None, training=None):
     from keras import ops
 
@@ -270,7 +259,48 @@ def _leading_attention_call(self, hidden_states, attention_bias, encoder_outputs
     return output
 
 
-def _patch_kv_leading():
+def _flat_cross_key_values(self, encoder_outputs):
+    from keras import ops
+
+    return ops.concatenate([ops.transpose(_head_major_cross_key_values(block.cross_attention,
+                                                                       encoder_outputs),
+                                          (1, 0, 2, 3, 4))
+                            for block in self.decoder_blocks], axis=0)
+
+
+def _flat_init_cache(self, batch_size, max_length):
+    from keras import ops
+
+    c = self.config
+    return ops.zeros((2 * c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv),
+                     dtype=self.compute_dtype)
+
+
+def _flat_decode_step(self, token_ids, cache_index, cache, cross_key_values,
+                      encoder_padding_mask):
+    from keras import ops
+
+    from t5pre.models.t5 import _as_int, _mask_to_bias
+
+    token_ids = _as_int(token_ids)
+    cache_index = ops.cast(cache_index, "int32")
+    steps = ops.shape(cache)[3]
+    key_positions = ops.arange(steps, dtype="int32")
+    bias = self.decoder_position_bias(ops.reshape(cache_index, (1, 1)), key_positions[None, :])
+    bias = bias + _mask_to_bias(key_positions <= cache_index)[None, None, None, :]
+    cross_bias = _mask_to_bias(ops.cast(_as_int(encoder_padding_mask), "bool"))[:, None, None, :]
+    x = self.token_embedding(token_ids[:, None])
+    new_cache = []
+    for i, block in enumerate(self.decoder_blocks):
+        x, layer_cache = block(x, bias, cross_bias,
+                               cross_key_values=cross_key_values[2 * i: 2 * i + 2],
+                               cache=cache[2 * i: 2 * i + 2], cache_index=cache_index)
+        new_cache.append(layer_cache)
+    x = self.decoder_final_norm(x)
+    return self.logits(x)[:, 0], ops.concatenate(new_cache, axis=0)
+
+
+def _patch_kv_flat():
     import contextlib
 
     from t5pre.models import layers, t5
@@ -278,10 +308,10 @@ def _patch_kv_leading():
     _ORIGINAL.setdefault("attention_call", layers.T5Attention.call)
     stack = contextlib.ExitStack()
     for obj, name, value in [
-        (layers.T5Attention, "call", _leading_attention_call),
-        (t5.T5Model, "cross_key_values", _leading_cross_key_values),
-        (t5.T5Model, "init_cache", _leading_init_cache),
-        (t5.T5Model, "decode_step", _head_major_decode_step),  # step count is axis 4 here too
+        (layers.T5Attention, "call", _pair_attention_call),  # reads [2, B, H, T, dk]
+        (t5.T5Model, "cross_key_values", _flat_cross_key_values),
+        (t5.T5Model, "init_cache", _flat_init_cache),
+        (t5.T5Model, "decode_step", _flat_decode_step),
     ]:
         old = getattr(obj, name)
         setattr(obj, name, value)
@@ -311,7 +341,7 @@ def _patch_head_major():
     return stack
 
 
-PATCHES = {"head_major": _patch_head_major, "kv_leading": _patch_kv_leading}
+PATCHES = {"head_major": _patch_head_major, "kv_flat": _patch_kv_flat}
 
 
 # -- contenders -------------------------------------------------------------------------------------
@@ -449,33 +479,26 @@ def main(argv=None):
         t0 = time.perf_counter()
         outputs[c.name] = c()
         print(f"  ready: {c.name} ({time.perf_counter() - t0:.1f} s first call)")
-    times = {c.name: [] for c in contenders}
+    times = {c.name: {"wall": [], "cpu": []} for c in contenders}
     for w in range(args.windows):
         for c in (contenders if w % 2 == 0 else contenders[::-1]):
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                c()
-            times[c.name].append((time.perf_counter() - start) / args.repeats)
+            wall, cpu = timed(lambda: [c() for _ in range(args.repeats)])
+            times[c.name]["wall"].append(wall / args.repeats)
+            times[c.name]["cpu"].append(cpu / args.repeats)
 
-    tokens = args.batch * args.new_tokens
-    print(f"\n{'contender':44s} {'s/decode':>9s} {'spread':>7s} {'tokens/s':>9s} {'vs HF':>6s} "
-          f"{'same tokens as HF':>18s}")
-    for method in methods:
-        hf_name = f"HF generate {method}"
-        hf_time = statistics.median(times[hf_name]) if hf_name in times else None
-        for name, ts in times.items():
-            if method not in name:
-                continue
-            med = statistics.median(ts)
-            spread = (max(ts) - min(ts)) / med
-            ratio = f"{hf_time / med:6.2f}" if hf_time and name != hf_name else ""
-            same = ""
-            if hf_name in outputs and name != hf_name:
-                ours, theirs = outputs[name], outputs[hf_name]
-                same = (f"{np.mean(ours == theirs):6.1%} tok "
-                        f"{np.mean((ours == theirs).all(axis=1)):4.0%} rows")
-            print(f"{name:44s} {med:9.3f} {spread:6.0%} {tokens / med:9.0f} {ratio:>6s} {same:>18s}")
-    print(f"\n'vs HF' = tokens/s ratio (median window); load average now {os.getloadavg()[0]:.1f}")
+    groups = [(f"HF generate {m}" if not args.no_hf else None,
+               [c.name for c in contenders if m in c.name.split()]) for m in methods]
+    print_table(times, groups, {"tokens/s": args.batch * args.new_tokens}, unit="decode")
+    if not args.no_hf:
+        print("\nsame tokens as HF (same weights; EOS disabled both sides):")
+        for method in methods:
+            theirs = outputs[f"HF generate {method}"]
+            for name in groups[methods.index(method)][1]:
+                if name.startswith("HF"):
+                    continue
+                same = outputs[name] == theirs
+                print(f"  {name:44s} {same.mean():7.1%} of tokens, {same.all(axis=1).mean():4.0%}"
+                      " of rows")
     return times, outputs
 
 

@@ -24,7 +24,10 @@ core count: oversubscribed OpenMP threads make torch collapse, see ``default_thr
 
 oneDNN: TensorFlow on this CPU (AVX2, no AVX-512) uses Eigen kernels unless
 ``TF_ENABLE_ONEDNN_OPTS=1`` is set before it is imported; ``--onednn on`` does that. It matters
-(measured t5pre/HF ratio 0.65 -> 1.00 at 1 thread, same model).
+(tiny, 1 thread, HF CPU time / t5pre CPU time: 0.84 with Eigen, 1.07 with oneDNN).
+
+Each row reports wall time and process CPU time; on a busy shared machine the CPU-time ratio is
+the steadier one (see ``timed``).
 
 ``--patch NAME`` (repeatable) swaps in a candidate speed change of the t5pre model for
 profiling, as an extra contender next to the unpatched model; see ``PATCHES`` below.
@@ -63,8 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--optimizer", choices=["adamw", "adafactor", "both"], default="adamw")
     p.add_argument("--jit", choices=["off", "on", "both"], default="both",
                    help="t5pre tf.function jit_compile (XLA)")
-    p.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
-                   help="t5pre Keras dtype policy (HF stays float32)")
+    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "both"],
+                   default="float32", help="t5pre Keras dtype policy (HF stays float32)")
     p.add_argument("--z-loss", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=5, help="steps per timed window")
     p.add_argument("--windows", type=int, default=5, help="timed windows per contender")
@@ -203,9 +206,6 @@ def _register_patches():
         return _patched(sys.modules[__name__], "LOSS_OVERRIDE",
                         _loss_fn(sparse=True, accuracy=False))
 
-    def split_heads():
-        return _patched(L.T5Attention, "_split_heads", _split_heads_by_split)
-
     def cross_no_stack():
         return _patched(L.T5Attention, "call", _attention_call_no_stack)
 
@@ -214,19 +214,7 @@ def _register_patches():
 
     PATCHES.update(xla_apply=xla_apply)
     PATCHES.update(sparse_ce=sparse_ce, no_accuracy=no_accuracy,
-                   sparse_ce_no_accuracy=sparse_ce_no_accuracy, split_heads=split_heads,
-                   cross_no_stack=cross_no_stack)
-
-
-def _split_heads_by_split(self, x, parts):
-    """[B, T, parts*H*dk] -> `parts` tensors [B, T, H, dk] with ops.split (gradient: one concat)
-    instead of strided slices of a 5-D reshape (gradient: a zero-padded full-size tensor per
-    slice, TF's StridedSliceGrad)."""
-    from keras import ops
-
-    shape = ops.shape(x)
-    return [ops.reshape(part, (shape[0], shape[1], self.num_heads, self.key_value_dim))
-            for part in ops.split(x, parts, axis=-1)]
+                   sparse_ce_no_accuracy=sparse_ce_no_accuracy, cross_no_stack=cross_no_stack)
 
 
 def _attention_call_no_stack(self, hidden_states, attention_bias, encoder_outputs=None,
@@ -327,7 +315,7 @@ class T5preContender:
         self.num_parameters = sum(int(np.prod(v.shape)) for v in variables)
 
     def run(self, steps):
-        """Run `steps` steps, block until done, return seconds per step."""
+        """Run `steps` steps and block until the last is done; return seconds per step."""
         start = time.perf_counter()
         for _ in range(steps):
             loss = self._step(self._batch)
@@ -408,20 +396,61 @@ class HFContender:
 
 # -- driver ---------------------------------------------------------------------------------------
 
+def timed(fn, *args):
+    """(wall seconds, process CPU seconds) of `fn(*args)`.
+
+    CPU time counts the work this process did on all its threads, whatever other processes
+    do meanwhile: on a shared, oversubscribed machine it is the steadier measure of cost (with
+    one thread per framework it is nearly the wall time of a quiet machine; with several, it
+    also counts spin-waiting threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def time_interleaved(contenders, warmup, windows, steps, log=print):
-    """Seconds per step of each contender: a list of `windows` window means, interleaved."""
+    """Per contender: {"wall": [...], "cpu": [...]} seconds per step of `windows` windows, run
+    interleaved (window w of every contender, then window w + 1; order reversed every other
+    window)."""
     for c in contenders:
         t0 = time.perf_counter()
         c.trace()
         if warmup:
             c.run(warmup)
         log(f"  ready: {c.name}  ({time.perf_counter() - t0:.1f} s trace+warmup)")
-    results = {c.name: [] for c in contenders}
+    results = {c.name: {"wall": [], "cpu": []} for c in contenders}
     for w in range(windows):
         order = contenders if w % 2 == 0 else contenders[::-1]  # also cancel order effects
         for c in order:
-            results[c.name].append(c.run(steps))
+            wall, cpu = timed(c.run, steps)
+            results[c.name]["wall"].append(wall / steps)
+            results[c.name]["cpu"].append(cpu / steps)
     return results
+
+
+def print_table(results, groups, tokens, unit="step"):
+    """One row per contender: median wall s/unit, spread, median CPU s/unit, tokens/s for each
+    `tokens` entry ({column: tokens per unit}), and the ratio to the group's reference by wall
+    and by CPU time. `groups` is [(reference name or None, [contender names])]."""
+    columns = "".join(f" {k:>11s}" for k in tokens)
+    print(f"\n{'contender':58s} {'s/' + unit:>9s} {'spread':>6s} {'cpu s':>8s}{columns}"
+          f" {'x HF':>5s} {'x HF cpu':>8s}")
+    for reference, names in groups:
+        ref = results.get(reference)
+        for name in names:
+            r = results[name]
+            wall, cpu = statistics.median(r["wall"]), statistics.median(r["cpu"])
+            spread = (max(r["wall"]) - min(r["wall"])) / wall
+            rates = "".join(f" {n / wall:11.0f}" for n in tokens.values())
+            ratio = cpu_ratio = ""
+            if ref is not None and name != reference:
+                ratio = f"{statistics.median(ref['wall']) / wall:.2f}"
+                cpu_ratio = f"{statistics.median(ref['cpu']) / cpu:.2f}"
+            print(f"{name:58s} {wall:9.4f} {spread:6.0%} {cpu:8.4f}{rates} {ratio:>5s}"
+                  f" {cpu_ratio:>8s}")
+    print("\nmedians over windows; spread = (max-min)/median of wall time; tokens/s by wall time;"
+          "\n'x HF' = HF time / t5pre time, by wall and by process CPU time (>1: t5pre faster);"
+          f" load average now {os.getloadavg()[0]:.1f}")
 
 
 def main(argv=None):
@@ -446,15 +475,18 @@ def main(argv=None):
     optimizers = ["adamw", "adafactor"] if args.optimizer == "both" else [args.optimizer]
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
 
+    precisions = (["float32", "mixed_bfloat16"] if args.precision == "both"
+                  else [args.precision])
     contenders = []
     for opt in optimizers:
         for jit in jits:
-            if not (args.patch and args.no_base):
-                contenders.append(T5preContender(config, batch, opt, jit, args.precision,
-                                                 args.z_loss))
-            for combo in args.patch:
-                contenders.append(T5preContender(config, batch, opt, jit, args.precision,
-                                                 args.z_loss, combo.split("+")))
+            for precision in precisions:
+                if not (args.patch and args.no_base):
+                    contenders.append(T5preContender(config, batch, opt, jit, precision,
+                                                     args.z_loss))
+                for combo in args.patch:
+                    contenders.append(T5preContender(config, batch, opt, jit, precision,
+                                                     args.z_loss, combo.split("+")))
         if not args.no_hf:
             contenders.append(HFContender(config, batch, opt))
 
@@ -470,21 +502,11 @@ def main(argv=None):
           f"warmup {args.warmup}; load average {os.getloadavg()[0]:.1f}")
     results = time_interleaved(contenders, args.warmup, args.windows, args.steps)
 
-    print(f"\n{'contender':60s} {'s/step':>8s} {'spread':>7s} {'tgt tok/s':>10s} "
-          f"{'total tok/s':>12s} {'vs HF':>6s}")
+    groups = []
     for opt in optimizers:
-        hf_name = f"HF torch {opt}"
-        hf = statistics.median(results[hf_name]) if hf_name in results else None
-        for name, times in results.items():
-            if opt not in name.split():
-                continue
-            med = statistics.median(times)
-            spread = (max(times) - min(times)) / med
-            ratio = f"{hf / med:6.2f}" if hf and not name.startswith("HF") else ""
-            print(f"{name:60s} {med:8.4f} {spread:6.0%} {target_tokens / med:10.0f} "
-                  f"{total_tokens / med:12.0f} {ratio:>6s}")
-    print("\n'vs HF' = t5pre tokens/s / HF tokens/s (median window); spread = (max-min)/median;"
-          f" load average now {os.getloadavg()[0]:.1f}")
+        names = [c.name for c in contenders if opt in c.name.split()]
+        groups.append((f"HF torch {opt}", names))
+    print_table(results, groups, {"tgt tok/s": target_tokens, "total tok/s": total_tokens})
     return results
 
 
