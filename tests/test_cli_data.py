@@ -108,7 +108,7 @@ def test_tasks_list_shows_source_splits_features_and_mixtures(shown_task, capsys
     out = capsys.readouterr().out
     block = out[out.index("  cli_show_task\n") :]
     assert "source:   JSONLSource(train=" in block and "splits:   train, validation" in block
-    assert "features: inputs[36] targets[36]" in block and "about:    test task for the CLI" in block
+    assert "features: inputs (vocab 36) targets (vocab 36)" in block and "about:    test task for the CLI" in block
     assert "steps:    rekey(" in block and "add_sentinels -> append_eos_after_trim" in block
     assert "cli_show_mixture: cli_show_task 1.000" in out
 

@@ -45,6 +45,10 @@ def build_parser():
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # `--module mytasks` should find ./mytasks.py as `python -m` would; the console script's
+    # sys.path starts at its bin/ directory. Appended, so it never shadows an installed package.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -56,7 +60,7 @@ def main(argv=None):
         print("t5pre: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a data error raised inside tf.data reaches us wrapped in an OpError
-        converted = _as_data_error(e)
+        converted = _as_data_error(e) or _as_corrupt_checkpoint_error(e)
         if converted is None:
             raise
         print(f"t5pre: error: {converted}", file=sys.stderr)
@@ -69,6 +73,27 @@ def _as_data_error(error):
     from t5pre.data.sources import as_data_error
 
     return as_data_error(error)
+
+
+def _as_corrupt_checkpoint_error(error):
+    """TensorFlow's checkpoint reader raises a bare ``IndexError`` for a truncated ``.data`` file;
+    name the checkpoint (TensorFlow's restore frames hold it as ``save_path``) instead of
+    showing its stack trace. A safety net: the restoring code should raise CheckpointError."""
+    if not isinstance(error, IndexError) or "Read less bytes than requested" not in str(error):
+        return None
+    from t5pre.errors import CheckpointError
+
+    path = None
+    tb = error.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("save_path")
+        if isinstance(candidate, (str, os.PathLike)):
+            path = os.fspath(candidate)
+        tb = tb.tb_next
+    where = f"{path}: " if path else ""
+    return CheckpointError(
+        f"{where}checkpoint is truncated or corrupt ({error}); delete its files to fall back to "
+        "an earlier checkpoint, or pick one with --checkpoint")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
+from t5pre.cli.finetune import add_module_argument, import_modules
+
 
 def register(subparsers):
     parser = subparsers.add_parser("tasks", help="list registered tasks and mixtures, show examples")
@@ -16,6 +18,7 @@ def register(subparsers):
 
     listing = sub.add_parser("list", help="list tasks (source, splits, features) and mixtures")
     listing.add_argument("--verbose", "-v", action="store_true", help="also list each task's preprocessors")
+    add_module_argument(listing)
     listing.set_defaults(func=run_list)
 
     show = sub.add_parser("show", help="print a few preprocessed examples of a task or mixture")
@@ -28,6 +31,7 @@ def register(subparsers):
     show.add_argument("--no-shuffle", action="store_true", help="read the split in order")
     show.add_argument("--ids", action="store_true", help="also print the token ids")
     show.add_argument("--width", type=int, default=100, help="wrap text at this width (0: no wrapping)")
+    add_module_argument(show)
     show.set_defaults(func=run_show)
 
 
@@ -39,7 +43,7 @@ def _feature_summary(features) -> str:
         flags = [] if feature.add_eos else ["no eos"]
         if not feature.required:
             flags.append("optional")
-        parts.append(f"{key}[{size}{', ' + ', '.join(flags) if flags else ''}]")
+        parts.append(f"{key} (vocab {size}{', ' + ', '.join(flags) if flags else ''})")
     return " ".join(parts)
 
 
@@ -56,6 +60,7 @@ def _step_name(step) -> str:
 def run_list(args):
     from t5pre.data.registry import MixtureRegistry, TaskRegistry
 
+    import_modules(args.module)
     tasks = TaskRegistry.names()
     mixtures = MixtureRegistry.names()
     print(f"{len(tasks)} tasks")
@@ -100,6 +105,7 @@ def run_show(args):
 
     if args.num_examples < 1:
         raise ConfigError("-n must be >= 1")
+    import_modules(args.module)
     provider = get_task_or_mixture(args.name)
     features = provider.output_features
     lengths = {"inputs": args.inputs_length, "targets": args.targets_length}

@@ -21,9 +21,10 @@ Behaviour that users rely on, fixed here once:
   every ``count``-th file (cheap, file-level); otherwise every shard reads all files and keeps
   every ``count``-th example. Either way shards are disjoint and together cover the split.
 * **Bad input.** A pattern matching nothing is a :class:`DataError` naming the split and the
-  pattern. Empty files are skipped with a warning; a split whose files are all empty is an error.
-  Blank (empty or whitespace-only) lines are skipped. Bytes that are not valid UTF-8 are replaced
-  by U+FFFD (like Python's ``errors="replace"``) instead of failing mid-training. Malformed JSON,
+  pattern. Empty files are skipped with a warning; a split whose files are all empty, or hold
+  only blank lines, is an error. Blank (empty or whitespace-only) lines are skipped. Bytes that
+  are not valid UTF-8 are replaced by U+FFFD (like Python's ``errors="replace"``) instead of
+  failing mid-training (JSON Lines files log a warning naming the first such line). Malformed JSON,
   a missing key or a non-text value is a :class:`DataError` naming ``file:line`` (and the key).
   Errors found while a dataset is being iterated surface from TensorFlow as an ``OpError``; wrap
   the iteration in :func:`data_errors` (the CLI does) to get the plain :class:`DataError` back.
@@ -155,6 +156,8 @@ class FileSource(DataSource):
     """
 
     kind = "files"
+    # Text formats whose blank lines are skipped (a split of blank files has no examples).
+    skips_blank_lines = False
 
     def __init__(self, split_to_filepattern: Mapping[str, object], *, num_parallel_files: int = DEFAULT_PARALLEL_FILES):
         if not split_to_filepattern:
@@ -192,6 +195,11 @@ class FileSource(DataSource):
             logger.warning("split %r: skipping empty file %s", split, f)
         if not files:
             raise DataError(f"split {split!r}: every file is empty: {', '.join(empty)}")
+        # Blank lines are skipped, so files holding nothing but whitespace would give a dataset
+        # with no examples at all, which training would only notice as a stalled or empty
+        # pipeline. One file with a non-blank byte suffices (normally the first read finds one).
+        if self.skips_blank_lines and not any(_has_non_blank_text(f) for f in files):
+            raise DataError(f"split {split!r}: no text: every line is blank in {', '.join(files)}")
         return files
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int = 0, shard_info=None):
@@ -224,6 +232,30 @@ class FileSource(DataSource):
         return f"{type(self).__name__}({parts})"
 
 
+_SCAN_BLOCK = 1 << 16
+
+
+def _has_non_blank_text(path: str) -> bool:
+    """Whether a (possibly gzip) file holds any non-whitespace byte; reads only until it finds
+    one, so a normal file costs one small read."""
+    import gzip
+    import zlib
+
+    tf = _tf()
+    try:
+        with tf.io.gfile.GFile(path, "rb") as raw:
+            f = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+            while True:
+                block = f.read(_SCAN_BLOCK)
+                if not block:
+                    return False
+                if block.strip():
+                    return True
+    except (OSError, EOFError, zlib.error, tf.errors.OpError) as e:
+        message = getattr(e, "message", None) or str(e)
+        raise DataError(f"{path}: cannot read it ({message})") from None
+
+
 def _compression(filename):
     tf = _tf()
     return tf.where(tf.strings.regex_full_match(filename, r".*\.gz"), "GZIP", "")
@@ -248,6 +280,8 @@ def _not_blank(line):
 
 class TextLineSource(FileSource):
     """Plain text files, one example per non-blank line: ``{"text": line}`` (or ``field``)."""
+
+    skips_blank_lines = True
 
     def __init__(self, split_to_filepattern, *, field: str = "text", num_parallel_files: int = DEFAULT_PARALLEL_FILES):
         super().__init__(split_to_filepattern, num_parallel_files=num_parallel_files)
@@ -288,6 +322,8 @@ class JSONLSource(FileSource):
     Parsing runs in Python (``json``), batched and interleaved over files.
     """
 
+    skips_blank_lines = True
+
     def __init__(
         self,
         split_to_filepattern,
@@ -304,6 +340,7 @@ class JSONLSource(FileSource):
         if not self._fields:
             raise DataError("JSONLSource: no fields given")
         self._list_fields = tuple(list_fields)
+        self._files_not_utf8: set = set()
         unknown = [f for f in self._list_fields if f not in self._fields]
         if unknown:
             raise DataError(f"JSONLSource: list_fields {unknown} are not among fields {list(self._fields)}")
@@ -311,6 +348,14 @@ class JSONLSource(FileSource):
     @property
     def output_keys(self):
         return tuple(self._fields)
+
+    def _warn_not_utf8(self, filename, where, error):
+        """Bad bytes are replaced (like text files), but said once per file, with the line."""
+        if filename in self._files_not_utf8:
+            return
+        self._files_not_utf8.add(filename)
+        logger.warning("%s: bytes that are not valid UTF-8 (%s at byte %d) were replaced by U+FFFD; "
+                       "later ones in this file are not reported", where, error.reason, error.start)
 
     def _parse_lines(self, filename, line_numbers, lines):
         """Python side: parse a batch of lines; returns one tensor per scalar field and
@@ -320,7 +365,11 @@ class JSONLSource(FileSource):
         lists = {k: [] for k in self._list_fields}
         for number, raw in zip(line_numbers.numpy(), lines.numpy()):
             where = f"{filename}:{int(number)}"
-            text = raw.decode("utf-8", errors="replace")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                text = raw.decode("utf-8", errors="replace")
+                self._warn_not_utf8(filename, where, e)
             try:
                 record = json.loads(text)
             except ValueError as e:

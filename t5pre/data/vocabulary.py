@@ -399,7 +399,9 @@ def train_vocabulary(
     import sentencepiece as spm
 
     pieces = vocab_size - extra_ids
-    if extra_ids < 0 or pieces < 8:
+    if extra_ids < 0:
+        raise DataError(f"extra_ids must be >= 0, got {extra_ids}")
+    if pieces < 8:
         raise DataError(
             f"vocab_size={vocab_size} with extra_ids={extra_ids} leaves {pieces} SentencePiece "
             "pieces; vocab_size counts the extra ids too (e.g. 32100 = 32000 pieces + 100)"
@@ -407,18 +409,27 @@ def train_vocabulary(
     if byte_fallback and pieces < 3 + 256 + 8:
         raise DataError(f"byte_fallback needs room for 256 byte pieces: vocab_size - extra_ids = {pieces} is too small")
 
+    # SentencePiece runs this iterator from C++ and turns whatever it raises into a RuntimeError
+    # whose message carries a Python traceback; a DataError raised while reading the text (e.g.
+    # "file:line: malformed JSON") is kept aside here and re-raised as itself after training.
+    failures: list = []
+
     def sentences():
         count = 0
-        for doc in texts:
-            if isinstance(doc, bytes):
-                doc = doc.decode("utf-8", errors="replace")
-            for line in doc.split("\n"):
-                line = line.strip()
-                if line:
-                    count += 1
-                    yield line
+        try:
+            for doc in texts:
+                if isinstance(doc, bytes):
+                    doc = doc.decode("utf-8", errors="replace")
+                for line in doc.split("\n"):
+                    line = line.strip()
+                    if line:
+                        count += 1
+                        yield line
+        except DataError as e:
+            failures.append(e)
+            return
         if count == 0:
-            raise DataError("no text to train the vocabulary on (every document was empty)")
+            failures.append(DataError("no text to train the vocabulary on (every document was empty)"))
 
     options = dict(
         model_type=model_type,
@@ -445,14 +456,30 @@ def train_vocabulary(
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=buffer, **options)
-    except DataError:
-        raise
     except RuntimeError as e:
-        raise DataError(f"SentencePiece training failed: {e}") from None
+        if failures:
+            raise failures[0] from None
+        raise _training_error(e, vocab_size, extra_ids) from None
+    if failures:
+        raise failures[0]
     vocab = SentencePieceVocabulary(buffer.getvalue(), extra_ids=extra_ids)
     model_path = os.fspath(model_prefix) + ".model"
     _atomic_write_bytes(model_path, vocab.serialized_model)
     return SentencePieceVocabulary(model_path, extra_ids=extra_ids)
+
+
+def _training_error(error: RuntimeError, vocab_size: int, extra_ids: int) -> DataError:
+    """A SentencePiece training failure in the user's terms (total vocab_size, extra ids
+    included), not SentencePiece's piece counts."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    too_high = re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", message)
+    if too_high:
+        most = int(too_high.group(2))
+        return DataError(
+            f"vocab_size {vocab_size} is too large for this text: SentencePiece can learn at most "
+            f"{most} pieces from it, i.e. vocab_size <= {most + extra_ids} with {extra_ids} extra "
+            "ids; give it more text or a smaller vocab_size")
+    return DataError(f"SentencePiece training failed: {message}")
 
 
 # ---------------------------------------------------------------------------- shipped default
