@@ -72,7 +72,9 @@ def main(argv=None):
     # 2. Training ----------------------------------------------------------------------------
     with tempfile.TemporaryDirectory() as model_dir:
         trainer = Trainer(cfg, model_dir, task=task, log=lambda msg: None)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         result = trainer.train()
+        cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     m = result.last_metrics
     training = {k: m[k] for k in ("tokens_per_sec", "target_tokens_per_sec", "examples_per_sec",
                                   "step_time", "data_wait_fraction")}
@@ -91,8 +93,11 @@ def main(argv=None):
           f"step {training['step_time'] * 1000:.0f} ms, data wait "
           f"{100 * training['data_wait_fraction']:.1f}% of the step")
     print(f"resume cost   : {resume_cost:.0f} s of pipeline time per 1000 steps skipped")
+    print(f"cpu use       : {cpu_per_wall:.2f} cores busy on average during training "
+          f"(of {os.cpu_count()}; lower than the core count means the machine was shared)")
     if args.json:
         print(json.dumps({"pipeline": pipeline, "training": training,
+                          "cpu_cores_busy": cpu_per_wall,
                           "resume_seconds_per_1000_steps": resume_cost}))
     return 0
 
