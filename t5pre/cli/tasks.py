@@ -23,11 +23,14 @@ def register(subparsers):
 
     show = sub.add_parser("show", help="print a few preprocessed examples of a task or mixture")
     show.add_argument("name", help="task or mixture name")
-    show.add_argument("--split", default="train")
-    show.add_argument("-n", "--num-examples", type=int, default=3)
-    show.add_argument("--inputs-length", type=int, default=512)
-    show.add_argument("--targets-length", type=int, default=114)
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--split", default="train", help="split to read (default: train)")
+    show.add_argument("-n", "--num-examples", type=int, default=3, help="examples to print (default: 3)")
+    show.add_argument("--inputs-length", type=int, default=512,
+                      help="encoder length in tokens, EOS included (default: 512, as T5)")
+    show.add_argument("--targets-length", type=int, default=114,
+                      help="decoder length in tokens, EOS included (default: 114, T5's span "
+                           "corruption targets for 512 inputs)")
+    show.add_argument("--seed", type=int, default=0, help="shuffle and noise seed (default: 0)")
     show.add_argument("--no-shuffle", action="store_true", help="read the split in order")
     show.add_argument("--ids", action="store_true", help="also print the token ids")
     show.add_argument("--width", type=int, default=100, help="wrap text at this width (0: no wrapping)")

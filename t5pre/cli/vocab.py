@@ -18,13 +18,15 @@ exactly like T5. The sentinels are written into the .model file (as user-defined
 plain sentencepiece, tensorflow-text and t5pre all see the same vocabulary.
 
 Text comes from exactly one of:
-  --task NAME          the raw source of a registered task (its --field, default "text")
+  --task NAME          the raw source of a registered task (--field, default "text" or every text field)
   --files GLOB ...     text files (one sentence per line) or .jsonl files (--field, default "text")
   --default-corpus     the embedded default corpus (Python/Keras docstrings)
 """
 
 
 def register(subparsers):
+    from t5pre.cli.finetune import add_module_argument
+
     parser = subparsers.add_parser("vocab", help="train or inspect a SentencePiece vocabulary")
     sub = parser.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)
 
@@ -55,6 +57,7 @@ def register(subparsers):
     train.add_argument("--character-coverage", type=float, default=0.9995)
     train.add_argument("--no-byte-fallback", action="store_true", help="unknown characters become <unk>")
     train.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.model")
+    add_module_argument(train)
     train.set_defaults(func=run_train)
 
     info = sub.add_parser("info", help="print a vocabulary's sizes and special ids")
@@ -147,11 +150,13 @@ def _texts_from_task(name, split, fields):
 
 
 def run_train(args):
+    from t5pre.cli.finetune import import_modules
     from t5pre.data.vocabulary import train_vocabulary
 
     if args.vocab_size <= args.extra_ids:
         raise ConfigError(f"--vocab-size {args.vocab_size} must exceed --extra-ids {args.extra_ids} (it counts them)")
     if args.task:
+        import_modules(args.module)
         texts = _texts_from_task(args.task, args.split, args.field)
         what = f"task {args.task} ({args.split})"
     elif args.files:
