@@ -261,7 +261,17 @@ class Trainer:
             raise ConfigError(
                 f"training.batch_size ({t.batch_size}) must be divisible by the number of "
                 f"replicas ({replicas}) x training.grad_accum_steps ({t.grad_accum_steps})")
-        spec = feature_spec(self._dataset_fn(self.config.data.train_split, shuffle=False))
+        d = self.config.data
+        splits = getattr(self.task, "splits", None)
+        if splits is not None and d.train_split not in splits:
+            raise ConfigError(f"data.train_split = {d.train_split!r}: task {self.config.task_name!r}"
+                              f" has splits {', '.join(splits)}")
+        self._eval_enabled = bool(d.eval_split and t.eval_every)
+        if self._eval_enabled and splits is not None and d.eval_split not in splits:
+            self.log(f"warning: task {self.config.task_name!r} has no {d.eval_split!r} split "
+                     f"(it has {', '.join(splits)}); periodic evaluation is off")
+            self._eval_enabled = False
+        spec = feature_spec(self._dataset_fn(d.train_split, shuffle=False))
         self._spec = spec
         with self.strategy.scope():
             self.model = self.model_fn(self.config, self.vocabulary)
@@ -568,8 +578,7 @@ class Trainer:
                 if step % t.checkpoint_every == 0 or step == t.steps:
                     path = self.keeper.save(step, data_examples, pipelines)
                     last_ckpt = path or last_ckpt
-                if d.eval_split and t.eval_every and (step % t.eval_every == 0
-                                                     or step == t.steps):
+                if self._eval_enabled and (step % t.eval_every == 0 or step == t.steps):
                     last_metrics.update({f"eval_{k}": v
                                          for k, v in self._run_eval(step, writer).items()})
         finally:
