@@ -49,6 +49,25 @@ def _register_debian_pretraining(data_dir: str) -> None:
     register_text_pretraining_task(MODES["debian"]["pretrain_task"], files, text_key="document")
 
 
+def _register_low_resource_task(data_dir: str, work_dir: str, n: int) -> str:
+    """``debian_descriptions`` with only the first ``n`` training pairs (same validation split):
+    the low-resource setting where what pretraining learnt matters most."""
+    from t5pre.tasks.summarization import register_jsonl_summarization_task
+
+    root = os.path.join(data_dir, "debian-descriptions")
+    os.makedirs(work_dir, exist_ok=True)
+    subset = os.path.join(work_dir, f"train-first-{n}.jsonl")
+    with open(os.path.join(root, "train.jsonl"), encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(n), f)]
+    with open(subset, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    name = f"debian_descriptions_first_{n}"
+    register_jsonl_summarization_task(
+        name, {"train": subset, "validation": os.path.join(root, "validation.jsonl")},
+        replace=True)
+    return name
+
+
 def pretrain_config(args, task: str):
     from t5pre.training.config import load_config
 
@@ -95,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-examples", type=int, default=200)
+    p.add_argument("--train-examples", type=int, default=None,
+                   help="debian mode: fine-tune on only the first N training pairs "
+                        "(low-resource transfer); default: all 27k")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["T5PRE_DATA_DIR"] = os.path.abspath(args.data_dir)
@@ -108,6 +130,10 @@ def main(argv=None) -> int:
         _register_debian_pretraining(args.data_dir)
     root = os.path.join(args.work_dir, args.mode)
     pre_dir = os.path.join(root, "pretrain")
+    if args.train_examples and args.mode == "debian":
+        mode = {**mode, "finetune_task": _register_low_resource_task(
+            args.data_dir, root, args.train_examples)}
+    suffix = f"-first{args.train_examples}" if args.train_examples else ""
     quiet = lambda msg: print("   ", msg, flush=True)  # noqa: E731
 
     timings = {}
@@ -119,7 +145,7 @@ def main(argv=None) -> int:
     results = {}
     for name, init in (("pretrained", resolve_init(pre_dir)), ("random init", None)):
         t1 = time.perf_counter()
-        out = os.path.join(root, "ft-" + name.split()[0])
+        out = os.path.join(root, "ft-" + name.split()[0] + suffix)
         print(f"[{2 if init else 3}/3] fine-tuning {mode['finetune_task']} from {name} for "
               f"{args.finetune_steps} steps -> {out}")
         cfg, settings = finetune_config(args, mode["finetune_task"], out)
@@ -127,7 +153,8 @@ def main(argv=None) -> int:
                      model_config=read_model_config(pre_dir), log=quiet)
         scores = _final_scores(r, out)
         results[name] = {"scores": scores, "model_dir": out,
-                         "final_train_loss": r.train.last_metrics.get("loss")}
+                         "final_train_loss": r.train.last_metrics.get("loss"),
+                         "validation_token_loss": r.train.last_metrics.get("eval_loss")}
         timings[f"finetune_{name.split()[0]}_s"] = time.perf_counter() - t1
 
     keys = ("rouge1", "rouge2", "rougeLsum")
@@ -135,14 +162,16 @@ def main(argv=None) -> int:
           f"tiny T5 {BENCH_MODEL['d_model']}d x {BENCH_MODEL['num_encoder_layers']}+"
           f"{BENCH_MODEL['num_decoder_layers']} layers; pretrain {args.pretrain_steps} steps, "
           f"fine-tune {args.finetune_steps} steps, batch {args.batch_size}")
-    print(f"{'start':<14}" + "".join(f"{k:>11}" for k in keys))
+    print(f"{'start':<14}" + "".join(f"{k:>11}" for k in keys) + f"{'val loss':>11}")
     for name, r in results.items():
-        print(f"{name:<14}" + "".join(f"{r['scores'].get(k, float('nan')):>11.2f}" for k in keys))
+        loss = r["validation_token_loss"]
+        print(f"{name:<14}" + "".join(f"{r['scores'].get(k, float('nan')):>11.2f}" for k in keys)
+              + f"{loss if loss is not None else float('nan'):>11.3f}")
     gain = results["pretrained"]["scores"]["rougeLsum"] - results["random init"]["scores"]["rougeLsum"]
     print(f"pretraining gain: {gain:+.2f} ROUGE-Lsum; time "
           + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "results.json"), "w") as f:
+    with open(os.path.join(root, f"results{suffix}.json"), "w") as f:
         json.dump({"mode": args.mode, "args": vars(args), "model": BENCH_MODEL,
                    "pretrain_final_loss": pre.last_metrics.get("loss"),
                    "results": results, "rougeLsum_gain": gain, "timings": timings}, f, indent=2)
