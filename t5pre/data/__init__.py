@@ -10,6 +10,9 @@ Nothing here imports TensorFlow at import time; the modules import it when a dat
   ``MixtureRegistry``, ``get_task``, ``get_mixture``, ``PreprocessContext``
 * :mod:`t5pre.data.preprocessors`   ``rekey``, ``tokenize``, ``append_eos_after_trim``, ``trim``
 * :mod:`t5pre.data.default_corpus`  docstrings of the installed Python as an embedded corpus
+* :mod:`t5pre.data.denoising`       ``random_spans_helper``, span corruption, prefix-LM, i.i.d., UL2
+* :mod:`t5pre.data.chunking`        concatenate documents and cut exact-length chunks
+* :mod:`t5pre.data.feature_converter` ``EncDecFeatureConverter`` (model features, packing)
 """
 
 from t5pre.data.registry import (  # noqa: F401
@@ -38,3 +41,5 @@ from t5pre.data.vocabulary import (  # noqa: F401
     load_vocabulary,
     train_vocabulary,
 )
+from t5pre.data.denoising import random_spans_helper  # noqa: F401,E402
+from t5pre.data.feature_converter import EncDecFeatureConverter  # noqa: F401,E402
