@@ -44,7 +44,11 @@ def build_parser():
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ logging at levels 0-2 prints, on every command, lines users cannot act on
+    # ("failed call to cuInit" on a machine without a GPU, "oneDNN supports DT_INT64 only on
+    # AVX-512"); real failures reach us as Python exceptions anyway. An exported value wins
+    # (TF_CPP_MIN_LOG_LEVEL=0 to debug TensorFlow itself).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # oneDNN kernels: TF enables them by default only on CPUs with AVX-512; on AVX2 machines they
     # made our training step 1.27x faster (benchmarks/train_step.py --onednn on vs off).
     # Must be set before TensorFlow is imported; an explicit user setting wins.
