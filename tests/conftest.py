@@ -10,6 +10,10 @@ import pathlib
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One kernel library for the whole test session: the CLI turns oneDNN on by default when it is
+# the first to import TensorFlow, and subprocess runs must compute exactly what the in-process
+# reference runs compute (resume and multi-worker tests compare weights bit for bit).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("T5PRE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
