@@ -89,3 +89,34 @@ def test_resumed_data_stream_is_the_uninterrupted_one():
     full = batches(0, 6)
     for got, want in zip(batches(8, 4), full[2:]):
         np.testing.assert_array_equal(got, want)
+
+
+def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference):
+    """A SIGTERM between periodic checkpoints loses nothing: the run saves the step it is at
+    (not the last multiple of checkpoint_every) and the resumed run ends as if never stopped."""
+    import re
+
+    ref_weights, ref_history = reference
+    run = tmp_path / "run"
+    proc = _driver(run, "--slow", "0.3")  # sleeps after each logged step: time to signal
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 6/20" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode not in (0, -signal.SIGTERM), out  # stopped by us, not killed
+    stopped = re.search(r"SIGTERM: stopped at step (\d+); checkpoint saved to (\S+);", out)
+    assert stopped, out
+    step = int(stopped.group(1))
+    assert 6 <= step < 20 and step % 5, out  # between two periodic checkpoints
+    assert stopped.group(2) == latest_checkpoint(str(run)) == str(run / "checkpoints" /
+                                                                  f"ckpt-{step}")
+    assert f"step {step + 1}/20" not in out
+
+    trainer, resumed = train(run)
+    assert resumed.step == 20 and sorted(dict(resumed.history)) == list(range(step + 1, 21))
+    assert_same_weights(weights_of(trainer.model), ref_weights)
+    for s, loss in resumed.history:
+        assert loss == pytest.approx(ref_history[s], rel=1e-6), s

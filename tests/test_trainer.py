@@ -170,3 +170,93 @@ def test_cli_pretrain_on_the_real_default_task(tmp_path, capsys):
     model, vocabulary, cfg = load_model(run)
     assert cfg.data.task == "default_span_corruption"
     assert model.config.vocab_size >= vocabulary.vocab_size
+
+
+def _truncated_copy(run, dest):
+    """A copy of a model directory whose latest checkpoint's .data file is cut in half."""
+    import shutil
+
+    from t5pre.training.checkpointing import latest_checkpoint
+
+    shutil.copytree(run, dest)
+    prefix = latest_checkpoint(str(dest))
+    data = f"{prefix}.data-00000-of-00001"
+    os.truncate(data, os.path.getsize(data) // 2)
+    return prefix
+
+
+def test_truncated_checkpoint_is_a_clear_error(short_run, tmp_path):
+    from t5pre.training.checkpointing import restore_model_weights
+
+    run, trainer, _ = short_run
+    prefix = _truncated_copy(run, tmp_path / "cut")
+    assert prefix.endswith("ckpt-40")
+    with pytest.raises(CheckpointError) as e:
+        restore_model_weights(trainer.model, str(tmp_path / "cut"))
+    assert str(e.value).startswith(f"{prefix}: checkpoint is truncated or corrupt")
+    assert f"delete {prefix}.*" in str(e.value)
+    with pytest.raises(CheckpointError, match="ckpt-40: checkpoint is truncated or corrupt"):
+        train(tmp_path / "cut", *SHORT_RUN, "training.steps=50")  # resume reads it too
+
+
+TEXT_MODULE = '''
+from t5pre.tasks.pretraining import register_text_pretraining_task
+
+register_text_pretraining_task("my_notes_{tag}", {{"train": [{path!r}]}})
+'''
+
+TINY_CLI = ("--set", "training.batch_size=4", "--set", "training.log_every=1",
+            "--set", "training.eval_every=0", "--set", "training.checkpoint_every=100",
+            "--set", "data.sequence_length={inputs: 32, targets: 8}",
+            "--set", "model.overrides={d_model: 32, d_ff: 64, num_heads: 2, d_kv: 16, "
+                     "num_encoder_layers: 1, num_decoder_layers: 1}")
+
+
+def test_cli_module_task_rerun_keeps_the_run_config_and_sigterm_saves(tmp_path, capsys,
+                                                                      monkeypatch):
+    """`--module` registers a user's text task; a re-run without --config keeps the first
+    run's --set values; SIGTERM mid-run saves the current step and exits 130."""
+    import signal
+
+    from t5pre.cli import main
+    from t5pre.training import summaries
+    from t5pre.training.checkpointing import all_checkpoint_steps, latest_checkpoint
+
+    text = tmp_path / "notes.txt"
+    text.write_text("".join(f"note {i}: the quick brown fox jumps over {i} lazy dogs\n"
+                            for i in range(60)))
+    tag = os.urandom(4).hex()  # a fresh module and task name per run of the test
+    (tmp_path / f"mynotes_{tag}.py").write_text(TEXT_MODULE.format(tag=tag, path=str(text)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+
+    argv = ["pretrain", "--model-dir", str(run), "--module", f"mynotes_{tag}"]
+    assert main([*argv, "--steps", "2", "--set", f"data.task=my_notes_{tag}", *TINY_CLI]) == 0
+    out = capsys.readouterr().out
+    assert "step 2/2" in out
+    assert f"task: my_notes_{tag}" in (run / "config.yaml").read_text()
+
+    # Without --config or --set: the saved config (tiny model, our task), not default.yaml.
+    assert main([*argv, "--steps", "3"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"using the run config saved in {run / 'config.yaml'}" in out
+    assert "resumed from" in out and "step 3/3" in out
+    assert f"task: my_notes_{tag}" in (run / "config.yaml").read_text()
+
+    # SIGTERM while step 5 is being logged: the step finishes, is saved, the exit is 130.
+    progress_line = summaries.progress_line
+
+    def progress_then_sigterm(step, *args, **kwargs):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return progress_line(step, *args, **kwargs)
+
+    monkeypatch.setattr(summaries, "progress_line", progress_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main([*argv, "--steps", "9"]) == 130
+    out = capsys.readouterr().out
+    assert f"stopped at step 5; checkpoint saved to {run / 'checkpoints' / 'ckpt-5'}" in out
+    assert "re-run the same command to resume" in out and "step 6/9" not in out
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert latest_checkpoint(str(run)).endswith("ckpt-5")
+    assert all_checkpoint_steps(str(run)) == [2, 3, 5]

@@ -172,3 +172,13 @@ def test_make_optimizer_from_config():
     opt = make_optimizer(cfg.optimizer, cfg.training.precision)
     assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
     assert isinstance(opt.inner_optimizer, keras.optimizers.AdamW)
+
+
+@pytest.mark.parametrize("override, section", [("nosuch.key=1", "nosuch"),
+                                               ("data.sequence_length={inputz: 8}", "inputz")])
+def test_unknown_key_in_an_override_names_the_flag_not_the_file(tmp_path, override, section):
+    path = write(tmp_path, "data:\n  task: x\ntraining:\n  steps: 10\n")
+    with pytest.raises(ConfigError) as e:
+        C.load_config(path, [override])
+    msg = str(e.value)
+    assert msg.startswith(f"--set {override}:") and section in msg and path not in msg

@@ -5,10 +5,16 @@
         [--set training.batch_size=256 ...] [--steps N] [--strategy mirrored] [--tpu ADDR]
 
 Re-running the same command resumes from the latest checkpoint in DIR (exact step, learning
-rate and data position); a larger ``--steps`` continues a finished run.
+rate and data position); a larger ``--steps`` continues a finished run. Without ``--config`` a
+re-run starts from the run's own ``DIR/config.yaml``, so earlier ``--set`` values stay. SIGTERM
+or Ctrl-C saves a checkpoint of the current step and exits with status 130.
+``--module mytasks`` imports your module first, e.g. to register a pretraining task on your own
+text (``t5pre.tasks.pretraining.register_text_pretraining_task``) for ``--set data.task=NAME``.
 """
 
 from __future__ import annotations
+
+import os
 
 from t5pre.training.config import STRATEGIES
 
@@ -33,7 +39,11 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "pretrain", help="pretrain a T5 model with a denoising objective",
         description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser, "default: the packaged configs/pretrain/default.yaml")
+    add_run_arguments(parser, "default: DIR/config.yaml when re-running, else the packaged "
+                              "configs/pretrain/default.yaml")
+    from t5pre.cli.finetune import add_module_argument
+
+    add_module_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -50,7 +60,16 @@ def load_run_config(args, packaged: str = "default"):
             overrides.append("strategy.name=tpu")
     if args.strategy:
         overrides.append(f"strategy.name={args.strategy}")
-    path = args.config or packaged_config_path(packaged)
+    path = args.config
+    if path is None:
+        saved = os.path.join(args.model_dir, "config.yaml")
+        if os.path.isfile(saved):
+            # A re-run continues the run it finds, not the packaged defaults: otherwise the
+            # --set values of the first command would silently revert.
+            print(f"using the run config saved in {saved}")
+            path = saved
+        else:
+            path = packaged_config_path(packaged)
     return load_config(path, overrides, model_dir=args.model_dir)
 
 
@@ -80,13 +99,19 @@ def check_backend() -> None:
 
 
 def run(args):
+    from t5pre.cli.finetune import import_modules
+
+    import_modules(getattr(args, "module", []))
     config = load_run_config(args)
     check_backend()
     from t5pre.training.strategy import create_strategy
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
     strategy = create_strategy(config.strategy.name, config.strategy.tpu)
-    from t5pre.training.trainer import Trainer
+    from t5pre.training.trainer import Trainer, TrainingInterrupted
 
-    result = Trainer(config, args.model_dir, strategy=strategy).train()
+    try:
+        result = Trainer(config, args.model_dir, strategy=strategy).train()
+    except TrainingInterrupted:  # the trainer has saved and said where; 128 + SIGINT
+        return 130
     return 0 if result.step >= config.training.steps else 1

@@ -31,6 +31,19 @@ def _tf():
     return tf
 
 
+def _corrupt(path: str, error: BaseException) -> CheckpointError:
+    """The error for a checkpoint whose files cannot be read back (a truncated or missing
+    ``.data`` file: TensorFlow raises a bare IndexError, DataLossError or NotFoundError)."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return CheckpointError(f"{path}: checkpoint is truncated or corrupt ({first}); delete "
+                           f"{path}.* to resume from the previous one")
+
+
+def _is_corruption(error: BaseException) -> bool:
+    tf = _tf()
+    return isinstance(error, (IndexError, tf.errors.DataLossError, tf.errors.NotFoundError))
+
+
 def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_SUBDIR)
 
@@ -135,7 +148,9 @@ class CheckpointKeeper:
         try:
             status = self.checkpoint.restore(path)
             status.assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
+        except (IndexError, AssertionError, ValueError, tf.errors.OpError) as e:
+            if _is_corruption(e):
+                raise _corrupt(path, e) from None
             first = str(e).strip().splitlines()[0][:300]
             raise CheckpointError(
                 f"{path}: checkpoint does not match this model/optimizer ({first}); was the "
@@ -171,7 +186,9 @@ def restore_model_weights(model, model_dir: str, checkpoint=None) -> str:
         status = tf.train.Checkpoint(model=model_weights_trackable(model)).restore(
             path).expect_partial()
         status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
+    except (IndexError, AssertionError, ValueError, tf.errors.OpError) as e:
+        if _is_corruption(e):
+            raise _corrupt(path, e) from None
         first = str(e).strip().splitlines()[0][:300]
         raise CheckpointError(f"{path}: checkpoint does not match the model ({first})") from None
     return path

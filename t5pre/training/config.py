@@ -161,6 +161,11 @@ class _Where:
     def __call__(self, path: str) -> str:
         if path in self.flags:
             return f"--set {self.flags[path]}"
+        # An unknown section (``--set nosuch.key=1`` fails at ``nosuch``) or a bad key inside a
+        # mapping-valued flag (``--set data.sequence_length={inputz: 8}``) came from that flag.
+        for key, flag in self.flags.items():
+            if key.startswith(path + ".") or path.startswith(key + "."):
+                return f"--set {flag}"
         line = self.lines.get(path)
         return f"{self.origin}:{line}" if line else self.origin
 

@@ -41,6 +41,64 @@ class TrainingDivergedError(T5preError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C stopped training after a checkpoint of the current step was saved.
+
+    A KeyboardInterrupt, so every caller that already treats Ctrl-C as "stop" (the CLI maps it
+    to exit code 130) does the right thing; ``step`` and ``checkpoint`` say where it stopped."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class _StopRequests:
+    """Turns SIGTERM and the first Ctrl-C into a flag the loop checks between steps.
+
+    A signal must not interrupt a step half-way: a KeyboardInterrupt raised by Python's default
+    handler lands after the compiled step has updated the weights but before the step counter
+    moved, so a checkpoint saved then would not resume exactly. A second Ctrl-C aborts at once
+    (no save), for a save that hangs. Handlers are installed only in the main thread (Python
+    allows no other) and the previous ones are restored on exit."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):  # e.g. not allowed in an embedded interpreter
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: the user wants out now
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+        return False
+
+
 def _tf():
     import tensorflow as tf
     return tf
@@ -525,9 +583,11 @@ class Trainer:
         window = _Window()
         history, skipped_total, consecutive_bad = [], 0, 0
         last_ckpt, last_metrics = latest, {}
-        start_step = step
+        start_step = saved_step = step
         step_times = []
+        stop = _StopRequests()
         try:
+            stop.__enter__()
             while step < t.steps:
                 t0 = time.perf_counter()
                 batch = next(iterator)
@@ -577,11 +637,23 @@ class Trainer:
                     window = _Window()
                 if step % t.checkpoint_every == 0 or step == t.steps:
                     path = self.keeper.save(step, data_examples, pipelines)
-                    last_ckpt = path or last_ckpt
+                    last_ckpt, saved_step = path or last_ckpt, step
                 if self._eval_enabled and (step % t.eval_every == 0 or step == t.steps):
                     last_metrics.update({f"eval_{k}": v
                                          for k, v in self._run_eval(step, writer).items()})
+                if stop.requested and step < t.steps:
+                    # Every worker gets the signal (a cluster manager stops them all) and
+                    # every worker must take part in the save; the chief's copy is kept.
+                    if saved_step != step:
+                        path = self.keeper.save(step, data_examples, pipelines)
+                        last_ckpt, saved_step = path or last_ckpt, step
+                    writer.flush()
+                    message = (f"{stop.signal_name}: stopped at step {step}; checkpoint saved "
+                               f"to {last_ckpt}; re-run the same command to resume")
+                    self.log(message)
+                    raise TrainingInterrupted(message, step, last_ckpt)
         finally:
+            stop.__exit__(None, None, None)
             writer.close()
             self.keeper.close()
         done = step - start_step
