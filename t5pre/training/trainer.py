@@ -18,6 +18,12 @@ Keras 3's TF optimizer would all-reduce (sum) the gradients a second time when a
 replica context; we switch that off on our optimizer instance (``_no_second_all_reduce``), and a
 test checks that the multi-replica update equals the single-device one.
 
+SIGTERM (a preempted VM, ``kill``, a cluster manager) and Ctrl-C stop the run between two steps
+after saving a checkpoint of the current step (see ``_StopRequests``): nothing is lost and the
+same command resumes. ``train`` then raises ``TrainingInterrupted`` (a KeyboardInterrupt; the
+CLI exits with 130). Under MultiWorkerMirroredStrategy every worker must receive the signal, as
+every worker takes part in the save.
+
 The Trainer is generic: any task/mixture, any feature lengths, and an optional ``eval_hook`` for
 downstream metrics, so ``t5pre finetune`` reuses it with a pretrained starting point.
 """
