@@ -397,10 +397,58 @@ def _import_catalogue():
                 raise
 
 
-class TaskRegistry:
+class _Registry:
+    """What TaskRegistry and MixtureRegistry share: one namespace (a task and a mixture never
+    share a name), the catalogue imported before any lookup or registration, and errors that
+    name close matches."""
+
+    _registry: dict = {}
+    kind = ""
+
+    @classmethod
+    def _other(cls) -> type:
+        raise NotImplementedError
+
+    @classmethod
+    def _register(cls, name: str, item, replace: bool):
+        # The catalogue first: a user entry that takes a catalogue name must fail here, clearly,
+        # not later inside the catalogue's import.
+        _import_catalogue()
+        if not replace and (name in cls._registry or name in cls._other()._registry):
+            raise DataError(f"{cls.kind} {name!r} is already registered (pass replace=True to replace it)")
+        cls._registry[name] = item
+        return item
+
+    @classmethod
+    def remove(cls, name: str) -> None:
+        cls._registry.pop(name, None)
+
+    @classmethod
+    def get(cls, name: str):
+        if name not in cls._registry:
+            _import_catalogue()
+        if name not in cls._registry:
+            other = cls._other()
+            hint = (f"; {name!r} is a {other.kind}: use get_{other.kind}"
+                    if name in other._registry else "")
+            raise DataError(f"unknown {cls.kind} {name!r}{hint or _close_matches(name, cls.names())}")
+        return cls._registry[name]
+
+    @classmethod
+    def names(cls) -> list:
+        _import_catalogue()
+        return sorted(cls._registry)
+
+
+class TaskRegistry(_Registry):
     """Global name -> :class:`Task` registry."""
 
     _registry: dict = {}
+    kind = "task"
+
+    @classmethod
+    def _other(cls) -> type:
+        return MixtureRegistry
 
     @classmethod
     def add(
@@ -428,65 +476,24 @@ class TaskRegistry:
 
     @classmethod
     def add_task(cls, task: Task, replace: bool = False) -> Task:
-        # The catalogue first: a user task that takes a catalogue name must fail here, clearly,
-        # not later inside the catalogue's import.
-        _import_catalogue()
-        if not replace and (task.name in cls._registry or task.name in MixtureRegistry._registry):
-            raise DataError(f"task {task.name!r} is already registered (pass replace=True to replace it)")
-        cls._registry[task.name] = task
-        return task
-
-    @classmethod
-    def remove(cls, name: str) -> None:
-        cls._registry.pop(name, None)
-
-    @classmethod
-    def get(cls, name: str) -> Task:
-        if name not in cls._registry:
-            _import_catalogue()
-        if name not in cls._registry:
-            hint = f"; {name!r} is a mixture: use get_mixture" if name in MixtureRegistry._registry else ""
-            raise DataError(f"unknown task {name!r}{hint or _close_matches(name, cls.names())}")
-        return cls._registry[name]
-
-    @classmethod
-    def names(cls) -> list:
-        _import_catalogue()
-        return sorted(cls._registry)
+        return cls._register(task.name, task, replace)
 
 
-class MixtureRegistry:
+class MixtureRegistry(_Registry):
     """Global name -> :class:`Mixture` registry."""
 
     _registry: dict = {}
+    kind = "mixture"
+
+    @classmethod
+    def _other(cls) -> type:
+        return TaskRegistry
 
     @classmethod
     def add(cls, name: str, tasks: Sequence, default_rate=None, replace: bool = False) -> Mixture:
         """Register a mixture of ``[(task or task name, rate), ...]``."""
-        _import_catalogue()
-        if not replace and (name in cls._registry or name in TaskRegistry._registry):
-            raise DataError(f"mixture {name!r} is already registered (pass replace=True to replace it)")
-        mixture = Mixture(name, tasks, default_rate=default_rate)
-        cls._registry[name] = mixture
-        return mixture
-
-    @classmethod
-    def remove(cls, name: str) -> None:
-        cls._registry.pop(name, None)
-
-    @classmethod
-    def get(cls, name: str) -> Mixture:
-        if name not in cls._registry:
-            _import_catalogue()
-        if name not in cls._registry:
-            hint = f"; {name!r} is a task: use get_task" if name in TaskRegistry._registry else ""
-            raise DataError(f"unknown mixture {name!r}{hint or _close_matches(name, cls.names())}")
-        return cls._registry[name]
-
-    @classmethod
-    def names(cls) -> list:
-        _import_catalogue()
-        return sorted(cls._registry)
+        _import_catalogue()  # before Mixture(...) resolves catalogue task names
+        return cls._register(name, Mixture(name, tasks, default_rate=default_rate), replace)
 
 
 def get_task(name: str) -> Task:
