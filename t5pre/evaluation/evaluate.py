@@ -85,9 +85,7 @@ def check_vocabulary(model_vocabulary, task, where: str, *, use_model_vocabulary
     if model_vocabulary is None:
         return task
     if vocabularies_match(model_vocabulary, task_vocabulary):
-        # The same vocabulary; the copy reads with the model's own vocabulary object, whose
-        # TensorFlow tokenizer belongs to this run (see t5pre.training.finetune._fresh_vocabulary
-        # for the tokenizer-resource problem this sidesteps).
+        # The same vocabulary: read the task through the model's own vocabulary object.
         return task_with_vocabulary(task, model_vocabulary)
     if use_model_vocabulary:
         return task_with_vocabulary(task, model_vocabulary)

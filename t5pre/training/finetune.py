@@ -476,21 +476,6 @@ def _record_architecture(run_config, model_config, init: Optional[InitModel]):
     return run_config
 
 
-def _fresh_vocabulary(vocabulary):
-    """An equal vocabulary object with no TensorFlow tokenizer created yet.
-
-    Workaround: a vocabulary caches its tensorflow_text tokenizer (a TF resource); one first
-    used by the input pipeline of an earlier Trainer in the same process (e.g. the pretraining
-    run of benchmarks/transfer.py or of a test) is reported missing ("Resource
-    .../SentencepieceOp ... does not exist") by the next Trainer's distributed input pipeline.
-    Giving each fine-tuning run its own object avoids it and changes no token."""
-    from t5pre.data.vocabulary import SentencePieceVocabulary
-
-    if type(vocabulary) is not SentencePieceVocabulary:
-        return vocabulary
-    return SentencePieceVocabulary(vocabulary.serialized_model, extra_ids=vocabulary.extra_ids)
-
-
 def finetune(run_config, model_dir: str, *, init: Optional[InitSource] = None,
              settings: Optional[FinetuneSettings] = None, model_config=None, strategy=None,
              task=None, log: Optional[Callable] = None) -> FinetuneResult:
@@ -516,7 +501,6 @@ def finetune(run_config, model_dir: str, *, init: Optional[InitSource] = None,
                                 use_model_vocabulary=settings.use_model_vocabulary)
     vocabulary = (init_model.vocabulary if init_model is not None
                   and init_model.vocabulary is not None else task.vocabulary)
-    vocabulary = _fresh_vocabulary(vocabulary)
     if vocabulary is not task.vocabulary:
         from t5pre.evaluation.evaluate import task_with_vocabulary
 
