@@ -24,11 +24,6 @@ Contenders:
 Beam search: t5pre runs T5/t5x-style beam search (2K candidates, length penalty alpha=0.6);
 HF's `generate(num_beams=K)` has the same structure (2K candidates); the tokens need not match.
 
-``--patch head_major`` / ``--patch kv_flat`` add a cached contender with a candidate change of
-the decoding path (local copies of model methods, swapped in while it traces), the measured
-evidence for proposed model changes: ``head_major`` keeps decode-time keys/values as
-[B, H, T, dk] (no per-step transpose); ``kv_flat`` also puts layer and key|value on axis 0.
-
 Threads and timing as in `train_step.py`: same thread count for TF and torch, contenders
 interleaved window by window, median of windows.
 
@@ -75,10 +70,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--onednn", choices=["default", "on", "off"], default="default",
                    help="set TF_ENABLE_ONEDNN_OPTS=1/0 before TensorFlow is imported")
-    p.add_argument("--patch", action="append", default=[], metavar="NAME",
-                   help="add a t5pre cached contender with a candidate speed change of the "
-                        "decoding path (profiling); one of: " + ", ".join(sorted(PATCHES))
-                        + "; combine with '+'")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -127,247 +118,21 @@ def random_inputs(config, args):
     return ids, np.ones_like(ids)
 
 
-# -- candidate patches of the decoding path (profiling) ------------------------------------------------
-#
-# Measured evidence for proposed changes to t5pre/models/layers.py and t5.py. A patch is active
-# only while its contender traces (tf.function captures the code then).
-
-def _head_major_cross_key_values(self, encoder_outputs):
-    """[B, 2, H, N, dk]: the per-head layout the attention matmuls read, transposed once per
-    decode instead of at every step."""
-    from keras import ops
-
-    from t5pre.models.layers import _compute
-
-    kv = ops.matmul(_compute(self, encoder_outputs), _compute(self, self.key_value_kernel))
-    shape = ops.shape(kv)
-    kv = ops.reshape(kv, (shape[0], shape[1], 2, self.num_heads, self.key_value_dim))
-    return ops.transpose(kv, (0, 2, 3, 1, 4))
-
-
-def _head_major_init_cache(self, batch_size, max_length):
-    """Self-attention cache [layers, B, 2, H, T, dk] (head-major)."""
-    from keras import ops
-
-    c = self.config
-    return ops.zeros((c.num_decoder_layers, batch_size, 2, c.num_heads, max_length, c.d_kv),
-                     dtype=self.compute_dtype)
-
-
-def _head_major_attention_call(self, hidden_states, attention_bias, encoder_outputs=None,
-                               cross_key_values=None, cache=None, cache_index=None,
-                               training=None):
-    """T5Attention.call whose decode-time keys/values (cross K/V, self-attention cache) are
-    head-major [B, H, T, dk], so that no per-step transpose of them is needed."""
-    from keras import ops
-
-    from t5pre.models.layers import _compute
-
-    if cache is None and cross_key_values is None:  # training / full pass: unchanged
-        return _ORIGINAL["attention_call"](self, hidden_states, attention_bias,
-                                           encoder_outputs=encoder_outputs, training=training)
-    x = _compute(self, hidden_states)
-    if self.cross_attention:
-        query = ops.matmul(x, _compute(self, self.query_kernel))
-        shape = ops.shape(query)
-        query = ops.reshape(query, (shape[0], shape[1], self.num_heads, self.key_value_dim))
-        key, value = cross_key_values[:, 0], cross_key_values[:, 1]
-    else:
-        qkv = ops.matmul(x, _compute(self, self.qkv_kernel))
-        query, key, value = self._split_heads(qkv, 3)  # [B, 1, H, dk]
-        steps = ops.shape(cache)[3]
-        at_index = ops.reshape(ops.arange(steps) == cache_index, (1, 1, 1, steps, 1))
-        step_kv = ops.transpose(ops.stack([key, value], axis=1), (0, 1, 3, 2, 4))  # [B,2,H,1,dk]
-        cache = ops.where(at_index, step_kv, cache)
-        key, value = cache[:, 0], cache[:, 1]
-    scores = ops.einsum("bqhd,bhkd->bhqk", query, key)
-    scores = ops.cast(scores, "float32") + attention_bias
-    weights = ops.softmax(scores, axis=-1) if scores.shape[-1] != 1 else ops.ones_like(scores)
-    weights = _compute(self, weights)
-    context = ops.einsum("bhqk,bhkd->bqhd", weights, value)
-    shape = ops.shape(context)
-    context = ops.reshape(context, (shape[0], shape[1], self.inner_dim))
-    output = ops.matmul(context, _compute(self, self.output_kernel))
-    if cache is not None:
-        return output, cache
-    return output
-
-
-def _head_major_decode_step(self, token_ids, cache_index, cache, cross_key_values,
-                            encoder_padding_mask):
-    """T5Model.decode_step for the head-major cache (the step count is axis 4, not 3)."""
-    from keras import ops
-
-    from t5pre.models.t5 import _as_int, _mask_to_bias
-
-    token_ids = _as_int(token_ids)
-    cache_index = ops.cast(cache_index, "int32")
-    steps = ops.shape(cache)[4]
-    key_positions = ops.arange(steps, dtype="int32")
-    bias = self.decoder_position_bias(ops.reshape(cache_index, (1, 1)), key_positions[None, :])
-    bias = bias + _mask_to_bias(key_positions <= cache_index)[None, None, None, :]
-    cross_bias = _mask_to_bias(ops.cast(_as_int(encoder_padding_mask), "bool"))[:, None, None, :]
-    x = self.token_embedding(token_ids[:, None])
-    new_cache = []
-    for i, block in enumerate(self.decoder_blocks):
-        x, layer_cache = block(x, bias, cross_bias, cross_key_values=cross_key_values[i],
-                               cache=cache[i], cache_index=cache_index)
-        new_cache.append(layer_cache)
-    x = self.decoder_final_norm(x)
-    return self.logits(x)[:, 0], ops.stack(new_cache)
-
-
-# "kv_flat": head-major AND layer and key|value sharing axis 0 -- cross K/V
-# [2 * layers, B, H, N, dk], cache [2 * layers, B, H, T, dk], rows 2i / 2i+1 = keys / values of
-# layer i -- so that every per-layer / per-k|v read is a dim-0 slice, which TensorFlow serves
-# without a copy (inner-axis slices such as `x[:, 0]` copy: 48% of a beam decode). The batch
-# stays on axis 1, so decoding.py (beam repeat / cache gather on axis 1) works unchanged.
-
-def _pair_attention_call(self, hidden_states, attention_bias, encoder_outputs=None,
-                            cross_key_values=None, cache=None, cache_index=None, training=None):
-    from keras import ops
-
-    from t5pre.models.layers import _compute
-
-    if cache is None and cross_key_values is None:
-        return _ORIGINAL["attention_call"](self, hidden_states, attention_bias,
-                                           encoder_outputs=encoder_outputs, training=training)
-    x = _compute(self, hidden_states)
-    if self.cross_attention:
-        query = ops.matmul(x, _compute(self, self.query_kernel))
-        shape = ops.shape(query)
-        query = ops.reshape(query, (shape[0], shape[1], self.num_heads, self.key_value_dim))
-        key, value = cross_key_values[0], cross_key_values[1]
-    else:
-        qkv = ops.matmul(x, _compute(self, self.qkv_kernel))
-        query, key, value = self._split_heads(qkv, 3)  # [B, 1, H, dk]
-        steps = ops.shape(cache)[3]
-        at_index = ops.reshape(ops.arange(steps) == cache_index, (1, 1, 1, steps, 1))
-        step_kv = ops.transpose(ops.stack([key, value]), (0, 1, 3, 2, 4))  # [2, B, H, 1, dk]
-        cache = ops.where(at_index, step_kv, cache)
-        key, value = cache[0], cache[1]
-    scores = ops.einsum("bqhd,bhkd->bhqk", query, key)
-    scores = ops.cast(scores, "float32") + attention_bias
-    weights = ops.softmax(scores, axis=-1) if scores.shape[-1] != 1 else ops.ones_like(scores)
-    weights = _compute(self, weights)
-    context = ops.einsum("bhqk,bhkd->bqhd", weights, value)
-    shape = ops.shape(context)
-    context = ops.reshape(context, (shape[0], shape[1], self.inner_dim))
-    output = ops.matmul(context, _compute(self, self.output_kernel))
-    if cache is not None:
-        return output, cache
-    return output
-
-
-def _flat_cross_key_values(self, encoder_outputs):
-    from keras import ops
-
-    return ops.concatenate([ops.transpose(_head_major_cross_key_values(block.cross_attention,
-                                                                       encoder_outputs),
-                                          (1, 0, 2, 3, 4))
-                            for block in self.decoder_blocks], axis=0)
-
-
-def _flat_init_cache(self, batch_size, max_length):
-    from keras import ops
-
-    c = self.config
-    return ops.zeros((2 * c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv),
-                     dtype=self.compute_dtype)
-
-
-def _flat_decode_step(self, token_ids, cache_index, cache, cross_key_values,
-                      encoder_padding_mask):
-    from keras import ops
-
-    from t5pre.models.t5 import _as_int, _mask_to_bias
-
-    token_ids = _as_int(token_ids)
-    cache_index = ops.cast(cache_index, "int32")
-    steps = ops.shape(cache)[3]
-    key_positions = ops.arange(steps, dtype="int32")
-    bias = self.decoder_position_bias(ops.reshape(cache_index, (1, 1)), key_positions[None, :])
-    bias = bias + _mask_to_bias(key_positions <= cache_index)[None, None, None, :]
-    cross_bias = _mask_to_bias(ops.cast(_as_int(encoder_padding_mask), "bool"))[:, None, None, :]
-    x = self.token_embedding(token_ids[:, None])
-    new_cache = []
-    for i, block in enumerate(self.decoder_blocks):
-        x, layer_cache = block(x, bias, cross_bias,
-                               cross_key_values=cross_key_values[2 * i: 2 * i + 2],
-                               cache=cache[2 * i: 2 * i + 2], cache_index=cache_index)
-        new_cache.append(layer_cache)
-    x = self.decoder_final_norm(x)
-    return self.logits(x)[:, 0], ops.concatenate(new_cache, axis=0)
-
-
-def _patch_kv_flat():
-    import contextlib
-
-    from t5pre.models import layers, t5
-
-    _ORIGINAL.setdefault("attention_call", layers.T5Attention.call)
-    stack = contextlib.ExitStack()
-    for obj, name, value in [
-        (layers.T5Attention, "call", _pair_attention_call),  # reads [2, B, H, T, dk]
-        (t5.T5Model, "cross_key_values", _flat_cross_key_values),
-        (t5.T5Model, "init_cache", _flat_init_cache),
-        (t5.T5Model, "decode_step", _flat_decode_step),
-    ]:
-        old = getattr(obj, name)
-        setattr(obj, name, value)
-        stack.callback(setattr, obj, name, old)
-    return stack
-
-
-_ORIGINAL = {}
-
-
-def _patch_head_major():
-    import contextlib
-
-    from t5pre.models import layers, t5
-
-    _ORIGINAL.setdefault("attention_call", layers.T5Attention.call)
-    stack = contextlib.ExitStack()
-    for obj, name, value in [
-        (layers.T5Attention, "call", _head_major_attention_call),
-        (layers.T5Attention, "cross_key_values", _head_major_cross_key_values),
-        (t5.T5Model, "init_cache", _head_major_init_cache),
-        (t5.T5Model, "decode_step", _head_major_decode_step),
-    ]:
-        old = getattr(obj, name)
-        setattr(obj, name, value)
-        stack.callback(setattr, obj, name, old)
-    return stack
-
-
-PATCHES = {"head_major": _patch_head_major, "kv_flat": _patch_kv_flat}
-
-
 # -- contenders -------------------------------------------------------------------------------------
 
 class T5preCached:
-    def __init__(self, model, ids, mask, method, new_tokens, beam_size, patches=()):
+    def __init__(self, model, ids, mask, method, new_tokens, beam_size):
         import tensorflow as tf
 
         from t5pre.models.decoding import decode
 
-        self.name = f"t5pre cached {method}" + (" +" + "+".join(patches) if patches else "")
-        self._patches = list(patches)
+        self.name = f"t5pre cached {method}"
         self._fn = tf.function(lambda i, m: decode(
             model, i, m, max_length=new_tokens, method=method, beam_size=beam_size, eos_id=-1))
         self._args = (tf.constant(ids), tf.constant(mask))
-        self._traced = False
 
     def __call__(self):
-        import contextlib
-
-        with contextlib.ExitStack() as stack:
-            if not self._traced:
-                for patch in self._patches:
-                    stack.enter_context(PATCHES[patch]())
-                self._traced = True
-            tokens, _ = self._fn(*self._args)
+        tokens, _ = self._fn(*self._args)
         return np.asarray(tokens)
 
 
@@ -457,9 +222,6 @@ def main(argv=None):
         if method not in ("greedy", "beam"):
             raise SystemExit(f"unknown method {method!r}")
         contenders.append(T5preCached(model, ids, mask, method, args.new_tokens, args.beam_size))
-        for combo in args.patch:
-            contenders.append(T5preCached(model, ids, mask, method, args.new_tokens,
-                                          args.beam_size, combo.split("+")))
         if method == "greedy" and not args.no_uncached:
             contenders.append(T5preUncached(model, ids, mask, args.new_tokens))
         if method == "greedy" and args.eager_uncached:

@@ -225,18 +225,21 @@ class T5Model(keras.Model):
     # -- cached decoding --------------------------------------------------------------------
 
     def init_cache(self, batch_size, max_length):
-        """Zeroed self-attention key/value cache [layers, B, 2, max_length, H, d_kv]."""
+        """Zeroed self-attention key/value cache [2 * layers, B, H, max_length, d_kv]: rows 2i and
+        2i + 1 hold layer i's keys and values (every per-layer read is a dim-0 slice; the batch
+        stays on axis 1, where beam search repeats and reorders it)."""
         c = self.config
         return ops.zeros(
-            (c.num_decoder_layers, batch_size, 2, max_length, c.num_heads, c.d_kv),
+            (2 * c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv),
             dtype=self.compute_dtype,
         )
 
     def cross_key_values(self, encoder_outputs):
-        """Per-layer cross-attention keys/values [layers, B, 2, N, H, d_kv], computed once."""
-        return ops.stack(
-            [block.cross_attention.cross_key_values(encoder_outputs) for block in self.decoder_blocks]
-        )
+        """Cross-attention keys/values of every layer, [2 * layers, B, H, N, d_kv] (rows as in
+        `init_cache`), computed once per decode."""
+        return ops.concatenate(
+            [block.cross_attention.cross_key_values(encoder_outputs)
+             for block in self.decoder_blocks], axis=0)
 
     def decode_step(self, token_ids, cache_index, cache, cross_key_values, encoder_padding_mask):
         """One decoder step for tokens [B] at position `cache_index` (scalar int).
@@ -254,11 +257,12 @@ class T5Model(keras.Model):
         x = self.token_embedding(token_ids[:, None])
         new_cache = []
         for i, block in enumerate(self.decoder_blocks):
-            x, layer_cache = block(x, bias, cross_bias, cross_key_values=cross_key_values[i],
-                                   cache=cache[i], cache_index=cache_index)
+            rows = slice(2 * i, 2 * i + 2)
+            x, layer_cache = block(x, bias, cross_bias, cross_key_values=cross_key_values[rows],
+                                   cache=cache[rows], cache_index=cache_index)
             new_cache.append(layer_cache)
         x = self.decoder_final_norm(x)
-        return self.logits(x)[:, 0], ops.stack(new_cache)
+        return self.logits(x)[:, 0], ops.concatenate(new_cache, axis=0)
 
     # -- serialisation ----------------------------------------------------------------------
 
