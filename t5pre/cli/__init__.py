@@ -59,6 +59,8 @@ def main(argv=None):
         sys.path.append(os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3":
+        _import_tensorflow_quietly()
     try:
         return args.func(args) or 0
     except T5preError as e:
@@ -73,6 +75,26 @@ def main(argv=None):
             raise
         print(f"t5pre: error: {converted}", file=sys.stderr)
         return 2
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow with the process's stderr (fd 2) closed off: its native libraries log
+    through absl before absl's logging is initialised, which ignores TF_CPP_MIN_LOG_LEVEL and
+    prints "All log messages before absl::InitializeLog() ..." and CUDA-probe lines on every
+    command. An import failure still raises, after stderr is restored."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _as_data_error(error):
