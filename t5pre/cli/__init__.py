@@ -26,6 +26,13 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+def doc_description(doc: str) -> dict:
+    """`add_parser` keywords that show a command module's whole docstring (its examples too) as
+    the sub-command's ``--help`` description, with the reST literal quotes removed."""
+    return {"description": doc.replace("``", "").strip(),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="t5pre",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from t5pre.cli import doc_description
 from t5pre.cli.finetune import add_module_argument, import_modules
 
 DEFAULT_INPUT_LENGTH = 512
@@ -23,13 +24,14 @@ DEFAULT_TARGET_LENGTH = 128
 def register(subparsers):
     parser = subparsers.add_parser(
         "evaluate", help="decode a task's split and score it with the task's metrics",
-        description=__doc__.split("\n\n")[0])
+        **doc_description(__doc__))
     parser.add_argument("--model-dir", required=True,
                         help="training model dir, fine-tuning best/ dir or save_pretrained dir")
     parser.add_argument("--checkpoint", help="checkpoint step of a training dir (default: latest)")
     parser.add_argument("--task", help="task name (default: the task the model dir was "
                                        "fine-tuned on)")
-    parser.add_argument("--split", default="validation")
+    parser.add_argument("--split", default="validation",
+                        help="the task's split to decode and score (default: validation)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     parser.add_argument("--length-penalty", type=float, default=0.6,
                         help="beam search alpha (T5: 0.6)")

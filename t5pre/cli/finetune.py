@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from t5pre.cli import doc_description
 from t5pre.cli.pretrain import add_run_arguments
 from t5pre.errors import ConfigError
 
@@ -25,7 +26,7 @@ RANDOM_INIT = "random"
 def register(subparsers):
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a pretrained model on a downstream task",
-        description=__doc__.split("\n\n")[0])
+        **doc_description(__doc__))
     add_run_arguments(parser, "a path or a packaged name: default_summarize, debian_descriptions, "
                               "squad, cnn_dailymail; default: default_summarize")
     parser.add_argument("--init-from", required=True, metavar="DIR[@ckpt-N]",

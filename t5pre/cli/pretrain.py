@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from t5pre.cli import doc_description
 from t5pre.training.config import STRATEGIES
 
 
@@ -38,7 +39,7 @@ def add_run_arguments(parser, default_config_help: str) -> None:
 def register(subparsers):
     parser = subparsers.add_parser(
         "pretrain", help="pretrain a T5 model with a denoising objective",
-        description=__doc__.split("\n\n")[0])
+        **doc_description(__doc__))
     add_run_arguments(parser, "default: DIR/config.yaml when re-running, else the packaged "
                               "configs/pretrain/default.yaml")
     from t5pre.cli.finetune import add_module_argument
