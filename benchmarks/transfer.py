@@ -50,26 +50,27 @@ def _register_debian_pretraining(data_dir: str) -> None:
 
 
 def _register_low_resource_task(data_dir: str, work_dir: str, n: int) -> str:
-    """``debian_descriptions`` with only ``n`` training pairs drawn at random (seed 0; same
-    validation split): the low-resource setting where what pretraining learnt matters most.
-    A random draw, not the first ``n`` rows: ``train.jsonl`` is sorted by package name, so its
-    head is all ``a*`` packages (hundreds of "Apache ..." synopses)."""
+    """``debian_descriptions`` with only ``n`` training pairs drawn at random, scored on the
+    validation split in a random order (both seed 0): the low-resource setting where what
+    pretraining learnt matters most. Random draws, not the first rows: the files are sorted by
+    package name, so their heads are all ``a*`` packages (hundreds of "Apache ..." synopses),
+    and fine-tuning scores only the first ``--eval-examples`` validation rows."""
     import random
 
     from t5pre.tasks.summarization import register_jsonl_summarization_task
 
     root = os.path.join(data_dir, "debian-descriptions")
     os.makedirs(work_dir, exist_ok=True)
-    subset = os.path.join(work_dir, f"train-sample-{n}.jsonl")
-    with open(os.path.join(root, "train.jsonl"), encoding="utf-8") as f:
-        lines = f.readlines()
-    lines = random.Random(0).sample(lines, min(n, len(lines)))
-    with open(subset, "w", encoding="utf-8") as f:
-        f.writelines(lines)
+    files = {}
+    for split, count in (("train", n), ("validation", None)):
+        with open(os.path.join(root, f"{split}.jsonl"), encoding="utf-8") as f:
+            lines = f.readlines()
+        lines = random.Random(0).sample(lines, min(count or len(lines), len(lines)))
+        files[split] = os.path.join(work_dir, f"{split}-sample-{count or 'all'}.jsonl")
+        with open(files[split], "w", encoding="utf-8") as f:
+            f.writelines(lines)
     name = f"debian_descriptions_sample_{n}"
-    register_jsonl_summarization_task(
-        name, {"train": subset, "validation": os.path.join(root, "validation.jsonl")},
-        replace=True)
+    register_jsonl_summarization_task(name, files, replace=True)
     return name
 
 
@@ -81,7 +82,8 @@ def pretrain_config(args, task: str):
         # span corruption (0.15, mean 3) of a 70-token chunk fills exactly 64 inputs, 14 targets
         "data": {"task": task, "sequence_length": {"inputs": 64, "targets": 14}, "pack": False,
                  "eval_split": None},
-        "training": {"batch_size": args.batch_size, "steps": args.pretrain_steps, "seed": 0,
+        "training": {"batch_size": args.pretrain_batch_size, "steps": args.pretrain_steps,
+                     "seed": 0,
                      "log_every": max(args.pretrain_steps // 5, 1), "eval_every": 0,
                      "checkpoint_every": args.pretrain_steps, "keep_checkpoints": 1,
                      "text_samples": 0},
@@ -118,7 +120,10 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="/tmp/t5pre-transfer")
     p.add_argument("--pretrain-steps", type=int, default=400)
     p.add_argument("--finetune-steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
+    p.add_argument("--pretrain-batch-size", type=int, default=64,
+                   help="pretraining batch size (64 x 78 tokens trains ~2x faster per token "
+                        "than 16 on 2 CPU cores)")
     p.add_argument("--eval-examples", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=0,
                    help="fine-tuning steps between validation decodes (default: only at the end)")
