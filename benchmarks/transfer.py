@@ -37,7 +37,7 @@ MODES = {
 }
 
 
-def _register_debian_pretraining(data_dir: str) -> None:
+def _register_debian_pretraining(data_dir: str, objective: str) -> None:
     from t5pre.tasks.pretraining import register_text_pretraining_task
 
     root = os.path.join(data_dir, "debian-descriptions")
@@ -46,7 +46,8 @@ def _register_debian_pretraining(data_dir: str) -> None:
     for paths in files.values():
         if not os.path.isfile(paths[0]):
             sys.exit(f"transfer: {paths[0]} not found (pass --data-dir with debian-descriptions/)")
-    register_text_pretraining_task(MODES["debian"]["pretrain_task"], files, text_key="document")
+    register_text_pretraining_task(MODES["debian"]["pretrain_task"], files, text_key="document",
+                                   objective=objective)
 
 
 def _register_low_resource_task(data_dir: str, work_dir: str, n: int) -> str:
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("T5PRE_DATA_DIR", "../shared/data"),
                    help="holds debian-descriptions/ (debian mode)")
     p.add_argument("--work-dir", default="/tmp/t5pre-transfer")
+    p.add_argument("--objective", default="span_corruption",
+                   choices=["span_corruption", "prefix_lm", "iid_denoising", "ul2"],
+                   help="debian mode: the pretraining objective (default: T5's span corruption)")
     p.add_argument("--pretrain-steps", type=int, default=400)
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
@@ -142,7 +146,7 @@ def main(argv=None) -> int:
 
     mode = MODES[args.mode]
     if args.mode == "debian":
-        _register_debian_pretraining(args.data_dir)
+        _register_debian_pretraining(args.data_dir, args.objective)
     root = os.path.join(args.work_dir, args.mode)
     pre_dir = os.path.join(root, "pretrain")
     if args.train_examples and args.mode == "debian":

@@ -229,8 +229,8 @@ class T5Attention(keras.layers.Layer):
         Decode-time keys/values are head-major with key|value on axis 0: reading them is then a
         dim-0 slice, which TensorFlow serves without a copy, and no step transposes them
         (`x[:, 0]`-style inner slices copied: measured 48% of a beam decode; with this layout
-        cached greedy went from 1.53x to 1.93x HF `generate`, beam-4 from 1.13x to 1.81x,
-        benchmarks/decode.py). Training keeps the token-major [B, T, H, dk] projections.
+        beam-4 decoding went from 1.13x to 1.74x HF `generate`, benchmarks/decode.py and the
+        README's Speed table). Training keeps the token-major [B, T, H, dk] projections.
         """
         x = _compute(self, hidden_states)
         if self.cross_attention:
