@@ -29,9 +29,11 @@ import sys
 import time
 
 os.environ["KERAS_BACKEND"] = "jax"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.dirname(_HERE)]  # train_step (shared batch maker), t5pre
 
 import numpy as np  # noqa: E402
+from train_step import make_batch  # noqa: E402  (numpy only; imports no TensorFlow)
 
 # Dense bf16 peak of the NVIDIA Hopper parts this project is lent (no sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
@@ -59,20 +61,6 @@ def parse_args(argv=None):
                    help="the device's peak for MFU (default: 989 on H100/H200)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def make_batch(vocab_size, batch, n, m, seed):
-    rng = np.random.default_rng(seed)
-    targets = rng.integers(2, vocab_size, size=(batch, m), dtype=np.int32)
-    return {
-        "encoder_token_ids": rng.integers(2, vocab_size, size=(batch, n), dtype=np.int32),
-        "encoder_padding_mask": np.ones((batch, n), np.int32),
-        "decoder_token_ids": np.concatenate(
-            [np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1),
-        "decoder_padding_mask": np.ones((batch, m), np.int32),
-        "decoder_target_ids": targets,
-        "decoder_loss_weights": np.ones((batch, m), np.float32),
-    }
 
 
 def build_step(model, optimizer):
@@ -116,7 +104,7 @@ def main(argv=None) -> int:
     n, m, b = args.inputs_length, args.targets_length, args.batch
 
     model = T5Model(config)
-    batch = make_batch(vocab, b, n, m, args.seed)
+    batch = make_batch(config, args)  # random full-length batch, EncDecFeatureConverter layout
     model({k: v[:1] for k, v in batch.items() if k in FEATURE_KEYS})  # build the variables
     if args.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0)
