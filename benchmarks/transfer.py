@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     if args.train_examples and args.mode == "debian":
         mode = {**mode, "finetune_task": _register_low_resource_task(
             args.data_dir, root, args.train_examples)}
-    suffix = f"-sample{args.train_examples}" if args.train_examples else ""
+    suffix = f"-sample{args.train_examples}" if args.train_examples and args.mode == "debian" else ""
     quiet = lambda msg: print("   ", msg, flush=True)  # noqa: E731
 
     timings = {}
