@@ -44,7 +44,8 @@ BENCH_MODEL = {"d_model": 128, "num_heads": 4, "d_kv": 32, "d_ff": 256,
 
 MODES = {
     "debian": {"finetune_task": "debian_descriptions", "pretrain_task": "debian_documents_spans"},
-    "default": {"finetune_task": "default_summarize", "pretrain_task": "default_span_corruption"},
+    # the embedded corpus has one packaged pretraining task per objective: pretrain_task_name()
+    "default": {"finetune_task": "default_summarize"},
 }
 
 # Pretraining (inputs, targets) lengths per objective. Span corruption (0.15, mean 3) of a 70-token
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
                         "than 16 on 2 CPU cores)")
     p.add_argument("--eval-examples", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=250,
-                   help="fine-tuning steps between validation decodes (default: only at the end)")
+                   help="fine-tuning steps between validation decodes (0: only at the end)")
     p.add_argument("--finetune-lr", type=float, default=1e-3,
                    help="peak AdamW learning rate of both fine-tunes")
     p.add_argument("--train-examples", type=int, default=2000,
@@ -175,10 +176,11 @@ def main(argv=None) -> int:
         _register_debian_pretraining(args.data_dir, args.objective)
     root = os.path.join(args.work_dir, args.mode)
     pre_dir = os.path.join(root, f"pretrain-{args.objective}")
-    if args.train_examples and args.mode == "debian":
+    sampled = bool(args.train_examples) and args.mode == "debian"
+    if sampled:
         mode = {**mode, "finetune_task": _register_low_resource_task(
             args.data_dir, root, args.train_examples)}
-    suffix = f"-sample{args.train_examples}" if args.train_examples and args.mode == "debian" else ""
+    suffix = f"-sample{args.train_examples}" if sampled else ""
     quiet = lambda msg: print("   ", msg, flush=True)  # noqa: E731
 
     timings = {}
