@@ -1,17 +1,8 @@
 """Decode texts with a model directory: the shared back end of `t5pre predict`, `t5pre evaluate`
 and `t5pre export`.
 
-Two on-disk layouts hold a model, and every inference command accepts both:
-
-* a **training model directory** (`config.yaml`, `model_config.json`, `spiece.model`,
-  `checkpoints/`), read with `t5pre.training.model_dir.load_model` (latest or a chosen
-  checkpoint); its run config gives the default input and output lengths;
-* a **pretrained directory** written by `save_pretrained` / `t5pre convert hf`
-  (`model_config.json`, `model.weights.h5`, `spiece.model`), which has no checkpoints and no run
-  config (defaults: 512 input tokens, 128 output tokens).
-
-Both must carry the vocabulary (`spiece.model`): without it no text can be encoded, so that is a
-`CheckpointError` here rather than a crash later.
+Models are read with `t5pre.models.store.load_for_inference` (training directories,
+save_pretrained directories and fine-tuning's best/).
 
 Input convention (the same in the exported SavedModel, so that both give the same strings): the
 text is tokenised, cut to `max_input_length - 1` tokens and EOS is appended; a batch is padded
@@ -21,10 +12,10 @@ with id 0 to its longest row. Beam size 1 means greedy decoding.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterable, Iterator, Optional, Sequence
 
-from t5pre.errors import CheckpointError, ConfigError
+from t5pre.errors import ConfigError
+from t5pre.models.store import LoadedModel, load_for_inference  # noqa: F401 (re-exported)
 
 DEFAULT_MAX_INPUT_LENGTH = 512
 DEFAULT_MAX_DECODE_LENGTH = 128
@@ -80,69 +71,6 @@ class DecodeSettings:
         if self.method == "beam":
             kwargs.update(beam_size=int(self.beam), alpha=float(self.length_penalty))
         return kwargs
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """A model ready for inference and where it came from."""
-
-    model: object
-    vocabulary: object
-    run_config: object  # None for a pretrained directory
-    model_dir: str
-    checkpoint: Optional[str]  # checkpoint path, or None for model.weights.h5
-    layout: str  # "training" or "pretrained"
-
-
-def _is_training_dir(model_dir: str) -> bool:
-    return os.path.isfile(os.path.join(model_dir, "config.yaml")) or os.path.isdir(
-        os.path.join(model_dir, "checkpoints"))
-
-
-def _has_checkpoints(model_dir: str) -> bool:
-    return os.path.isfile(os.path.join(model_dir, "checkpoints", "checkpoint"))
-
-
-def load_for_inference(model_dir, checkpoint=None) -> LoadedModel:
-    """Load a training model directory or a pretrained directory (see the module docstring).
-
-    `checkpoint` (a step number or checkpoint path) only applies to training directories. A
-    training directory without any checkpoint falls back to its `model.weights.h5` when it has
-    one (a directory that `save_pretrained` also wrote into); otherwise it is an error.
-    """
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        raise CheckpointError(f"{model_dir}: model directory not found")
-    has_weights = os.path.isfile(os.path.join(model_dir, "model.weights.h5"))
-    training = _is_training_dir(model_dir)
-    if training and (checkpoint is not None or _has_checkpoints(model_dir) or not has_weights):
-        from t5pre.training.model_dir import load_model
-
-        if not os.path.isfile(os.path.join(model_dir, "config.yaml")):
-            raise CheckpointError(f"{model_dir}: config.yaml is missing (not a complete t5pre "
-                                  "model directory)")
-        model, vocabulary, run_config = load_model(model_dir, checkpoint)
-        from t5pre.training.checkpointing import find_checkpoint
-
-        path = find_checkpoint(model_dir, checkpoint)
-        layout = "training"
-    elif has_weights:
-        if checkpoint is not None:
-            raise CheckpointError(
-                f"{model_dir}: --checkpoint {checkpoint} given, but this is a pretrained "
-                "directory (model.weights.h5, no checkpoints/)")
-        from t5pre.models.io import load_pretrained
-
-        model, vocabulary = load_pretrained(model_dir)
-        run_config, path, layout = None, None, "pretrained"
-    else:
-        raise CheckpointError(
-            f"{model_dir}: not a t5pre model directory (it has neither checkpoints/ with "
-            "config.yaml nor model.weights.h5 with model_config.json)")
-    if vocabulary is None:
-        raise CheckpointError(
-            f"{model_dir}: spiece.model is missing; text generation needs the model's vocabulary")
-    return LoadedModel(model, vocabulary, run_config, model_dir, path, layout)
 
 
 class Predictor:

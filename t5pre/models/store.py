@@ -1,0 +1,198 @@
+"""Reading a model back from disk for inference: `load_model(path, checkpoint=None)`.
+
+Three on-disk layouts hold a model, and every inference command (predict, evaluate, export)
+accepts all of them:
+
+* a **training model directory** (`config.yaml`, `model_config.json`, `spiece.model`,
+  `checkpoints/`, and `finetune.json` after `t5pre finetune`): the latest or a chosen
+  checkpoint; its run config gives the sequence lengths it was trained at;
+* a **pretrained directory** written by `save_pretrained` / `t5pre convert hf`
+  (`model_config.json`, `model.weights.h5`, `spiece.model`): no checkpoints, no run config;
+* a fine-tuning run's **`best/`**: a pretrained directory plus `best.json` (task, sequence
+  lengths, step and scores of the kept checkpoint).
+
+The vocabulary (`spiece.model`) is required: without it no text can be encoded, so its absence is
+a `CheckpointError` here rather than a crash later.
+
+Layering note: restoring a training checkpoint needs `t5pre.training.checkpointing` and reading
+`config.yaml` needs `t5pre.training.config`; both are imported inside the functions that need
+them (the model layer does not import training at module level). The model-directory owner that
+replaces this module will take those readers over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from t5pre.errors import CheckpointError
+
+RUN_CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+WEIGHTS_FILE = "model.weights.h5"
+#: Written by fine-tuning: `best.json` in `best/`, `finetune.json` in the run's directory.
+BEST_INFO_FILE = "best.json"
+FINETUNE_INFO_FILE = "finetune.json"
+
+TRAINING, PRETRAINED = "training", "pretrained"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for inference and what its directory says about it."""
+
+    model: object
+    vocabulary: object
+    run_config: object  # None for a pretrained directory
+    model_dir: str
+    checkpoint: Optional[str]  # checkpoint path, or None for model.weights.h5
+    layout: str  # TRAINING or PRETRAINED
+    info: Optional[dict] = None  # best.json / finetune.json of a fine-tuned directory
+
+    @property
+    def task(self) -> Optional[str]:
+        """The task the model was fine-tuned (or trained) on, when the directory says."""
+        if self.info and self.info.get("task"):
+            return self.info["task"]
+        return self.run_config.data.task if self.run_config is not None else None
+
+    @property
+    def sequence_length(self) -> Optional[dict]:
+        """`{"inputs": N, "targets": M}` the model was trained at, when the directory says."""
+        lengths = (self.info or {}).get("sequence_length")
+        if lengths and lengths.get("inputs") and lengths.get("targets"):
+            return {"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])}
+        if self.run_config is not None:
+            lengths = self.run_config.data.sequence_length
+            return {"inputs": int(lengths.inputs), "targets": int(lengths.targets)}
+        return None
+
+    @property
+    def modules(self) -> list:
+        """Python modules that registered the model's task (`--module` at fine-tuning)."""
+        return list((self.info or {}).get("modules") or [])
+
+
+def is_training_dir(path: str) -> bool:
+    return (os.path.isfile(os.path.join(path, RUN_CONFIG_FILE))
+            or os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)))
+
+
+def has_checkpoints(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, CHECKPOINTS_DIR, "checkpoint"))
+
+
+def has_weights_file(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, WEIGHTS_FILE))
+
+
+def read_json_info(path: str, name: str) -> Optional[dict]:
+    """`path/name` as a dict (None when absent or unreadable)."""
+    try:
+        with open(os.path.join(path, name), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_run_info(path: str) -> Optional[dict]:
+    """What fine-tuning recorded in `path`: `best.json` (a best/ dir) or `finetune.json`."""
+    return read_json_info(path, BEST_INFO_FILE) or read_json_info(path, FINETUNE_INFO_FILE)
+
+
+def load_run_config(model_dir: str):
+    """The resolved RunConfig stored in `DIR/config.yaml`."""
+    from t5pre.training.config import load_config  # lazy: see the module docstring
+
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{model_dir}: config.yaml is missing (not a t5pre model directory)")
+    return load_config(path)
+
+
+def load_training_dir(model_dir, checkpoint=None):
+    """`(model, vocabulary, run_config, checkpoint_path)` from a training model directory.
+
+    `checkpoint`: None for the latest, a step number, or a checkpoint path prefix. Only the
+    model weights are read (optimizer state is ignored). Raises CheckpointError for a missing
+    directory, missing files or a directory without checkpoints.
+    """
+    from t5pre.models.io import load_vocabulary_from, read_model_config
+    from t5pre.models.t5 import T5Model
+    from t5pre.training import checkpointing  # lazy: see the module docstring
+
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise CheckpointError(f"{model_dir}: model directory not found")
+    path = checkpointing.find_checkpoint(model_dir, checkpoint)
+    run_config = load_run_config(model_dir)
+    model_config = read_model_config(model_dir)
+    vocabulary = load_vocabulary_from(model_dir)
+    if vocabulary is not None and model_config.vocab_size < vocabulary.vocab_size:
+        raise CheckpointError(f"{model_dir}: the vocabulary has {vocabulary.vocab_size} ids but "
+                              f"the model has {model_config.vocab_size} embedding rows")
+    model = T5Model(model_config)
+    model(_dummy_features(run_config), training=False)
+    checkpointing.restore_model_weights(model, model_dir, path)
+    return model, vocabulary, run_config, path
+
+
+def _dummy_features(run_config) -> dict:
+    """A one-example batch of at most 8 tokens that builds the model's weights."""
+    import numpy as np
+
+    n, m = run_config.data.sequence_length.inputs, run_config.data.sequence_length.targets
+    n, m = min(n, 8), min(m, 8)
+    ones = lambda k: np.ones((1, k), "int32")  # noqa: E731
+    return {"encoder_token_ids": ones(n), "encoder_padding_mask": ones(n),
+            "decoder_token_ids": ones(m), "decoder_padding_mask": ones(m)}
+
+
+def _uses_checkpoints(model_dir: str, checkpoint) -> bool:
+    """A training directory is read from its checkpoints unless it has none and a
+    `model.weights.h5` (a directory that `save_pretrained` also wrote into)."""
+    return is_training_dir(model_dir) and (
+        checkpoint is not None or has_checkpoints(model_dir) or not has_weights_file(model_dir))
+
+
+def load_for_inference(model_dir, checkpoint=None) -> LoadedModel:
+    """Load any of the layouts of the module docstring, with what the directory records.
+
+    `checkpoint` (a step number or checkpoint path) only applies to training directories.
+    """
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise CheckpointError(f"{model_dir}: model directory not found")
+    if _uses_checkpoints(model_dir, checkpoint):
+        if not os.path.isfile(os.path.join(model_dir, RUN_CONFIG_FILE)):
+            raise CheckpointError(f"{model_dir}: config.yaml is missing (not a complete t5pre "
+                                  "model directory)")
+        model, vocabulary, run_config, path = load_training_dir(model_dir, checkpoint)
+        layout = TRAINING
+    elif has_weights_file(model_dir):
+        if checkpoint is not None:
+            raise CheckpointError(
+                f"{model_dir}: --checkpoint {checkpoint} given, but this is a pretrained "
+                "directory (model.weights.h5, no checkpoints/)")
+        from t5pre.models.io import load_pretrained
+
+        model, vocabulary = load_pretrained(model_dir)
+        run_config, path, layout = None, None, PRETRAINED
+    else:
+        raise CheckpointError(
+            f"{model_dir}: not a t5pre model directory (it has neither checkpoints/ with "
+            "config.yaml nor model.weights.h5 with model_config.json)")
+    if vocabulary is None:
+        raise CheckpointError(
+            f"{model_dir}: spiece.model is missing; text generation needs the model's vocabulary")
+    return LoadedModel(model, vocabulary, run_config, model_dir, path, layout,
+                       read_run_info(model_dir))
+
+
+def load_model(path, checkpoint=None):
+    """`(model, vocabulary, run_config or None)` from any layout (see `load_for_inference`)."""
+    loaded = load_for_inference(path, checkpoint)
+    return loaded.model, loaded.vocabulary, loaded.run_config
