@@ -59,8 +59,8 @@ def test_evaluate_writes_scores_and_predictions_that_recompute(pretrained_dir, t
 
     out = tmp_path / "res" / "scores.json"
     rc = cli(["evaluate", "--model-dir", str(pretrained_dir), "--task", "default_summarize",
-              "--max-examples", "6", "--batch-size", "4", "--input-length", "64",
-              "--target-length", "8", "--out", str(out)])
+              "--max-examples", "6", "--batch-size", "4", "--inputs-length", "64",
+              "--targets-length", "8", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "rougeLsum" in printed and "<- main" in printed
@@ -156,3 +156,31 @@ def test_use_model_vocabulary_retokenizes_the_task(foreign_vocab_dir):
     ex = next(task.get_dataset({"inputs": 32, "targets": 8}, split="validation", shuffle=False,
                                num_epochs=1).as_numpy_iterator())
     assert ex["inputs"].max() < vocab.vocab_size and ex["inputs"][-1] == 1
+
+
+def test_unknown_task_suggests_module(pretrained_dir, capsys):
+    rc = cli(["evaluate", "--model-dir", str(pretrained_dir), "--task", "my_own_task_xyz"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--module PYTHON_MODULE" in err
+
+
+def test_modules_recorded_by_fine_tuning_are_imported_again(tmp_path, monkeypatch):
+    """best.json / finetune.json `modules` (the --module values of `t5pre finetune`) are
+    imported before the task is looked up; one that cannot be imported names the directory."""
+    import sys
+
+    from t5pre.cli.evaluate import import_recorded_modules
+    from t5pre.errors import ConfigError
+
+    (tmp_path / "t5pre_test_recorded_module.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model_dir = tmp_path / "best"
+    model_dir.mkdir()
+    (model_dir / "best.json").write_text(json.dumps({"modules": ["t5pre_test_recorded_module"]}))
+    import_recorded_modules(str(model_dir), [])
+    assert sys.modules["t5pre_test_recorded_module"].LOADED
+    (model_dir / "best.json").write_text(json.dumps({"modules": ["t5pre_no_such_module_xyz"]}))
+    with pytest.raises(ConfigError, match=f"{model_dir}: fine-tuning recorded --module "
+                                          "t5pre_no_such_module_xyz"):
+        import_recorded_modules(str(model_dir), [])
+    sys.modules.pop("t5pre_test_recorded_module", None)

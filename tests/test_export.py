@@ -115,7 +115,8 @@ def exports(tiny):
     """Greedy export of the training directory (CLI), beam-3 export of the pretrained directory
     (Python API, over an existing directory with overwrite=True)."""
     from t5pre.cli import main
-    from t5pre.evaluation.predict import DecodeSettings, load_for_inference
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.store import load_for_inference
     from t5pre.export import export_saved_model
 
     _, _, training_dir, pretrained_dir = tiny
@@ -127,7 +128,7 @@ def exports(tiny):
     beam.mkdir(parents=True)
     (beam / "stale.txt").write_text("an older export")
     loaded = load_for_inference(pretrained_dir)
-    settings = DecodeSettings(beam=3, length_penalty=0.6, max_decode_length=TARGETS_LENGTH,
+    settings = DecodeSettings(beam_size=3, length_penalty=0.6, max_decode_length=TARGETS_LENGTH,
                               max_input_length=INPUTS_LENGTH)
     export_saved_model(loaded.model, loaded.vocabulary, beam, settings, overwrite=True)
     return {"greedy": greedy, "beam": beam}
@@ -162,7 +163,8 @@ def test_fresh_process_needs_no_t5pre(served):
 
 
 def test_greedy_export_equals_t5pre_predict_and_python_decoding(tiny, served, capsys):
-    from t5pre.evaluation.predict import DecodeSettings, Predictor
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
 
     model, vocabulary, training_dir, _ = tiny
     got = served["greedy"]
@@ -195,11 +197,12 @@ def test_beam_export_equals_t5pre_predict(tiny, served, capsys):
     # least one input it differs from the greedy export
     assert got["outputs"] != served["greedy"]["outputs"]
     # and it is H3's beam search: compare with a direct call on the same padded batch
-    from t5pre.evaluation.predict import DecodeSettings, Predictor
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
 
     predictor = Predictor(model, vocabulary, DecodeSettings(
-        beam=3, max_decode_length=TARGETS_LENGTH, max_input_length=INPUTS_LENGTH))
-    ids, mask = predictor.encode_batch(TEXTS)
+        beam_size=3, max_decode_length=TARGETS_LENGTH, max_input_length=INPUTS_LENGTH))
+    ids, mask = predictor.preprocessor.encode_batch(TEXTS)
     tokens, _ = decode(model, ids, mask, max_length=TARGETS_LENGTH, method="beam", beam_size=3,
                        alpha=0.6)
     np.testing.assert_array_equal(np.asarray(got["ids"]), np.asarray(tokens))
@@ -243,21 +246,22 @@ def test_graph_input_encoding_matches_python(tiny):
     """The in-graph tokenisation (cut, EOS, pad, mask) equals `t5pre predict`'s."""
     import tensorflow as tf
 
-    from t5pre.evaluation.predict import DecodeSettings, Predictor
-    from t5pre.export.serving import encode_inputs
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
     model, vocabulary, _, _ = tiny
     for limit in (2, 5, INPUTS_LENGTH, 200):
-        ids, mask = encode_inputs(vocabulary, tf.constant(TEXTS), limit)
+        ids, mask = Seq2SeqPreprocessor(vocabulary, limit).encode_tf(tf.constant(TEXTS))
         expected_ids, expected_mask = Predictor(model, vocabulary, DecodeSettings(
-            max_input_length=limit, max_decode_length=4)).encode_batch(TEXTS)
+            max_input_length=limit, max_decode_length=4)).preprocessor.encode_batch(TEXTS)
         np.testing.assert_array_equal(ids.numpy(), expected_ids)
         np.testing.assert_array_equal(mask.numpy(), expected_mask)
         assert ids.shape[1] <= limit
 
 
 def test_failed_export_leaves_nothing_behind(tiny, tmp_path, monkeypatch):
-    from t5pre.evaluation.predict import DecodeSettings
+    from t5pre.models.decode_settings import DecodeSettings
     from t5pre.export import export_saved_model, saved_model
 
     model, vocabulary, _, _ = tiny
@@ -288,7 +292,7 @@ def test_failed_export_leaves_nothing_behind(tiny, tmp_path, monkeypatch):
 
 def test_existing_export_is_refused_without_overwrite(tiny, tmp_path, capsys):
     from t5pre.cli import main
-    from t5pre.evaluation.predict import DecodeSettings
+    from t5pre.models.decode_settings import DecodeSettings
     from t5pre.export import export_saved_model
 
     model, vocabulary, training_dir, _ = tiny

@@ -8,7 +8,7 @@ import pytest
 
 from test_export import TEXTS, make_tiny_model  # one tiny model recipe for both files
 
-DECODE = ["--max-decode-length", "8", "--max-input-length", "12"]
+DECODE = ["--targets-length", "8", "--inputs-length", "12"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,8 @@ def test_arguments_file_stdin_and_batch_sizes_agree(pretrained, tmp_path, capsys
 
 
 def test_outputs_and_scores_are_the_models_decoding(pretrained, capsys):
-    from t5pre.evaluation.predict import DecodeSettings, Predictor, predict_texts
+    from t5pre.evaluation.predict import Predictor, predict_texts
+    from t5pre.models.decode_settings import DecodeSettings
     from t5pre.models.decoding import decode
 
     model, vocabulary, model_dir = pretrained
@@ -60,7 +61,7 @@ def test_outputs_and_scores_are_the_models_decoding(pretrained, capsys):
 
     settings = DecodeSettings(max_decode_length=8, max_input_length=12)
     predictor = Predictor(model, vocabulary, settings)
-    ids, mask = predictor.encode_batch(TEXTS)
+    ids, mask = predictor.preprocessor.encode_batch(TEXTS)
     tokens, scores = decode(model, ids, mask, max_length=8)
     expected = [vocabulary.decode(row) for row in np.asarray(tokens)]
     assert [text for _, text in scored] == expected
@@ -69,33 +70,36 @@ def test_outputs_and_scores_are_the_models_decoding(pretrained, capsys):
 
 
 def test_inputs_are_cut_to_max_input_length(pretrained):
-    from t5pre.evaluation.predict import DecodeSettings, Predictor
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
 
     model, vocabulary, _ = pretrained
     prefix = "the quick brown fox jumps over the lazy dog and keeps running"
     assert len(vocabulary.encode(prefix)) > 6
     predictor = Predictor(model, vocabulary, DecodeSettings(max_decode_length=6,
                                                             max_input_length=6))
-    ids, mask = predictor.encode_batch([prefix, prefix + " far far away"])
+    ids, mask = predictor.preprocessor.encode_batch([prefix, prefix + " far far away"])
     assert ids.shape == (2, 6) and ids[0, -1] == vocabulary.eos_id and mask.all()
     short, long = predictor.predict([prefix, prefix + " far far away, into the woods"])
     assert short == long  # only the first 5 tokens + EOS are seen
     wide = Predictor(model, vocabulary, DecodeSettings(max_decode_length=6, max_input_length=64))
-    ids, _ = wide.encode_batch([prefix])
+    ids, _ = wide.preprocessor.encode_batch([prefix])
     assert ids.shape[1] == len(vocabulary.encode(prefix)) + 1
 
 
 def test_beam_search_settings_reach_the_decoder(pretrained):
-    from t5pre.evaluation.predict import DecodeSettings, Predictor
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
     from t5pre.models.decoding import decode
 
     model, vocabulary, _ = pretrained
-    assert DecodeSettings(beam=1, max_decode_length=5).decode_kwargs() == {
+    assert DecodeSettings(beam_size=1, max_decode_length=5).decode_kwargs() == {
         "max_length": 5, "method": "greedy"}
-    settings = DecodeSettings(beam=4, length_penalty=1.0, max_decode_length=8, max_input_length=12)
+    settings = DecodeSettings(beam_size=4, length_penalty=1.0, max_decode_length=8,
+                              max_input_length=12)
     predictor = Predictor(model, vocabulary, settings)
     tokens, scores = predictor.generate_ids(TEXTS[:3])
-    ids, mask = predictor.encode_batch(TEXTS[:3])
+    ids, mask = predictor.preprocessor.encode_batch(TEXTS[:3])
     expected, expected_scores = decode(model, ids, mask, max_length=8, method="beam", beam_size=4,
                                        alpha=1.0)
     np.testing.assert_array_equal(tokens, np.asarray(expected))
@@ -111,7 +115,8 @@ def test_empty_input_file_prints_nothing(pretrained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["no_input", "both_inputs", "missing_file", "bad_utf8",
-                                  "bad_batch", "bad_length", "bad_penalty"])
+                                  "bad_batch", "bad_length", "bad_old_length",
+                                  "bad_penalty"])
 def test_bad_arguments_give_clear_errors(pretrained, tmp_path, capsys, case):
     _, _, model_dir = pretrained
     base = ["--model-dir", str(model_dir)]
@@ -124,8 +129,11 @@ def test_bad_arguments_give_clear_errors(pretrained, tmp_path, capsys, case):
                          "none.txt: input file not found"),
         "bad_utf8": (base + ["--input-file", str(bad)], "bad.txt:2: not valid UTF-8"),
         "bad_batch": (base + ["--batch-size", "0", "x"], "--batch-size must be >= 1"),
-        "bad_length": (base + ["--max-input-length", "1", "x"], "--max-input-length must be >= 2"),
-        "bad_penalty": (base + ["--beam", "2", "--length-penalty", "-1", "x"],
+        "bad_length": (base + ["--inputs-length", "1", "x"], "--inputs-length must be an integer >= 2"),
+        # an old spelling still works, and the error names it as typed
+        "bad_old_length": (base + ["--max-input-length", "1", "x"],
+                           "--max-input-length must be an integer >= 2"),
+        "bad_penalty": (base + ["--beam-size", "2", "--length-penalty", "-1", "x"],
                         "--length-penalty must be >= 0"),
     }[case]
     code, out, err = run_predict(capsys, *argv)
@@ -143,7 +151,8 @@ def test_predict_runs_on_the_jax_backend(pretrained):
     import sys
 
     pytest.importorskip("jax")
-    from t5pre.evaluation.predict import DecodeSettings, Predictor
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
 
     model, vocabulary, model_dir = pretrained
     expected = Predictor(model, vocabulary, DecodeSettings(
@@ -157,3 +166,61 @@ def test_predict_runs_on_the_jax_backend(pretrained):
     lines = [line.split("\t", 1) for line in proc.stdout.split("\n")[:-1]]
     assert [text for _, text in lines] == [text for text, _ in expected]
     np.testing.assert_allclose([float(s) for s, _ in lines], [s for _, s in expected], atol=1e-3)
+
+
+def test_a_best_dir_defaults_to_its_fine_tuned_lengths(pretrained, tmp_path):
+    """A fine-tuning run's best/ has no run config; its best.json holds the lengths the model
+    was fine-tuned at, and predict (and export, which resolves the same way) uses them."""
+    import json
+    import shutil
+
+    from t5pre.evaluation.predict import Predictor
+
+    _, _, model_dir = pretrained
+    best = tmp_path / "best"
+    shutil.copytree(model_dir, best)
+    assert Predictor.from_model_dir(best).settings.max_input_length == 512  # nothing recorded
+    (best / "best.json").write_text(json.dumps(
+        {"task": "t", "sequence_length": {"inputs": 12, "targets": 8}}))
+    settings = Predictor.from_model_dir(best).settings
+    assert (settings.max_input_length, settings.max_decode_length) == (12, 8)
+
+
+def test_evaluate_and_predict_share_one_compiled_decoder(pretrained):
+    from t5pre.evaluation.evaluate import decode_examples
+    from t5pre.evaluation.predict import Predictor
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.decoding import compile_decoder
+
+    model, vocabulary, _ = pretrained
+    settings = DecodeSettings(max_decode_length=8, max_input_length=12)
+    predictor = Predictor(model, vocabulary, settings)
+    expected = predictor.predict(TEXTS[:2])
+    run = compile_decoder(model, settings)
+    assert compile_decoder(model, DecodeSettings(max_decode_length=8, max_input_length=30)) is run
+    assert compile_decoder(model, DecodeSettings(max_decode_length=7)) is not run
+    # evaluate's path (pre-tokenised ids) gives predict's strings for the same ids
+    examples = [{"inputs": row[mask.astype(bool)]} for row, mask in
+                zip(*predictor.preprocessor.encode_batch(TEXTS[:2]))]
+    assert decode_examples(model, vocabulary, examples, settings, batch_size=1) == expected
+
+
+def test_inference_commands_spell_their_shared_flags_alike(capsys):
+    import t5pre
+    from t5pre.cli import build_parser, main
+
+    parser = build_parser()
+    shared = ["--model-dir DIR", "--checkpoint STEP", "--beam-size K", "--length-penalty ALPHA",
+              "--inputs-length N", "--targets-length N"]
+    for command in ("predict", "evaluate", "export"):
+        subparser = parser._subparsers._group_actions[0].choices[command]
+        text = subparser.format_help()
+        for flag in shared:
+            assert flag in text, (command, flag)
+        for old in ("--beam ", "--max-input-length", "--input-length", "--target-length",
+                    "--max-decode-length", "``", "`"):
+            assert old not in text, (command, old)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"t5pre {t5pre.__version__}"

@@ -38,6 +38,9 @@ def build_parser():
         prog="t5pre",
         description="T5-style denoising pretraining and fine-tuning on Keras 3.",
     )
+    from t5pre import __version__
+
+    parser.add_argument("--version", action="version", version=f"t5pre {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 HELP = """\
-Export a model directory (training directory, latest or --checkpoint STEP; or a save_pretrained
-directory) as a TensorFlow SavedModel that takes a batch of raw strings and returns generated
-strings. Tokenisation (tensorflow-text SentencePiece), the encoder, the cached decoding loop
-(greedy for --beam 1, else beam search) and detokenisation all run inside the graph.
+Export a model directory (training directory, latest or --checkpoint STEP; a fine-tuning run's
+best/ directory; or a save_pretrained directory) as a TensorFlow SavedModel that takes a batch
+of raw strings and returns generated strings. Tokenisation (tensorflow-text SentencePiece), the
+encoder, the cached decoding loop (greedy for --beam-size 1, else beam search) and
+detokenisation all run inside the graph.
 
 Signatures:
   serving_default  inputs: string[batch] -> outputs: string[batch], scores: float32[batch]
@@ -17,24 +18,30 @@ complete, so a failed export never leaves a partial SavedModel. An existing --ou
 unless --overwrite. For TensorFlow Serving, export into a numbered version directory of the
 model base path, e.g. --out exports/my_t5/1.
 
-Loading it needs `tensorflow` and `tensorflow-text` (which itself requires `keras` installed),
+Loading it needs tensorflow and tensorflow-text (which itself requires keras installed),
 not t5pre: tf.saved_model.load(OUT).signatures["serving_default"](inputs=tf.constant([...])).
 The stock TensorFlow Serving model server links the tensorflow-text ops; use a release at least
 as new as the TensorFlow that wrote the export.
 
-Decoding settings (beam, length penalty, lengths) are fixed at export time; they are recorded in
-OUT/assets.extra/t5pre_export.json.
+Decoding settings (beam size, length penalty, lengths) are fixed at export time; the lengths
+default to those the model was trained or fine-tuned at (512 / 128 for a directory that does not
+record them). They are recorded in OUT/assets.extra/t5pre_export.json.
+
+example:
+  t5pre export --model-dir runs/ft/best --out exports/my_t5/1
 """
 
 
 def register(subparsers):
     import argparse
 
-    from t5pre.cli.predict import add_decode_arguments
+    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
+    from t5pre.cli.predict import MODEL_HELP
 
     parser = subparsers.add_parser(
         "export", help="export a strings-in/strings-out SavedModel",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, MODEL_HELP)
     add_decode_arguments(parser)
     parser.add_argument("--out", required=True, metavar="EXPORT_DIR",
                         help="directory to create (e.g. exports/my_t5/1 for TF Serving)")
@@ -46,24 +53,23 @@ def run(args):
     import os
     import time
 
-    from t5pre.cli.predict import decode_settings
-    from t5pre.evaluation.predict import load_for_inference
+    from t5pre.cli.inference import decode_settings
+    from t5pre.models.store import load_for_inference
     from t5pre.export.saved_model import check_target, export_saved_model
 
     settings = decode_settings(args)
     check_target(args.out, args.overwrite)  # fail fast, before loading anything
     start = time.time()
     loaded = load_for_inference(args.model_dir, args.checkpoint)
-    settings = settings.resolved_for(loaded.run_config)
+    settings = settings.resolved_for(loaded.sequence_length)
     path = export_saved_model(
         loaded.model, loaded.vocabulary, args.out, settings, overwrite=args.overwrite,
         metadata={"source": {"model_dir": os.path.abspath(loaded.model_dir),
                              "layout": loaded.layout,
                              "checkpoint": loaded.checkpoint}})
-    how = "greedy" if settings.beam == 1 else f"beam {settings.beam}, alpha {settings.length_penalty}"
     print(f"exported {loaded.model_dir}"
           + (f" ({loaded.checkpoint})" if loaded.checkpoint else "")
-          + f" to {path} in {time.time() - start:.1f}s: {how}, inputs <= "
+          + f" to {path} in {time.time() - start:.1f}s: {settings.describe()}, inputs <= "
           f"{settings.max_input_length} tokens, outputs <= {settings.max_decode_length} tokens; "
           "signatures serving_default (strings) and generate_ids (ids, scores, lengths)")
     return 0

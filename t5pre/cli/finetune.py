@@ -101,7 +101,8 @@ def run(args):
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
     strategy = create_strategy(run_config.strategy.name, run_config.strategy.tpu)
-    result = finetune(run_config, args.model_dir, init=init, settings=settings, strategy=strategy)
+    result = finetune(run_config, args.model_dir, init=init, settings=settings, strategy=strategy,
+                      modules=args.module)
     if result.best_score is not None:
         print(f"best {result.best_metric} {result.best_score:.3f} at step {result.best_step}: "
               f"{os.path.join(args.model_dir, 'best')}")

@@ -7,57 +7,42 @@ import sys
 from t5pre.errors import ConfigError, DataError
 
 HELP = """\
-Generate text with a trained model directory (latest checkpoint, or --checkpoint STEP) or a
-pretrained directory (save_pretrained / `t5pre convert hf`: model.weights.h5 + spiece.model).
+Generate text with a trained model directory (latest checkpoint, or --checkpoint STEP), a
+fine-tuning run's best/ directory, or a pretrained directory (save_pretrained / t5pre convert
+hf: model.weights.h5 + spiece.model).
 
-Inputs are the TEXT arguments, or the lines of --input-file (`-` reads stdin); one generated
+Inputs are the TEXT arguments, or the lines of --input-file ("-" reads stdin); one generated
 line is printed per input, in order (newlines inside an output are written as spaces so that
 line i of the output always answers input i). Files are decoded in batches of --batch-size.
 
-Each input is cut to --max-input-length - 1 tokens and EOS is appended; outputs have at most
---max-decode-length tokens. Both default to the model directory's training sequence lengths
-(512 / 128 for a pretrained directory). --beam 1 is greedy decoding; --beam K > 1 is beam search
-with length penalty ((5 + length) / 6) ** alpha (--length-penalty, default 0.6).
-This is the same decoding as the SavedModel written by `t5pre export`.
+Each input is cut to --inputs-length - 1 tokens and EOS is appended; outputs have at most
+--targets-length tokens. Both default to the lengths the model was trained or fine-tuned at
+(512 / 128 for a directory that does not record them). --beam-size 1 is greedy decoding;
+--beam-size K > 1 is beam search with length penalty ((5 + length) / 6) ** alpha
+(--length-penalty, default 0.6). This is the same decoding as the SavedModel written by
+t5pre export.
+
+example:
+  t5pre predict --model-dir runs/ft/best "summarize: The quick brown fox ..."
+  t5pre predict --model-dir runs/ft --beam-size 4 --input-file inputs.txt > outputs.txt
 """
 
-
-def add_decode_arguments(parser) -> None:
-    """Flags shared by `predict` and `export`."""
-    parser.add_argument("--model-dir", required=True, metavar="DIR",
-                        help="training model directory or save_pretrained directory")
-    parser.add_argument("--checkpoint", default=None, metavar="STEP",
-                        help="checkpoint step (or path) of a training directory (default: latest)")
-    parser.add_argument("--beam", type=int, default=1, metavar="K",
-                        help="beam size; 1 = greedy (default: 1)")
-    parser.add_argument("--length-penalty", type=float, default=0.6, metavar="ALPHA",
-                        help="beam-search length penalty alpha (default: 0.6, as T5)")
-    parser.add_argument("--max-decode-length", type=int, default=None, metavar="L",
-                        help="most generated tokens, EOS included (default: the run's targets "
-                        "length, or 128)")
-    parser.add_argument("--max-input-length", type=int, default=None, metavar="L",
-                        help="most input tokens, EOS included (default: the run's inputs "
-                        "length, or 512)")
-
-
-def decode_settings(args):
-    from t5pre.evaluation.predict import DecodeSettings
-
-    return DecodeSettings(beam=args.beam, length_penalty=args.length_penalty,
-                          max_decode_length=args.max_decode_length,
-                          max_input_length=args.max_input_length).validate()
+MODEL_HELP = "training model directory, fine-tuning best/ directory or save_pretrained directory"
 
 
 def register(subparsers):
     import argparse
 
+    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
+
     parser = subparsers.add_parser(
         "predict", help="generate text with a model directory",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, MODEL_HELP)
     add_decode_arguments(parser)
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="input texts")
     parser.add_argument("--input-file", default=None, metavar="FILE",
-                        help="read one input per line (`-` = stdin)")
+                        help="read one input per line (- reads stdin)")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
     parser.add_argument("--scores", action="store_true",
                         help="prefix each output with its score and a tab")
@@ -104,6 +89,8 @@ def run(args):
         raise ConfigError("no input: give TEXT arguments, or --input-file FILE (`-` for stdin)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from t5pre.cli.inference import decode_settings
+
     settings = decode_settings(args)
     texts = args.texts if args.texts else _read_lines(args.input_file)
     if args.input_file and args.input_file != "-":

@@ -12,7 +12,9 @@ task's ``postprocess_fn(text, example=..., is_target=...)``, to every ``metric_f
 the postprocessed ("scored") texts, so the scores can be recomputed from the file alone.
 
 Decoding is batched and cached (:func:`t5pre.models.decoding.decode`: the encoder runs once, the
-decoder keeps a key/value cache), compiled once per model and setting.
+decoder keeps a key/value cache), compiled once per model and setting
+(:func:`t5pre.models.decoding.compile_decoder`, the same function `t5pre predict` uses), with
+one :class:`~t5pre.models.decode_settings.DecodeSettings`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import time
 from typing import Optional
 
 from t5pre.errors import CheckpointError, ConfigError, DataError
+from t5pre.models.decode_settings import DecodeSettings
+
+DEFAULT_EVAL_BATCH_SIZE = 32
 
 #: Which score a task is judged by when none is named, in order of preference: ROUGE-Lsum for
 #: summarization (T5 reports it with ROUGE-1/2; it moves earlier than ROUGE-2 for small models),
@@ -106,7 +111,8 @@ def get_downstream_task(name: str):
     try:
         return get_task(name)
     except DataError as e:
-        raise DataError(f"{e} (`t5pre tasks list` shows the registered tasks)") from None
+        raise DataError(f"{e} (`t5pre tasks list` shows the registered tasks; a task that "
+                        "your own code registers needs --module PYTHON_MODULE)") from None
 
 
 def main_metric_name(scores: dict, preferred: Optional[str] = None) -> Optional[str]:
@@ -171,70 +177,20 @@ def load_examples(task, split: str, sequence_length: dict, max_examples: Optiona
 
 
 # ------------------------------------------------------------------------------ decoding
-@dataclasses.dataclass
-class DecodeOptions:
-    """How predictions are decoded: ``beam`` 1 is greedy; lengths in tokens, EOS included."""
+def decode_examples(model, vocabulary, examples, settings: DecodeSettings,
+                    batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> list:
+    """Decoded prediction text for every example, in order: the examples' own encoder ids
+    (from the task's pipeline), batches padded to their longest row."""
+    from t5pre.models.decoding import compile_decoder
+    from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
-    beam: int = 1
-    length_penalty: float = 0.6
-    max_length: int = 128
-    batch_size: int = 32
-
-    def validate(self) -> "DecodeOptions":
-        for name, least in (("beam", 1), ("max_length", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be an integer >= {least}, got {value!r}")
-        if self.length_penalty < 0:
-            raise ConfigError(f"--length-penalty must be >= 0, got {self.length_penalty}")
-        return self
-
-    def decode_kwargs(self) -> dict:
-        kwargs = {"max_length": self.max_length, "method": "greedy" if self.beam == 1 else "beam"}
-        if self.beam > 1:
-            kwargs.update(beam_size=self.beam, alpha=float(self.length_penalty))
-        return kwargs
-
-
-def _compiled_decoder(model, options: DecodeOptions):
-    """``decode`` with fixed settings, traced once per (model, settings) and kept on the model.
-
-    ``reduce_retracing`` lets batches of different widths share one trace."""
-    import keras
-
-    from t5pre.models.decoding import decode
-
-    key = tuple(sorted(options.decode_kwargs().items()))
-    cache = model.__dict__.setdefault("_t5pre_eval_decoders", {})
-    if key not in cache:
-        kwargs = options.decode_kwargs()
-
-        def run(ids, mask):
-            return decode(model, ids, mask, **kwargs)
-
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            run = tf.function(run, reduce_retracing=True)
-        cache[key] = run
-    return cache[key]
-
-
-def decode_examples(model, vocabulary, examples, options: DecodeOptions) -> list:
-    """Decoded prediction text for every example, in order (batches padded to their longest)."""
-    import numpy as np
-
-    run = _compiled_decoder(model, options)
+    run = compile_decoder(model, settings)
+    preprocessor = Seq2SeqPreprocessor(vocabulary, settings.max_input_length)
     predictions = []
-    for start in range(0, len(examples), options.batch_size):
-        chunk = examples[start:start + options.batch_size]
-        width = max(len(ex["inputs"]) for ex in chunk)
-        ids = np.zeros((len(chunk), width), "int32")
-        for row, ex in enumerate(chunk):
-            ids[row, :len(ex["inputs"])] = ex["inputs"]
-        tokens, _ = run(ids, (ids != 0).astype("int32"))
-        predictions.extend(vocabulary.decode([int(t) for t in row]) for row in np.asarray(tokens))
+    for start in range(0, len(examples), batch_size):
+        rows = [ex["inputs"] for ex in examples[start:start + batch_size]]
+        tokens, _ = run(*preprocessor.pad_batch(rows))
+        predictions.extend(preprocessor.decode(tokens))
     return predictions
 
 
@@ -298,14 +254,18 @@ class TaskEvaluator:
 
     def __init__(self, task, vocabulary, *, split: str = "validation",
                  sequence_length: dict, max_examples: Optional[int] = None,
-                 options: Optional[DecodeOptions] = None, metric: Optional[str] = None):
+                 settings: Optional[DecodeSettings] = None,
+                 batch_size: int = DEFAULT_EVAL_BATCH_SIZE, metric: Optional[str] = None):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
         self.task = task
         self.vocabulary = vocabulary
         self.split = split
         self.sequence_length = dict(sequence_length)
         self.max_examples = max_examples
-        self.options = (options or DecodeOptions(max_length=int(sequence_length["targets"])))
-        self.options.validate()
+        # Unset lengths: the task's sequence lengths (what the examples were trimmed to).
+        self.settings = (settings or DecodeSettings()).validate().resolved_for(self.sequence_length)
+        self.batch_size = batch_size
         self.metric = metric
         self._examples = None
 
@@ -319,7 +279,8 @@ class TaskEvaluator:
     def evaluate(self, model) -> EvalResult:
         start = time.perf_counter()
         examples = self.examples
-        predictions = decode_examples(model, self.vocabulary, examples, self.options)
+        predictions = decode_examples(model, self.vocabulary, examples, self.settings,
+                                      self.batch_size)
         rows = make_rows(self.task, examples, predictions)
         scores = score_rows(self.task, rows)
         main = main_metric_name(scores, self.metric) if scores else None

@@ -102,8 +102,8 @@ def export_saved_model(model, vocabulary, export_dir, settings, *, overwrite: bo
             },
             "decoding": {
                 "method": settings.method,
-                "beam": settings.beam,
-                "length_penalty": settings.length_penalty if settings.beam > 1 else None,
+                "beam": settings.beam_size,
+                "length_penalty": settings.length_penalty if settings.method == "beam" else None,
                 "max_input_length": settings.max_input_length,
                 "max_decode_length": settings.max_decode_length,
             },

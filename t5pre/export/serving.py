@@ -10,8 +10,8 @@
 
 Inside: tensorflow-text's `SentencepieceTokenizer` built from the vocabulary's serialized model
 (sentinels included, so `<extra_id_0>` in a request is one token), inputs cut to
-`max_input_length - 1` tokens plus EOS and zero-padded to the longest row of the batch (the same
-convention as `t5pre predict`), the encoder run once, the cached decoding loop of
+`max_input_length - 1` tokens plus EOS and zero-padded to the longest row of the batch
+(`Seq2SeqPreprocessor.encode_tf`, the in-graph twin of what `t5pre predict` does), the encoder run once, the cached decoding loop of
 `t5pre.models.decoding` (greedy for beam 1, else beam search) as a `tf.while_loop`, then
 detokenisation (stops at EOS). Both signatures call one inner `tf.function`, so the decoding loop
 is traced and stored once.
@@ -27,21 +27,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from t5pre.models.decoding import decode
+from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
 SERVING_SIGNATURE = "serving_default"
 IDS_SIGNATURE = "generate_ids"
 INPUT_NAME = "inputs"
-
-
-def encode_inputs(vocabulary, texts, max_input_length):
-    """1-D strings -> (ids int32 [B, W], padding mask int32 [B, W]): at most
-    `max_input_length - 1` tokens of text, then EOS, zero-padded to the longest row."""
-    tokens = vocabulary.encode_tf(texts)[:, : max_input_length - 1]
-    eos = tf.fill([tokens.nrows(), 1], tf.constant(vocabulary.eos_id, tf.int32))
-    tokens = tf.concat([tokens, tf.RaggedTensor.from_tensor(eos)], axis=1)
-    ids = tokens.to_tensor(default_value=vocabulary.pad_id)
-    mask = tf.sequence_mask(tokens.row_lengths(), maxlen=tf.shape(ids)[1], dtype=tf.int32)
-    return ids, mask
 
 
 def generated_lengths(ids, eos_id):
@@ -54,7 +44,7 @@ def generated_lengths(ids, eos_id):
 def build_serving_module(model, vocabulary, settings) -> tf.Module:
     """A tf.Module with `serving_default` and `generate_ids` functions (see module docstring).
 
-    `settings` is a resolved `t5pre.evaluation.predict.DecodeSettings` (lengths set). The model's
+    `settings` is a resolved `t5pre.models.decode_settings.DecodeSettings` (lengths set). The model's
     variables are tracked as a flat list (not the Keras object graph), which keeps the SavedModel
     free of Keras objects.
     """
@@ -62,6 +52,7 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
     # not one that an earlier tf.data pipeline in this process created and owns.
     vocabulary = type(vocabulary)(vocabulary.serialized_model, extra_ids=vocabulary.extra_ids)
     max_input_length = int(settings.max_input_length)
+    preprocessor = Seq2SeqPreprocessor(vocabulary, max_input_length)
     decode_kwargs = settings.decode_kwargs()
     eos_id = int(vocabulary.eos_id)
     text_spec = tf.TensorSpec([None], tf.string, name=INPUT_NAME)
@@ -72,18 +63,18 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
     module.max_input_length = tf.Variable(max_input_length, trainable=False, name="max_input_length")
     module.max_decode_length = tf.Variable(int(settings.max_decode_length), trainable=False,
                                            name="max_decode_length")
-    module.beam_size = tf.Variable(int(settings.beam), trainable=False, name="beam_size")
+    module.beam_size = tf.Variable(int(settings.beam_size), trainable=False, name="beam_size")
 
     @tf.function(input_signature=[text_spec], autograph=False)
     def generate(inputs):
-        ids, mask = encode_inputs(vocabulary, inputs, max_input_length)
+        ids, mask = preprocessor.encode_tf(inputs)
         tokens, scores = decode(model, ids, mask, **decode_kwargs)
         return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
 
     @tf.function(input_signature=[text_spec], autograph=False)
     def serve_text(inputs):
         tokens, scores = generate(inputs)
-        return {"outputs": vocabulary.decode_tf(tokens), "scores": scores}
+        return {"outputs": preprocessor.decode_tf(tokens), "scores": scores}
 
     @tf.function(input_signature=[text_spec], autograph=False)
     def serve_ids(inputs):

@@ -19,6 +19,11 @@ _EXPORTS = {
     "load_pretrained": "t5pre.models.io",
     "from_hf": "t5pre.models.hf_convert",
     "generate": "t5pre.models.decoding",
+    "compile_decoder": "t5pre.models.decoding",
+    "DecodeSettings": "t5pre.models.decode_settings",
+    "Seq2SeqPreprocessor": "t5pre.models.preprocessing",
+    "load_model": "t5pre.models.store",
+    "load_for_inference": "t5pre.models.store",
     "parameter_counts": "t5pre.models.info",
     "training_flops_per_token": "t5pre.models.info",
 }

@@ -201,25 +201,40 @@ def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, m
                              method == "sample", top_k, top_p, temperature, seed, eos_id)
 
 
-def _compiled(model, **settings):
-    """`decode` with fixed settings, compiled for the backend (tf.function / jax.jit) and cached
-    on the model so repeated `generate` calls do not retrace."""
-    key = tuple(sorted(settings.items()))
-    compiled = getattr(model, "_t5pre_decode_fns", None)
-    if compiled is None:
-        compiled = {}
-        model._t5pre_decode_fns = compiled
-    if key not in compiled:
-        def run(ids, mask):
-            return decode(model, ids, mask, **settings)
+def compile_decoder(model, settings):
+    """`decode` with `settings` (a `DecodeSettings`, lengths resolved) fixed, compiled for the
+    backend: `tf.function` on TensorFlow (`reduce_retracing` keeps batches of different widths to
+    one trace), `jax.jit` on JAX (one compile per batch shape). Returns `run(ids, mask) ->
+    (tokens, scores)`.
 
-        backend = keras.backend.backend()
+    Kept on the model per setting, so repeated calls (every evaluation of a fine-tuning run, every
+    batch of a file) reuse one trace. A `tf.function` reads the variables when it runs; a jitted
+    function captures their values, so on JAX it is rebuilt once the weights have changed.
+    """
+    kwargs = settings.decode_kwargs()
+    key = tuple(sorted(kwargs.items()))
+    backend = keras.backend.backend()
+    weights = _weights_version(model) if backend == "jax" else None
+    cache = model.__dict__.setdefault("_t5pre_decoders", {})
+    if key not in cache or cache[key][0] != weights:
+        def run(ids, mask):
+            return decode(model, ids, mask, **kwargs)
+
         if backend == "tensorflow":
             import tensorflow as tf
 
             run = tf.function(run, reduce_retracing=True)
-        compiled[key] = run
-    return compiled[key]
+        elif backend == "jax":
+            import jax
+
+            run = jax.jit(run)
+        cache[key] = (weights, run)
+    return cache[key][1]
+
+
+def _weights_version(model) -> tuple:
+    """Changes whenever a variable is assigned (JAX arrays are immutable: assigning replaces it)."""
+    return tuple(id(v.value) for v in model.variables)
 
 
 def uncached_greedy(model, encoder_token_ids, encoder_padding_mask, max_length, eos_id=EOS_ID):
@@ -247,22 +262,26 @@ def uncached_greedy(model, encoder_token_ids, encoder_padding_mask, max_length, 
 
 
 def generate(model, vocabulary, texts, max_length=64, method="greedy", input_length=512,
-             batch_size=32, **settings):
+             batch_size=32, beam_size=4, alpha=0.6, **sampling):
     """Strings in, strings out: tokenise (EOS appended, truncated to `input_length`), decode in
-    batches of `batch_size`, detokenise (stops at EOS)."""
-    import numpy as np
+    batches of `batch_size`, detokenise (stops at EOS). `method` "beam" uses `beam_size` and
+    `alpha`; "sample" takes `temperature`, `top_k`, `top_p`, `seed`. The same path as
+    `t5pre predict` (`t5pre.evaluation.predict.Predictor`) with `DecodeSettings`."""
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
+    if method not in METHODS:
+        raise ConfigError(f"decoding method must be one of {list(METHODS)}, got {method!r}")
     if isinstance(texts, str):
         texts = [texts]
-    run = _compiled(model, max_length=int(max_length), method=method, **settings)
+    settings = DecodeSettings(beam_size=int(beam_size) if method == "beam" else 1,
+                              length_penalty=alpha, max_decode_length=int(max_length),
+                              max_input_length=int(input_length), sample=method == "sample",
+                              **sampling).validate()
+    preprocessor = Seq2SeqPreprocessor(vocabulary, settings.max_input_length)
+    run = compile_decoder(model, settings)
     outputs = []
     for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        encoded = [(vocabulary.encode(t)[: input_length - 1] + [vocabulary.eos_id]) for t in chunk]
-        width = max(len(e) for e in encoded)
-        ids = np.zeros((len(encoded), width), "int32")
-        for row, e in enumerate(encoded):
-            ids[row, : len(e)] = e
-        tokens, _ = run(ids, (ids != PAD_ID).astype("int32"))
-        outputs.extend(vocabulary.decode([int(t) for t in row]) for row in np.asarray(tokens))
+        tokens, _ = run(*preprocessor.encode_batch(texts[start : start + batch_size]))
+        outputs.extend(preprocessor.decode(tokens))
     return outputs

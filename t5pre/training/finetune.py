@@ -478,14 +478,16 @@ def _record_architecture(run_config, model_config, init: Optional[InitModel]):
 
 def finetune(run_config, model_dir: str, *, init: Optional[InitSource] = None,
              settings: Optional[FinetuneSettings] = None, model_config=None, strategy=None,
-             task=None, log: Optional[Callable] = None) -> FinetuneResult:
+             task=None, log: Optional[Callable] = None, modules=()) -> FinetuneResult:
     """Fine-tunes on ``run_config.data.task`` into ``model_dir``; see the module docstring.
 
     ``init`` None trains from random initialisation (the baseline of benchmarks/transfer.py),
     with the architecture of ``model_config`` (a T5Config) or of ``run_config.model.name``.
+    ``modules`` (the ``--module`` values that registered the task) are recorded in
+    finetune.json / best.json, so that evaluate finds the task again.
     """
-    from t5pre.evaluation.evaluate import (DecodeOptions, TaskEvaluator, check_vocabulary,
-                                           get_downstream_task)
+    from t5pre.evaluation.evaluate import TaskEvaluator, check_vocabulary, get_downstream_task
+    from t5pre.models.decode_settings import DecodeSettings
     from t5pre.training import summaries
 
     settings = settings or FinetuneSettings()
@@ -513,17 +515,17 @@ def finetune(run_config, model_dir: str, *, init: Optional[InitSource] = None,
     evaluator = None
     decode_every = run_config.data.eval_split and run_config.training.eval_every
     if decode_every and task.metric_fns:
-        options = DecodeOptions(beam=settings.beam, length_penalty=settings.length_penalty,
-                                max_length=settings.decode_length or lengths.targets,
-                                batch_size=settings.eval_batch_size)
+        decoding = DecodeSettings(beam_size=settings.beam, length_penalty=settings.length_penalty,
+                                  max_decode_length=settings.decode_length or lengths.targets,
+                                  max_input_length=lengths.inputs)
         evaluator = TaskEvaluator(task, vocabulary, split=run_config.data.eval_split,
                                   sequence_length=sequence_length,
-                                  max_examples=settings.eval_examples, options=options,
-                                  metric=settings.metric)
+                                  max_examples=settings.eval_examples, settings=decoding,
+                                  batch_size=settings.eval_batch_size, metric=settings.metric)
     info = {"task": task.name, "split": run_config.data.eval_split,
             "sequence_length": sequence_length,
             "init_from": init.spec if init is not None else None,
-            "eval_examples": settings.eval_examples}
+            "eval_examples": settings.eval_examples, "modules": list(modules)}
     eval_history = []
     trainer_holder = {}
 
