@@ -342,3 +342,26 @@ def test_bad_input_gives_a_clear_error(tiny, tmp_path, capsys, case):
     assert main(["predict", "--model-dir", str(model_dir), *extra, "some text"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("t5pre: error: ") and expected in err, err
+
+
+def test_export_defaults_to_the_fine_tuned_lengths(tiny, tmp_path, monkeypatch):
+    """A fine-tuning run's best/ records its lengths in best.json; export uses them (before,
+    it fell back to 512 / 128). The SavedModel writing itself is stubbed out: only the
+    settings it receives matter here."""
+    import shutil
+
+    from t5pre.cli import main
+    from t5pre.export import read_export_metadata, saved_model
+
+    _, _, _, pretrained_dir = tiny
+    best = tmp_path / "best"
+    shutil.copytree(pretrained_dir, best)
+    (best / "best.json").write_text(json.dumps(
+        {"task": "t", "sequence_length": {"inputs": 24, "targets": 6}}))
+    received = []
+    monkeypatch.setattr(saved_model, "_write_saved_model",
+                        lambda model, vocabulary, settings, path: received.append(settings))
+    assert main(["export", "--model-dir", str(best), "--out", str(tmp_path / "1")]) == 0
+    assert [(s.max_input_length, s.max_decode_length) for s in received] == [(24, 6)]
+    decoding = read_export_metadata(tmp_path / "1")["decoding"]
+    assert (decoding["max_input_length"], decoding["max_decode_length"]) == (24, 6)

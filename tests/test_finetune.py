@@ -108,6 +108,13 @@ def test_finetune_end_to_end_on_real_data(pretrain_dir, shared_data, tmp_path, m
     summary = json.loads((tmp_path / "e.json").read_text())
     assert summary["task"] == "debian_descriptions" and summary["num_examples"] == 3
     assert summary["sequence_length"] == {"inputs": 64, "targets": 16}
+    # predict and export default to the same fine-tuned lengths (best/ has no run config).
+    from t5pre.evaluation.predict import Predictor
+
+    settings = Predictor.from_model_dir(out / "best").settings
+    assert (settings.max_input_length, settings.max_decode_length) == (64, 16)
+    # the run records the --module values that registered its task (none here)
+    assert json.loads((out / "finetune.json").read_text())["modules"] == []
 
 
 def test_init_from_a_chosen_checkpoint_copies_its_weights(pretrain_dir):

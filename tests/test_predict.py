@@ -129,7 +129,8 @@ def test_bad_arguments_give_clear_errors(pretrained, tmp_path, capsys, case):
                          "none.txt: input file not found"),
         "bad_utf8": (base + ["--input-file", str(bad)], "bad.txt:2: not valid UTF-8"),
         "bad_batch": (base + ["--batch-size", "0", "x"], "--batch-size must be >= 1"),
-        "bad_length": (base + ["--inputs-length", "1", "x"], "--inputs-length must be an integer >= 2"),
+        "bad_length": (base + ["--inputs-length", "1", "x"],
+                       "--inputs-length must be an integer >= 2"),
         # an old spelling still works, and the error names it as typed
         "bad_old_length": (base + ["--max-input-length", "1", "x"],
                            "--max-input-length must be an integer >= 2"),

@@ -11,9 +11,10 @@
 Inside: tensorflow-text's `SentencepieceTokenizer` built from the vocabulary's serialized model
 (sentinels included, so `<extra_id_0>` in a request is one token), inputs cut to
 `max_input_length - 1` tokens plus EOS and zero-padded to the longest row of the batch
-(`Seq2SeqPreprocessor.encode_tf`, the in-graph twin of what `t5pre predict` does), the encoder run once, the cached decoding loop of
-`t5pre.models.decoding` (greedy for beam 1, else beam search) as a `tf.while_loop`, then
-detokenisation (stops at EOS). Both signatures call one inner `tf.function`, so the decoding loop
+(`Seq2SeqPreprocessor.encode_tf`, the in-graph twin of what `t5pre predict` does), the encoder
+run once, the cached decoding loop of `t5pre.models.decoding` (greedy for beam size 1, else beam
+search) as a `tf.while_loop`, then detokenisation (`Seq2SeqPreprocessor.decode_tf`, stops at
+EOS). Both signatures call one inner `tf.function`, so the decoding loop
 is traced and stored once.
 
 Why a plain `tf.Module` rather than `keras.export.ExportArchive`: the module holds exactly what
@@ -44,8 +45,8 @@ def generated_lengths(ids, eos_id):
 def build_serving_module(model, vocabulary, settings) -> tf.Module:
     """A tf.Module with `serving_default` and `generate_ids` functions (see module docstring).
 
-    `settings` is a resolved `t5pre.models.decode_settings.DecodeSettings` (lengths set). The model's
-    variables are tracked as a flat list (not the Keras object graph), which keeps the SavedModel
+    `settings` is a resolved `t5pre.models.decode_settings.DecodeSettings` (lengths set). The
+    model's variables are tracked as a flat list (not the Keras object graph), which keeps the SavedModel
     free of Keras objects.
     """
     # A private vocabulary object, so that the exported tokenizer is a resource of its own and

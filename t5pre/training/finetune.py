@@ -36,11 +36,10 @@ import shutil
 from typing import Callable, Optional
 
 from t5pre.errors import CheckpointError, ConfigError
+from t5pre.models.store import BEST_INFO_FILE, FINETUNE_INFO_FILE, read_json_info
 from t5pre.training.trainer import Trainer
 
 BEST_DIR = "best"
-BEST_INFO_FILE = "best.json"
-FINETUNE_INFO_FILE = "finetune.json"
 DEFAULT_FINETUNE_DROPOUT = 0.1
 #: Model fields a fine-tune may change: anything else would not fit the init weights.
 CHANGEABLE_MODEL_FIELDS = ("dropout_rate",)
@@ -402,11 +401,7 @@ class BestKeeper:
 
 def read_best_info(path: str) -> Optional[dict]:
     """``best.json`` of a best/ directory (None when absent or unreadable)."""
-    try:
-        with open(os.path.join(path, BEST_INFO_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return read_json_info(path, BEST_INFO_FILE)
 
 
 # ------------------------------------------------------------------------------ trainer
