@@ -19,3 +19,26 @@ class DataError(T5preError, ValueError):
 
 class CheckpointError(T5preError):
     """A model directory or checkpoint is missing, partial, corrupt or incompatible."""
+
+
+class StorageError(T5preError):
+    """The model directory cannot be written (disk full, read-only, permissions). The
+    checkpoints written before are intact. The CLI exits with code 3."""
+
+    exit_code = 3
+
+    @classmethod
+    def from_os_error(cls, error: BaseException, model_dir: str) -> "StorageError":
+        where = getattr(error, "filename", None) or model_dir
+        reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or
+                                                       [type(error).__name__])[0][:300]
+        return cls(f"{where}: cannot write ({reason}); the checkpoints already in {model_dir} "
+                   "are intact: free space or fix the permissions, then re-run the same command "
+                   "to resume")
+
+
+class WorkerLostError(T5preError):
+    """A worker of a multi-worker run stopped answering (crashed, killed, network). The
+    checkpoints written before are intact. The CLI exits with code 4."""
+
+    exit_code = 4

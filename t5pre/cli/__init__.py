@@ -75,7 +75,7 @@ def main(argv=None):
         return args.func(args) or 0
     except T5preError as e:
         print(f"t5pre: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("t5pre: interrupted", file=sys.stderr)
         return 130

@@ -88,6 +88,8 @@ class TrainingSection:
                                          doc="peak FLOP/s of ONE replica; enables the MFU scalar")
     text_samples: int = _field(3, min=0, doc="decoded examples written to TensorBoard per eval")
     jit_compile: bool = _field(False, doc="XLA-compile the train step (helps on TPU/GPU)")
+    allow_data_change: bool = _field(
+        False, doc="resume although task, lengths, batch size, packing or data seed changed")
 
 
 @dataclasses.dataclass
@@ -117,6 +119,24 @@ class OptimizerSection:
 class StrategySection:
     name: str = _field("auto", choices=STRATEGIES)
     tpu: Optional[str] = _field(None, doc="TPU name or grpc:// address (tpu strategy)")
+
+
+# What decides the data stream a checkpoint's data position counts into.
+DATA_STREAM_FIELDS = ("data.task", "data.mixture", "data.sequence_length.inputs",
+                      "data.sequence_length.targets", "data.pack", "data.shuffle",
+                      "data.train_split", "training.batch_size", "data_seed")
+
+
+def data_stream_changes(old: "RunConfig", new: "RunConfig") -> list[tuple[str, object, object]]:
+    """``(field, old, new)`` for each field of DATA_STREAM_FIELDS that differs."""
+    def get(config, path):
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    return [(f, get(old, f), get(new, f)) for f in DATA_STREAM_FIELDS
+            if get(old, f) != get(new, f)]
 
 
 @dataclasses.dataclass

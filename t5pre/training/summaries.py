@@ -18,6 +18,9 @@ def _tf():
     return tf
 
 
+LOGGED_STEPS_FILE = "logged_steps.json"  # the newest step written per split
+
+
 def log_dir(model_dir: str) -> str:
     return os.path.join(model_dir, "logs")
 
@@ -30,6 +33,29 @@ class Summaries:
         self.enabled = enabled
         self._writers = {}
         self._dir = log_dir(model_dir)
+        # A resumed run replays the steps between its checkpoint and the kill; they were
+        # already logged (with the same values, resume is exact), so they are written once.
+        self._logged = self._read_logged() if enabled else {}
+        self._newest = dict(self._logged)
+
+    def _logged_path(self) -> str:
+        return os.path.join(self._dir, LOGGED_STEPS_FILE)
+
+    def _read_logged(self) -> dict:
+        import json
+
+        try:
+            with open(self._logged_path(), encoding="utf-8") as f:
+                values = json.load(f)
+            return {k: int(v) for k, v in values.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def _already_logged(self, split: str, step: int) -> bool:
+        if step <= self._logged.get(split, -1):
+            return True
+        self._newest[split] = max(step, self._newest.get(split, -1))
+        return False
 
     def _writer(self, split: str):
         if not self.enabled:
@@ -40,7 +66,7 @@ class Summaries:
 
     def scalars(self, split: str, step: int, values: dict) -> None:
         writer = self._writer(split)
-        if writer is None:
+        if writer is None or self._already_logged(split, step):
             return
         tf = _tf()
         with writer.as_default(step=step):
@@ -51,17 +77,27 @@ class Summaries:
 
     def text(self, split: str, step: int, name: str, text: str) -> None:
         writer = self._writer(split)
-        if writer is None:
+        if writer is None or step <= self._logged.get(split, -1):
             return
         tf = _tf()
         with writer.as_default(step=step):
             tf.summary.text(name, text)
 
     def flush(self) -> None:
+        import json
+
         for w in self._writers.values():
             w.flush()
+        if self.enabled and self._newest and self._newest != self._read_logged():
+            path = self._logged_path()
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self._newest, f)
+            os.replace(tmp, path)
 
     def close(self) -> None:
+        if self._writers:
+            self.flush()
         for w in self._writers.values():
             w.close()
         self._writers = {}

@@ -36,7 +36,7 @@ import os
 import time
 from typing import Callable
 
-from t5pre.errors import CheckpointError, ConfigError, T5preError
+from t5pre.errors import CheckpointError, ConfigError, StorageError, T5preError, WorkerLostError
 from t5pre.training import checkpointing, summaries
 from t5pre.training.config import RunConfig, save_config
 from t5pre.training.data import feature_spec, make_dataset_fn, zeros_like_spec
@@ -345,7 +345,7 @@ class Trainer:
         _no_second_all_reduce(self.optimizer)
         self.keeper = checkpointing.CheckpointKeeper(
             self.model_dir, model=self.model, optimizer=self.optimizer,
-            is_chief=self.is_chief, max_to_keep=t.keep_checkpoints)
+            is_chief=self.is_chief, max_to_keep=t.keep_checkpoints, log=self.log)
 
     # ---------------------------------------------------------------------------- steps
     def _make_train_step(self):
@@ -545,21 +545,75 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- train
     def train(self) -> TrainResult:
-        """Trains to ``training.steps``, resuming from the latest checkpoint in model_dir."""
-        tf = _tf()
+        """Trains to ``training.steps``, resuming from the latest checkpoint in model_dir.
+
+        The chief holds the model directory's lock (``DIR/.lock``) for the whole run, so a
+        second process on the same directory is refused at once, naming the holder."""
+        from t5pre.models.dir_lock import ModelDirLock
+
+        with ModelDirLock(self.model_dir, enabled=self.is_chief):
+            tf = _tf()
+            try:
+                return self._train()
+            except OSError as e:  # disk full, read-only or unwritable directory
+                raise StorageError.from_os_error(e, self.model_dir) from None
+            except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+                if self.worker.num_workers <= 1:
+                    raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise WorkerLostError(
+                    f"a worker of this {self.worker.num_workers}-worker run stopped answering "
+                    f"({first}); the checkpoints in {self.model_dir} are intact: restart every "
+                    "worker with the same command to resume") from None
+
+    def _resume(self):
+        """Restores the newest readable checkpoint: ``(step, data_examples, pipelines, path)``."""
+        removed = self.keeper.remove_orphans()
+        if removed:
+            self.log(f"removed {len(removed)} leftover(s) of interrupted saves "
+                     f"({', '.join(sorted(removed)[:3])}{' ...' if len(removed) > 3 else ''})")
+        step, latest = self.keeper.restore_latest()
+        if latest is None:
+            return 0, 0, None, None
+        self._check_resumed_config()
+        return (step, int(self.keeper.data_examples.numpy()),
+                int(self.keeper.data_pipelines.numpy()), latest)
+
+    def _check_resumed_config(self) -> None:
+        """A resumed run must read the same data stream: refuse changed task, lengths, batch size,
+        packing or data seed (one line listing them) unless training.allow_data_change."""
+        from t5pre.training.config import data_stream_changes, load_config
+
+        path = os.path.join(self.model_dir, "config.yaml")
+        if not os.path.isfile(path):
+            return
+        try:
+            old = load_config(path)
+        except ConfigError as e:
+            self.log(f"warning: cannot compare with the saved run config ({e})")
+            return
+        changes = data_stream_changes(old, self.config)
+        if not changes:
+            return
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+        if not self.config.training.allow_data_change:
+            raise ConfigError(
+                f"{path}: resuming with another data stream ({listed}); the checkpoint's data "
+                "position would be meaningless. Use a new --model-dir, or set "
+                "training.allow_data_change=true to continue anyway")
+        self.log(f"warning: data stream changed ({listed}); training.allow_data_change is set, "
+                 "so the run continues from the same count of consumed examples in the new "
+                 "stream (not the same examples)")
+
+    def _train(self) -> TrainResult:
         self.build()
         t, d = self.config.training, self.config.data
         # Resume (or start) -------------------------------------------------------------
-        step, data_examples = 0, 0
         self._check_model_dir(self.model)
-        latest = self.keeper.latest()
+        step, data_examples, old_pipelines, latest = self._resume()
         if latest:
-            step = self.keeper.restore(latest)
-            data_examples = int(self.keeper.data_examples.numpy())
-            old_pipelines = int(self.keeper.data_pipelines.numpy())
             self.log(f"resumed from {latest} (step {step})")
         else:
-            old_pipelines = None
             self._init_from_pretrained()
         self._prepare_model_dir(self.model)
         writer = summaries.Summaries(self.model_dir, enabled=self.is_chief)
@@ -642,15 +696,21 @@ class Trainer:
                     last_metrics = metrics
                     window = _Window()
                 if step % t.checkpoint_every == 0 or step == t.steps:
-                    path = self.keeper.save(step, data_examples, pipelines)
-                    last_ckpt, saved_step = path or last_ckpt, step
+                    if consecutive_bad:
+                        # The weights may already be blowing up: keep the last checkpoint from
+                        # before the streak as the newest one (and out of rotation's reach).
+                        self.log(f"step {step}: checkpoint not written during a streak of "
+                                 f"non-finite steps (last good: {last_ckpt or 'none'})")
+                    else:
+                        path = self.keeper.save(step, data_examples, pipelines)
+                        last_ckpt, saved_step = path or last_ckpt, step
                 if self._eval_enabled and (step % t.eval_every == 0 or step == t.steps):
                     last_metrics.update({f"eval_{k}": v
                                          for k, v in self._run_eval(step, writer).items()})
                 if stop.requested and step < t.steps:
                     # Every worker gets the signal (a cluster manager stops them all) and
                     # every worker must take part in the save; the chief's copy is kept.
-                    if saved_step != step:
+                    if saved_step != step and not consecutive_bad:
                         path = self.keeper.save(step, data_examples, pipelines)
                         last_ckpt, saved_step = path or last_ckpt, step
                     writer.flush()
