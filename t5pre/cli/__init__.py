@@ -70,7 +70,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3":
-        _import_tensorflow_quietly()
+        # Not imported here: a typo in a flag or config key must be reported in about a second,
+        # before TensorFlow's 5-10 s import; the first `import tensorflow` is made quiet.
+        _quiet_first_tensorflow_import()
     try:
         return args.func(args) or 0
     except T5preError as e:
@@ -85,6 +87,37 @@ def main(argv=None):
             raise
         print(f"t5pre: error: {converted}", file=sys.stderr)
         return 2
+
+
+class _QuietTensorFlowFinder:
+    """A meta-path finder that turns the first ``import tensorflow`` (wherever it happens) into
+    :func:`_import_tensorflow_quietly`, then steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        _import_tensorflow_quietly()
+        module = sys.modules["tensorflow"]
+
+        class _Loaded:
+            @staticmethod
+            def create_module(spec):
+                return module
+
+            @staticmethod
+            def exec_module(mod):
+                pass
+
+        return importlib.util.spec_from_loader(name, _Loaded, origin=getattr(module, "__file__", None))
+
+
+def _quiet_first_tensorflow_import():
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 def _import_tensorflow_quietly():
