@@ -250,3 +250,12 @@ def test_config_typos_are_reported_before_tensorflow_is_imported(tmp_path):
                          timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stderr
     assert "unknown key 'training.stepz' (did you mean 'steps'?)" in out.stderr
+
+
+def test_warns_when_evaluating_on_the_training_split_and_when_all_steps_are_warmup(tmp_path):
+    _, _, log = train(tmp_path / "w", "training.steps=2", "training.eval_every=2",
+                      "data.eval_split=train", "optimizer.warmup_steps=10")
+    assert "data.eval_split and data.train_split are both 'train'" in log
+    assert "training.steps (2) <= optimizer.warmup_steps (10)" in log
+    _, _, log = train(tmp_path / "ok", "training.steps=2", "optimizer.warmup_steps=1")
+    assert "warm-up" not in log and "both" not in log

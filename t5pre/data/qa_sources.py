@@ -242,11 +242,29 @@ class DataDirSource(DataSource):
                 _expand([pattern])
             except DataError:
                 what = f"task {self.name!r}" if self.name else "this task"
+                present = self.present_splits()
+                hint = ""
+                if present:
+                    hint = (f"; the splits present are {', '.join(present)}: e.g. --set "
+                            f"data.train_split={present[0]} --set data.eval_split={present[-1]}")
                 raise DataError(
                     f"{what}, split {split!r}: missing data file {pattern} "
-                    f"(looked under {self.env_var}={os.environ.get(self.env_var)})"
+                    f"(looked under {self.env_var}={os.environ.get(self.env_var)}){hint}"
                 ) from None
         return patterns
+
+    def present_splits(self) -> List[str]:
+        """The splits whose files exist under the data directory."""
+        root = self.data_dir()
+        present = []
+        for split, patterns in self._relative.items():
+            try:
+                _expand([p if os.path.isabs(p) or "://" in p else os.path.join(root, p)
+                         for p in patterns])
+            except DataError:
+                continue
+            present.append(split)
+        return present
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int = 0, shard_info=None):
         source = self._make_source({split: self.resolve(split)})

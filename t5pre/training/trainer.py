@@ -335,6 +335,14 @@ class Trainer:
             self.log(f"warning: task {self.config.task_name!r} has no {d.eval_split!r} split "
                      f"(it has {', '.join(splits)}); periodic evaluation is off")
             self._eval_enabled = False
+        if self._eval_enabled and d.eval_split == d.train_split:
+            self.log(f"warning: data.eval_split and data.train_split are both {d.train_split!r}: "
+                     "the evaluation measures examples the model trains on")
+        o = self.config.optimizer
+        if 0 < t.steps <= o.warmup_steps and o.warmup_steps:
+            self.log(f"warning: training.steps ({t.steps}) <= optimizer.warmup_steps "
+                     f"({o.warmup_steps}): the whole run is warm-up and the learning rate never "
+                     "reaches its peak")
         spec = feature_spec(self._dataset_fn(d.train_split, shuffle=False))
         self._spec = spec
         with self.strategy.scope():
