@@ -428,6 +428,33 @@ class DenoisingObjective:
         chunks; returns ragged ``(inputs, targets)`` (int64 row splits)."""
         raise NotImplementedError
 
+    def corrupt_rows_numpy(self, tokens, keys, values):  # pragma: no cover - abstract
+        """Numpy twin of :meth:`corrupt_batch`: ``tokens[rows, length]``, one uint64 key per row
+        -> ``(inputs_rows, targets_rows)`` as ``(values, lengths)`` (see
+        :mod:`t5pre.data.denoising_numpy`)."""
+        raise NotImplementedError
+
+    def numpy_corruptor(self, ctx):
+        """``fn(tokens[rows, length], keys[rows]) -> (inputs list, targets list)`` of int32 arrays
+        with the prefix and EOS added: the objective without TensorFlow (cached pipeline)."""
+        from t5pre.data.denoising_numpy import split_rows
+
+        self.check(ctx)
+        values = self._ctx_values(ctx)
+        prefix = np.asarray(self._prefix_ids(ctx), np.int32)
+        eos_in = [_eos_id(ctx, "inputs")] if _add_eos(ctx, "inputs") else []
+        eos_tg = [_eos_id(ctx, "targets")] if _add_eos(ctx, "targets") else []
+        max_tokens = self.raw_tokens_length(ctx)
+
+        def corrupt(tokens, keys):
+            inputs, targets = self.corrupt_rows_numpy(np.asarray(tokens)[:, :max_tokens],
+                                                      np.asarray(keys, np.uint64), values)
+            return ([np.concatenate([prefix, row, eos_in]).astype(np.int32)
+                     for row in split_rows(inputs)],
+                    [np.concatenate([row, eos_tg]).astype(np.int32) for row in split_rows(targets)])
+
+        return corrupt
+
     def _corrupt_rows(self, block, seed, values):
         """Fallback for blocks of unequal lengths (the last chunk of a pass): one row at a time."""
         tf = _tf()
@@ -580,6 +607,16 @@ class SpanCorruption(DenoisingObjective):
         return span_corrupt_batch(tokens, masks, values["vocab_size"])
 
 
+    def corrupt_rows_numpy(self, tokens, keys, values):
+        from t5pre.data import denoising_numpy
+
+        num_noise, num_spans = noise_counts(tokens.shape[1], self.noise_density,
+                                            self.mean_noise_span_length)
+        masks = denoising_numpy.span_noise_masks(keys, tokens.shape[1], num_noise, num_spans,
+                                                 self.random_roll)
+        return denoising_numpy.span_corrupt_rows(tokens, masks, values["vocab_size"])
+
+
 class PrefixLM(DenoisingObjective):
     """Prefix language modelling: a random split point; inputs = prefix, targets = the rest.
 
@@ -631,6 +668,13 @@ class PrefixLM(DenoisingObjective):
         in_prefix = tf.range(length)[None, :] < splits[:, None]
         return (_ragged_select(tokens, in_prefix),
                 _ragged_select(tokens, tf.logical_not(in_prefix)))
+
+
+    def corrupt_rows_numpy(self, tokens, keys, values):
+        from t5pre.data import denoising_numpy
+
+        return denoising_numpy.prefix_lm_rows(tokens, keys, values["max_prefix"],
+                                              values["max_rest"])
 
 
 class IIDDenoising(DenoisingObjective):
@@ -700,6 +744,14 @@ class IIDDenoising(DenoisingObjective):
         tf = _tf()
         return (tf.RaggedTensor.from_tensor(self._corrupt_dense(tokens, seed, values)),
                 tf.RaggedTensor.from_tensor(tokens))
+
+
+    def corrupt_rows_numpy(self, tokens, keys, values):
+        from t5pre.data import denoising_numpy
+
+        return denoising_numpy.iid_rows(tokens, keys, self.noise_density, self.mask_rate,
+                                        self.random_rate, values["mask_id"], values["low"],
+                                        values["high"])
 
 
 # --------------------------------------------------------------------------------------------

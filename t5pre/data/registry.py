@@ -170,25 +170,38 @@ class Task:
             dataset = dataset.repeat()
         elif num_epochs != 1:
             dataset = dataset.repeat(num_epochs)
-        for position, preprocessor in enumerate(self.preprocessors):
-            ctx = PreprocessContext(
-                sequence_length=dict(sequence_length) if sequence_length else None,
-                output_features=self.output_features,
-                split=split,
-                seed=derive_seed(seed, "preprocessor", position, shard_index),
-                shuffle=shuffle,
-                shard_info=tuple(shard_info) if shard_info else None,
-                task_name=self.name,
-            )
-            dataset = preprocessor(dataset, ctx)
-            if not isinstance(dataset, tf.data.Dataset):
-                name = getattr(preprocessor, "__name__", repr(preprocessor))
-                raise DataError(f"task {self.name!r}: preprocessor {name} returned {type(dataset).__name__}, not a dataset")
+        dataset = self.preprocess(dataset, sequence_length, split, seed, shuffle, shard_info)
         dataset = self._check_and_trim(dataset, sequence_length)
         if shuffle:
             buffer = shuffle_buffer_size or self.shuffle_buffer_size
             dataset = dataset.shuffle(buffer, seed=derive_seed(seed, "shuffle", shard_index), reshuffle_each_iteration=True)
         return dataset
+
+    def preprocess(self, dataset, sequence_length, split, seed, shuffle, shard_info=None,
+                   stop: int | None = None):
+        """Apply the preprocessors ``[:stop]`` (all by default) as :meth:`get_dataset` does."""
+        import tensorflow as tf
+
+        for position, preprocessor in enumerate(self.preprocessors[:stop]):
+            ctx = self.context(sequence_length, split, seed, shuffle, shard_info, position)
+            dataset = preprocessor(dataset, ctx)
+            if not isinstance(dataset, tf.data.Dataset):
+                name = getattr(preprocessor, "__name__", repr(preprocessor))
+                raise DataError(f"task {self.name!r}: preprocessor {name} returned {type(dataset).__name__}, not a dataset")
+        return dataset
+
+    def context(self, sequence_length, split, seed, shuffle, shard_info=None, position=0):
+        """The :class:`PreprocessContext` of preprocessor ``position``."""
+        shard_index = shard_info[0] if shard_info else 0
+        return PreprocessContext(
+            sequence_length=dict(sequence_length) if sequence_length else None,
+            output_features=self.output_features,
+            split=split,
+            seed=derive_seed(int(seed), "preprocessor", position, shard_index),
+            shuffle=shuffle,
+            shard_info=tuple(shard_info) if shard_info else None,
+            task_name=self.name,
+        )
 
     def _check_and_trim(self, dataset, sequence_length):
         import tensorflow as tf
