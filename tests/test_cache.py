@@ -336,3 +336,38 @@ def test_cli_builds_in_parallel_and_verifies(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("t5pre: error: cache ")
     assert "shard-00001.targets.offsets is missing" in run.stderr
+
+
+# ------------------------------------------------------------------- mixture rates -----------
+
+def test_mixture_rates_by_size_from_the_cache_and_from_a_recorded_count(corpus, tmp_path,
+                                                                        monkeypatch):
+    from t5pre.data import mixing
+
+    monkeypatch.setenv("T5PRE_CACHE_DIR", str(tmp_path / "home"))
+    task, root, cache_dir = corpus
+    (tmp_path / "small.txt").write_text("a short document\n" * 10)
+    small = pretraining.register_text_pretraining_task("test_cache_small",
+                                                       {"train": str(tmp_path / "small.txt")})
+    big_n = open_cache(cache_dir).num_documents("train")
+    assert big_n > 100
+    # From the cache's manifest (big) and from a count made once and recorded (small).
+    proportional = mixing.rate_num_examples(caches={task.name: cache_dir})
+    assert proportional(task) == big_n and proportional(small) == 10
+    recorded = json.loads((tmp_path / "home" / mixing.COUNTS_FILE).read_text())
+    assert list(recorded.values()) == [10]
+    # Temperature flattens: (n ** (1/T)) normalised, as seqio/mT5 compute it.
+    by_size = mixing.rate_num_examples(temperature=3.0, caches={task.name: cache_dir})
+    mixture = t5pre.MixtureRegistry.add("test_cache_by_size",
+                                        [(task.name, by_size), (small.name, by_size)],
+                                        replace=True)
+    rates = mixture.rates()
+    want = big_n ** (1 / 3) / (big_n ** (1 / 3) + 10 ** (1 / 3))
+    assert rates[task.name] == pytest.approx(want)
+    capped = mixing.rate_num_examples(maximum=50, caches={task.name: cache_dir})
+    assert capped(task) == 50
+    # A changed source is counted anew.
+    (tmp_path / "small.txt").write_text("a short document\n" * 12)
+    assert mixing.rate_num_examples()(small) == 12
+    with pytest.raises(ConfigError, match="temperature"):
+        mixing.rate_num_examples(temperature=0)
