@@ -371,3 +371,22 @@ def test_mixture_rates_by_size_from_the_cache_and_from_a_recorded_count(corpus, 
     assert mixing.rate_num_examples()(small) == 12
     with pytest.raises(ConfigError, match="temperature"):
         mixing.rate_num_examples(temperature=0)
+
+
+def test_pretrain_reads_the_cache_and_resumes(corpus, tmp_path, capsys):
+    from t5pre.cli import main
+
+    task, _, cache_dir = corpus
+    run = tmp_path / "run"
+    common = ["pretrain", "--model-dir", str(run), "--set", "training.batch_size=4",
+              "--set", "training.log_every=1", "--set", "training.eval_every=0",
+              "--set", f"data.task={task.name}", "--set", f"data.cache_dir={cache_dir}",
+              "--set", "data.sequence_length={inputs: 32, targets: 8}",
+              "--set", "model.overrides={d_model: 32, d_ff: 64, num_heads: 2, d_kv: 16, "
+                       "num_encoder_layers: 1, num_decoder_layers: 1}"]
+    assert main(common + ["--steps", "2"]) == 0
+    assert main(common + ["--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "step 4/4" in out and "approximate" not in out
+    assert main(common + ["--steps", "5", "--set", "data.cache_dir=" + str(tmp_path / "none")]) == 2
+    assert "no such directory" in capsys.readouterr().err
