@@ -390,3 +390,26 @@ def test_pretrain_reads_the_cache_and_resumes(corpus, tmp_path, capsys):
     assert "step 4/4" in out and "approximate" not in out
     assert main(common + ["--steps", "5", "--set", "data.cache_dir=" + str(tmp_path / "none")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_supervised_task_round_trips_through_the_cache(tmp_path):
+    task = t5pre.get_task("default_summarize")
+    lengths = {"inputs": 48, "targets": 12}
+    with pytest.raises(DataError, match="needs sequence_length"):
+        build_cache(task, str(tmp_path / "no_lengths"), splits=["validation"])
+    build_cache(task, str(tmp_path / "c"), splits=["validation"], sequence_length=lengths)
+    cache = open_cache(str(tmp_path / "c"), task=task)
+    pipeline = RandomAccessTask(task, cache.split("validation"), lengths, "validation",
+                                shuffle=False)
+    want = list(task.get_dataset(lengths, split="validation", shuffle=False, num_epochs=1)
+                .as_numpy_iterator())
+    assert pipeline.num_items == len(want) > 10
+    inputs, targets = pipeline.examples(np.arange(len(want)))
+    for ex, i, t in zip(want, inputs, targets):
+        assert ex["inputs"].tolist() == i.tolist() and ex["targets"].tolist() == t.tolist()
+    from t5pre.training.data import make_dataset_fn
+
+    with pytest.raises(ConfigError, match="built at sequence_length"):
+        make_dataset_fn(task, {"inputs": 64, "targets": 12}, split="validation",
+                        global_batch_size=4, pack=False, shuffle=True, seed=0,
+                        cache=str(tmp_path / "c"))

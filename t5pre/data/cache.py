@@ -211,8 +211,11 @@ def _build_shard_by_name(task_name, modules, *args):
     """:func:`_build_shard` in a spawned worker: import the modules that register the task."""
     import importlib
 
+    from t5pre.cli import _import_tensorflow_quietly
     from t5pre.data.registry import get_task
 
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":  # what the CLI set: keep its output clean
+        _import_tensorflow_quietly()
     for module in modules:
         importlib.import_module(module)
     return _build_shard(get_task(task_name), *args)
@@ -259,16 +262,19 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
     vocabulary = task.vocabulary
     dtype = _token_dtype(vocabulary.vocab_size)
     started = time.time()
-    manifest_splits = {}
-    for split in splits:
+    jobs = []
+    count = max(1, workers)
+    for split in splits:  # every shard of every split in one pool of workers
         directory = os.path.join(out_dir, split)
         if os.path.isdir(directory):
             shutil.rmtree(directory)
         os.makedirs(directory)
-        jobs = [(task, split, k, max(1, workers), directory, features, dtype, stop, separator,
-                 dict(sequence_length) if sequence_length else None)
-                for k in range(max(1, workers))]
-        shards = _run_shards(jobs, workers, modules)
+        jobs += [(task, split, k, count, directory, features, dtype, stop, separator,
+                  dict(sequence_length) if sequence_length else None) for k in range(count)]
+    results = _run_shards(jobs, workers, modules)
+    manifest_splits = {}
+    for split in splits:
+        shards = [r for job, r in zip(jobs, results) if job[1] == split]
         manifest_splits[split] = {
             "documents": sum(s["documents"] for s in shards),
             "tokens": {f: sum(s["tokens"][f] for s in shards) for f in features},
