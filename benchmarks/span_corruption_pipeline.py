@@ -37,8 +37,10 @@ documents* (tokenized once, as a cache holds them), one core each:
 * ``random-access (numpy)``: t5pre's cached path (:mod:`t5pre.data.random_access`), global
   indices -> chunks -> numpy span corruption, and ``+features`` (model features in numpy);
 * ``T5/seqio reference``: ``t5.data.preprocessors.span_corruption`` over the same token ids in
-  tf.data. It needs ``seqio`` (0.0.20) and ``t5`` (``pip install --no-deps t5``) in a separate
-  venv (they pin other TF versions); without them the row says it was skipped.
+  tf.data. It needs ``seqio`` (0.0.20) and ``t5`` installed apart from the project venv, e.g.
+  ``pip install --no-deps --target /tmp/seqio_ref seqio==0.0.20 t5`` plus their import-time
+  dependencies (README lists them), then ``PYTHONPATH=/tmp/seqio_ref``; without them the row
+  says it was skipped.
 """
 
 from __future__ import annotations
