@@ -413,3 +413,27 @@ def test_a_supervised_task_round_trips_through_the_cache(tmp_path):
         make_dataset_fn(task, {"inputs": 64, "targets": 12}, split="validation",
                         global_batch_size=4, pack=False, shuffle=True, seed=0,
                         cache=str(tmp_path / "c"))
+
+
+def test_reading_and_corrupting_a_cache_needs_no_tensorflow(corpus):
+    """A JAX host without TensorFlow: the cache opens and yields model features, numpy only."""
+    task, root, cache_dir = corpus
+    code = f"""
+import sys
+sys.modules["tensorflow"] = None  # any TensorFlow import now fails
+import numpy as np
+from t5pre.tasks import pretraining
+from t5pre.data.cache import open_cache
+from t5pre.data.random_access import RandomAccessTask
+task = pretraining.register_text_pretraining_task({task.name!r},
+                                                  {{"train": {str(root / "part-*.txt")!r}}})
+pipeline = RandomAccessTask(task, open_cache({cache_dir!r}, task=task).split("train"),
+                            {{"inputs": 64, "targets": 16}}, "train", seed=3)
+features = pipeline.features(np.arange(10**9, 10**9 + 4), pack=True)
+print(features["encoder_token_ids"].shape, int(features["encoder_token_ids"].sum()))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    here = RandomAccessTask(task, open_cache(cache_dir, task=task).split("train"), LENGTHS,
+                            "train", seed=3).features(np.arange(10**9, 10**9 + 4))
+    assert run.stdout.split() == ["(4,", "64)", str(int(here["encoder_token_ids"].sum()))]
