@@ -157,7 +157,7 @@ def span_corruption_tokens_length(
     ``extra_spans`` budgets sentinels a random roll may add (see module docstring).
     """
     args = (inputs_length, targets_length, noise_density, mean_noise_span_length, extra_spans)
-    tokens_length = random_spans_helper(max(3, inputs_length - extra_spans), noise_density,
+    tokens_length = random_spans_helper(inputs_length - extra_spans, noise_density,
                                         mean_noise_span_length)[0]
     # T5's value is the starting point; the fit check uses the counts the mask will use.
     while tokens_length >= 2 and not _fits(tokens_length, *args):
