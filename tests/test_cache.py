@@ -437,3 +437,25 @@ print(features["encoder_token_ids"].shape, int(features["encoder_token_ids"].sum
     here = RandomAccessTask(task, open_cache(cache_dir, task=task).split("train"), LENGTHS,
                             "train", seed=3).features(np.arange(10**9, 10**9 + 4))
     assert run.stdout.split() == ["(4,", "64)", str(int(here["encoder_token_ids"].sum()))]
+
+
+@pytest.mark.parametrize("name", ["default_prefix_lm", "default_iid_denoising"])
+def test_other_objectives_in_numpy(name):
+    task = t5pre.get_task(name)
+    store = in_memory_store(task, "validation")
+    pipeline = RandomAccessTask(task, store, LENGTHS, "validation", seed=0, shuffle=False)
+    inputs, targets = pipeline.examples(np.arange(50))
+    length = pipeline.chunk_length
+    for n, (i, t) in enumerate(zip(inputs, targets)):
+        assert len(i) <= 64 and len(t) <= 16 and i[-1] == t[-1] == 1
+        chunk = store.stream([int(hash_u64(pipeline.seed, 1, 0) % np.uint64(length))
+                              + n * length], length)[0]
+        if name == "default_prefix_lm":
+            assert np.concatenate([i[:-1], t[:-1]]).tolist() == chunk.tolist()
+        else:
+            assert t[:-1].tolist() == chunk.tolist()
+    if name == "default_prefix_lm":
+        assert len({len(i) for i in inputs}) > 1  # the split point is random
+    else:
+        changed = np.mean([np.mean(i[:-1] != t[:-1]) for i, t in zip(inputs, targets)])
+        assert 0.08 < changed < 0.2  # 15% selected, 90% of those replaced
