@@ -30,6 +30,17 @@ Usage::
 
 Each ``--files`` (a glob; ``.jsonl`` files are read as JSON Lines with ``--text-key``) is one
 corpus row group. ``--no-default`` skips the default corpus.
+
+Two more rows per corpus compare chunking + span corruption on the *same pre-tokenized
+documents* (tokenized once, as a cache holds them), one core each:
+
+* ``random-access (numpy)``: t5pre's cached path (:mod:`t5pre.data.random_access`), global
+  indices -> chunks -> numpy span corruption, and ``+features`` (model features in numpy);
+* ``T5/seqio reference``: ``t5.data.preprocessors.span_corruption`` over the same token ids in
+  tf.data. It needs ``seqio`` (0.0.20) and ``t5`` installed apart from the project venv, e.g.
+  ``pip install --no-deps --target /tmp/seqio_ref seqio==0.0.20 t5`` plus their import-time
+  dependencies (README lists them), then ``PYTHONPATH=/tmp/seqio_ref``; without them the row
+  says it was skipped.
 """
 
 from __future__ import annotations
@@ -138,6 +149,76 @@ def benchmark(task, lengths, options, seconds, split="train"):
             for (name, dataset), fn in zip(stages, counters)]
 
 
+def _time_loop(fn, seconds, warm_up=1.0):
+    """Call ``fn() -> (examples, tokens)`` for ``seconds``; (examples, tokens, wall, cpu)."""
+    end = time.perf_counter() + warm_up
+    while time.perf_counter() < end:
+        fn()
+    examples = tokens = 0
+    start, start_cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        n, t = fn()
+        examples, tokens = examples + n, tokens + t
+    return examples, tokens, time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def random_access_rows(task, lengths, seconds, batch=256, split="train"):
+    """The cached path on one core over the task's documents, tokenized once in memory."""
+    import numpy as np
+
+    from t5pre.data.cache import in_memory_store
+    from t5pre.data.random_access import RandomAccessTask
+
+    store = in_memory_store(task, split)
+    pipeline = RandomAccessTask(task, store, lengths, split, seed=0)
+    state = {"next": 0}
+
+    def indices():
+        start = state["next"]
+        state["next"] += batch
+        return np.arange(start, start + batch)
+
+    def corrupt():
+        inputs, _ = pipeline.examples(indices())
+        return len(inputs), len(inputs) * pipeline.chunk_length
+
+    def features():
+        out = pipeline.features(indices(), pack=True)
+        return len(out["encoder_token_ids"]), batch * pipeline.chunk_length
+
+    return store, [("random-access (numpy)",) + _time_loop(corrupt, seconds),
+                   ("  +features",) + _time_loop(features, seconds)]
+
+
+def seqio_reference_row(store, lengths, options, seconds, vocab_size):
+    """T5's span_corruption preprocessor over the same token ids; None when not installed."""
+    try:
+        import seqio
+        from t5.data import preprocessors as t5_preprocessors
+    except ImportError as e:
+        return None, f"skipped: seqio/t5 not importable ({e}); see the module docstring"
+    import numpy as np
+    import tensorflow as tf
+
+    docs = [np.asarray(store.document(i), np.int32) for i in range(store.num_documents)]
+    vocabulary = seqio.PassThroughVocabulary(size=vocab_size, eos_id=1)
+    features = {"inputs": seqio.Feature(vocabulary, add_eos=True),
+                "targets": seqio.Feature(vocabulary, add_eos=True)}
+    ragged = tf.ragged.constant(docs, dtype=tf.int32)
+    source = tf.data.Dataset.from_tensor_slices({"targets": ragged}).repeat()
+    with seqio.utils.map_seed_manager(0):
+        dataset = t5_preprocessors.span_corruption(source, sequence_length=dict(lengths),
+                                                   output_features=features)
+    vocab_first_sentinel = vocab_size - 100
+
+    def tokens(block):
+        real = lambda x: tf.reduce_sum(tf.cast(tf.logical_and(_flat(x) < vocab_first_sentinel,
+                                                             _flat(x) != 1), tf.int64))
+        return _rows(block["targets"]), real(block["inputs"]) + real(block["targets"])
+
+    return ("T5/seqio reference",) + _count(dataset, tokens, options, seconds), None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", action="append", default=[],
@@ -174,10 +255,21 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     for label, task in tasks:
-        for stage, n, tokens, wall, cpu in benchmark(task, lengths, options, args.seconds):
+        rows = benchmark(task, lengths, options, args.seconds)
+        store, numpy_rows = random_access_rows(task, lengths, args.seconds)
+        rows += numpy_rows
+        reference, skipped = seqio_reference_row(store, lengths, options, args.seconds,
+                                                 task.vocabulary.vocab_size)
+        rows += [reference] if reference else []
+        for stage, n, tokens, wall, cpu in rows:
             print(f"{label[:26]:<26} {stage:<19} {n / wall:>10,.0f} {tokens / wall:>10,.0f} "
                   f"{tokens / max(cpu, 1e-9):>12,.0f} {cpu / wall:>8.2f} {n:>8,}")
             sys.stdout.flush()
+        if skipped:
+            print(f"{label[:26]:<26} T5/seqio reference  {skipped}")
+        elif reference:
+            print(f"{label[:26]:<26} random-access / reference (tokens/cpu-s): "
+                  f"{(numpy_rows[0][2] / numpy_rows[0][4]) / (reference[2] / reference[4]):.2f}x")
     return 0
 
 

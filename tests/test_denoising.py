@@ -67,26 +67,60 @@ def _brute_inputs_targets(t, density, mean):
     return t - noise + spans + 1, noise + spans + 1
 
 
-def _brute_helper(inputs_length, density, mean):
-    best = max(t for t in range(2, 4 * inputs_length + 10)
-               if _brute_inputs_targets(t, density, mean)[0] <= inputs_length)
-    return best, _brute_inputs_targets(best, density, mean)[1]
+def _t5_reference_helper(inputs_length, density, mean):
+    """T5's published algorithm (float64 round, grow from inputs_length, the density-0.5 hack),
+    written out independently from its description."""
+    def lengths(t):
+        noise = int(round(t * density))
+        spans = int(round(noise / mean))
+        return t - noise + spans + 1, noise + spans + 1
+
+    t = inputs_length
+    while lengths(t + 1)[0] <= inputs_length:
+        t += 1
+    inputs, targets = lengths(t)
+    if density == 0.5 and targets > inputs:
+        t, targets = t - 1, targets - 1
+    return t, targets
+
+
+def _brute_fit(inputs_length, targets_length, density, mean):
+    """Largest chunk whose outputs fit by the mask's float32, clamped counts."""
+    return max(t for t in range(2, 4 * inputs_length + 10)
+               if _brute_inputs_targets(t, density, mean)[0] <= inputs_length
+               and _brute_inputs_targets(t, density, mean)[1] <= targets_length)
 
 
 def test_random_spans_helper_t5_values():
     assert denoising.random_spans_helper(512, 0.15, 3.0) == (568, 114)
+    assert denoising.random_spans_helper(512, 0.5, 3.0) == (766, 512)
     # 568 raw tokens: 85 noise tokens in 28 spans.
     assert denoising.noise_counts(568, 0.15, 3.0) == (85, 28)
     # 30 * 0.15 = 4.5 in float32 rounds half to even -> 4.
     assert denoising.noise_counts(30, 0.15, 3.0)[0] == 4
 
 
-@pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.15, 32.0), (0.5, 3.0), (0.3, 1.0),
+@pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.5, 3.0), (0.15, 32.0), (0.3, 1.0),
                                           (0.8, 2.0)])
-def test_random_spans_helper_matches_brute_force(density, mean):
-    for inputs_length in list(range(3, 80)) + [114, 128, 256, 511, 512, 1024]:
+def test_random_spans_helper_equals_t5(density, mean):
+    for inputs_length in list(range(3, 600)) + [1024, 2048, 4096]:
         assert denoising.random_spans_helper(inputs_length, density, mean) == \
-            _brute_helper(inputs_length, density, mean), inputs_length
+            _t5_reference_helper(inputs_length, density, mean), inputs_length
+
+
+@pytest.mark.parametrize("density,mean", [(0.15, 3.0), (0.5, 3.0), (0.15, 32.0), (0.8, 2.0)])
+def test_pipeline_chunk_length_fits_and_starts_from_t5(density, mean):
+    for inputs_length in list(range(8, 80)) + [114, 256, 512]:
+        for targets_length in (inputs_length, 4 * inputs_length):
+            t = denoising.span_corruption_tokens_length(inputs_length, targets_length, density,
+                                                        mean)
+            i_len, t_len = _brute_inputs_targets(t, density, mean)
+            assert i_len <= inputs_length and t_len <= targets_length
+            # Never longer than T5's chunk, and the largest fitting one at most.
+            assert t <= denoising.random_spans_helper(inputs_length, density, mean)[0]
+            assert t <= _brute_fit(inputs_length, targets_length, density, mean)
+    # T5's lengths at density 0.5: T5's chunk exactly.
+    assert denoising.span_corruption_tokens_length(512, 512, 0.5, 3.0) == 766
 
 
 def test_random_spans_helper_too_short_and_bad_params():
@@ -96,7 +130,6 @@ def test_random_spans_helper_too_short_and_bad_params():
         denoising.random_spans_helper(512, 1.5, 3.0)
     with pytest.raises(ConfigError, match="mean_noise_span_length"):
         denoising.random_spans_helper(512, 0.15, 0.0)
-    assert denoising.random_spans_helper(3, 0.15, 3.0) == (2, 3)
 
 
 def test_tokens_length_fits_targets_too():

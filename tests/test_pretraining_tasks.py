@@ -210,3 +210,24 @@ def test_pipeline_resumes_mid_stream_from_an_iterator_checkpoint(tmp_path):
     tf.train.Checkpoint(iterator=restored).restore(path)
     got = [next(restored)["encoder_token_ids"].numpy() for _ in range(3)]
     assert all((a == b).all() for a, b in zip(expected, got))
+
+
+def test_every_pass_draws_fresh_noise_and_is_reproducible():
+    # seqio/RoBERTa-style dynamic masking: pass 2 over the same documents is corrupted anew
+    # (and cut at new chunk boundaries), yet the whole stream is fixed by the seed.
+    task = t5pre.get_task("default_span_corruption")
+    one_pass = sum(1 for _ in task.get_dataset(LENGTHS, split="validation", shuffle=False,
+                                               num_epochs=1))
+
+    def two_passes(seed):
+        ds = task.get_dataset(LENGTHS, split="validation", shuffle=False, seed=seed,
+                              num_epochs=2)
+        return [(ex["inputs"].tolist(), ex["targets"].tolist()) for ex in take(ds, 2 * one_pass)]
+
+    stream = two_passes(0)
+    first, second = stream[:one_pass], stream[one_pass:]
+    assert len(second) >= one_pass - 1
+    repeated = sum(a == b for a, b in zip(first, second))
+    assert repeated == 0, f"{repeated} of {one_pass} examples of pass 2 repeat pass 1"
+    assert two_passes(0) == stream
+    assert two_passes(1) != stream

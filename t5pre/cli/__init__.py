@@ -16,6 +16,7 @@ from t5pre.errors import T5preError
 SUBCOMMAND_MODULES = [
     "vocab",
     "tasks",
+    "data",
     "model",
     "convert",
     "pretrain",

@@ -13,6 +13,11 @@ Nothing here imports TensorFlow at import time; the modules import it when a dat
 * :mod:`t5pre.data.denoising`       ``random_spans_helper``, span corruption, prefix-LM, i.i.d., UL2
 * :mod:`t5pre.data.chunking`        concatenate documents and cut exact-length chunks
 * :mod:`t5pre.data.feature_converter` ``EncDecFeatureConverter`` (model features, packing)
+* :mod:`t5pre.data.cache`           ``build_cache``/``open_cache``: random-access token shards
+* :mod:`t5pre.data.random_access`   global example index -> model features, numpy only
+* :mod:`t5pre.data.index_sampler`   seeded per-pass permutation, exact elastic sharding
+* :mod:`t5pre.data.denoising_numpy` the objectives without TensorFlow
+* :mod:`t5pre.data.mixing`          ``rate_num_examples`` (mixture rates by size, temperature)
 """
 
 from t5pre.data.registry import (  # noqa: F401

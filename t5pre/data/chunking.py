@@ -125,4 +125,7 @@ def split_into_chunks(tokens_length: TokensLength, feature_key: str = "targets",
                                      keep_remainder)
 
     preprocess.__name__ = "split_into_chunks"
+    # Read by the random-access (cached) pipeline, which cuts chunks itself.
+    preprocess.chunk_options = {"tokens_length": tokens_length, "feature_key": feature_key,
+                                "document_separator_id": document_separator_id}
     return preprocess

@@ -86,6 +86,14 @@ def _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, ext
     )
 
 
+def _t5_lengths(tokens_length, noise_density, mean_noise_span_length, extra_in, extra_tg):
+    """T5's own length arithmetic: Python ``round`` in float64, no clamping."""
+    num_noise = int(round(tokens_length * float(noise_density)))
+    num_spans = int(round(num_noise / float(mean_noise_span_length)))
+    return (tokens_length - num_noise + num_spans * extra_in + 1,
+            num_noise + num_spans * extra_tg + 1)
+
+
 def random_spans_helper(
     inputs_length: int,
     noise_density: float,
@@ -93,11 +101,14 @@ def random_spans_helper(
     extra_tokens_per_span_inputs: int = 1,
     extra_tokens_per_span_targets: int = 1,
 ) -> tuple[int, int]:
-    """Raw chunk length whose span-corrupted inputs (with EOS) fit ``inputs_length``, and targets length.
+    """T5's ``random_spans_helper``, value for value: ``(tokens_length, targets_length)``.
 
-    Follows T5: start from ``inputs_length - 1`` raw tokens (always fits, since a span replaces
-    at least one token by one sentinel) and grow while the next length still fits. Returns
-    ``(tokens_length, targets_length)``, e.g. ``(512, 0.15, 3.0) -> (568, 114)``.
+    Starts from ``inputs_length`` raw tokens and grows while the next length still fits the
+    inputs (T5's float64 rounding, no clamping); at density 0.5, when the targets would exceed the
+    inputs, both are shortened by one (T5's "targets = inputs" hack), e.g.
+    ``(512, 0.15, 3.0) -> (568, 114)`` and ``(512, 0.5, 3.0) -> (766, 512)``.
+    The pipeline does not trust this blindly: :func:`span_corruption_tokens_length` starts here and
+    checks the fit with the mask's own (float32, clamped) counts.
 
     Raises:
         ConfigError: the inputs length is too short for a single sentinel (``< 3``: one kept
@@ -111,10 +122,24 @@ def random_spans_helper(
         )
     args = (noise_density, mean_noise_span_length,
             extra_tokens_per_span_inputs, extra_tokens_per_span_targets)
-    tokens_length = int(inputs_length) - 1
-    while _corrupted_lengths(tokens_length + 1, *args)[0] <= inputs_length:
+    tokens_length = int(inputs_length)
+    while _t5_lengths(tokens_length + 1, *args)[0] <= inputs_length:
         tokens_length += 1
-    return tokens_length, _corrupted_lengths(tokens_length, *args)[1]
+    inputs, targets = _t5_lengths(tokens_length, *args)
+    if float(noise_density) == 0.5 and targets > inputs:
+        tokens_length -= 1
+        targets -= 1
+    return tokens_length, targets
+
+
+def _fits(tokens_length, inputs_length, targets_length, noise_density, mean_noise_span_length,
+          extra_spans):
+    """Whether the mask's own counts (float32, clamped) make both outputs fit."""
+    if tokens_length < 2:
+        return False
+    inputs, targets = _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, 1, 1)
+    return (inputs + extra_spans <= inputs_length
+            and (targets_length is None or targets + extra_spans <= targets_length))
 
 
 def span_corruption_tokens_length(
@@ -124,25 +149,25 @@ def span_corruption_tokens_length(
     mean_noise_span_length: float,
     extra_spans: int = 0,
 ) -> int:
-    """Largest raw chunk length whose corrupted inputs *and* targets (with EOS) both fit.
+    """The raw chunk length the pipeline cuts: T5's :func:`random_spans_helper` value, shortened
+    until the corrupted inputs *and* targets (with EOS) both fit by the mask's own counts.
 
-    With T5's settings the inputs bind (:func:`random_spans_helper`); with high densities (UL2's
-    X-denoiser) the targets do, and the chunk is shortened until they fit as well.
+    With T5's settings that is T5's value (the inputs bind); with high densities (UL2's
+    X-denoiser) the targets bind and the chunk is shortened until they fit as well.
     ``extra_spans`` budgets sentinels a random roll may add (see module docstring).
     """
-    tokens_length, _ = random_spans_helper(inputs_length - extra_spans, noise_density,
-                                           mean_noise_span_length)
-    if targets_length is None:
-        return tokens_length
-    while tokens_length >= 2:
-        _, targets = _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, 1, 1)
-        if targets + extra_spans <= targets_length:
-            return tokens_length
+    args = (inputs_length, targets_length, noise_density, mean_noise_span_length, extra_spans)
+    tokens_length = random_spans_helper(inputs_length - extra_spans, noise_density,
+                                        mean_noise_span_length)[0]
+    # T5's value is the starting point; the fit check uses the counts the mask will use.
+    while tokens_length >= 2 and not _fits(tokens_length, *args):
         tokens_length -= 1
-    raise ConfigError(
-        f"targets length {targets_length} is too short for span corruption with noise density "
-        f"{noise_density} (it needs room for a sentinel, a noise token and EOS)"
-    )
+    if tokens_length < 2:
+        raise ConfigError(
+            f"targets length {targets_length} is too short for span corruption with noise density "
+            f"{noise_density} (it needs room for a sentinel, a noise token and EOS)"
+        )
+    return tokens_length
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,6 +428,33 @@ class DenoisingObjective:
         chunks; returns ragged ``(inputs, targets)`` (int64 row splits)."""
         raise NotImplementedError
 
+    def corrupt_rows_numpy(self, tokens, keys, values):  # pragma: no cover - abstract
+        """Numpy twin of :meth:`corrupt_batch`: ``tokens[rows, length]``, one uint64 key per row
+        -> ``(inputs_rows, targets_rows)`` as ``(values, lengths)`` (see
+        :mod:`t5pre.data.denoising_numpy`)."""
+        raise NotImplementedError
+
+    def numpy_corruptor(self, ctx):
+        """``fn(tokens[rows, length], keys[rows]) -> (inputs list, targets list)`` of int32 arrays
+        with the prefix and EOS added: the objective without TensorFlow (cached pipeline)."""
+        from t5pre.data.denoising_numpy import split_rows
+
+        self.check(ctx)
+        values = self._ctx_values(ctx)
+        prefix = np.asarray(self._prefix_ids(ctx), np.int32)
+        eos_in = [_eos_id(ctx, "inputs")] if _add_eos(ctx, "inputs") else []
+        eos_tg = [_eos_id(ctx, "targets")] if _add_eos(ctx, "targets") else []
+        max_tokens = self.raw_tokens_length(ctx)
+
+        def corrupt(tokens, keys):
+            inputs, targets = self.corrupt_rows_numpy(np.asarray(tokens)[:, :max_tokens],
+                                                      np.asarray(keys, np.uint64), values)
+            return ([np.concatenate([prefix, row, eos_in]).astype(np.int32)
+                     for row in split_rows(inputs)],
+                    [np.concatenate([row, eos_tg]).astype(np.int32) for row in split_rows(targets)])
+
+        return corrupt
+
     def _corrupt_rows(self, block, seed, values):
         """Fallback for blocks of unequal lengths (the last chunk of a pass): one row at a time."""
         tf = _tf()
@@ -555,6 +607,16 @@ class SpanCorruption(DenoisingObjective):
         return span_corrupt_batch(tokens, masks, values["vocab_size"])
 
 
+    def corrupt_rows_numpy(self, tokens, keys, values):
+        from t5pre.data import denoising_numpy
+
+        num_noise, num_spans = noise_counts(tokens.shape[1], self.noise_density,
+                                            self.mean_noise_span_length)
+        masks = denoising_numpy.span_noise_masks(keys, tokens.shape[1], num_noise, num_spans,
+                                                 self.random_roll)
+        return denoising_numpy.span_corrupt_rows(tokens, masks, values["vocab_size"])
+
+
 class PrefixLM(DenoisingObjective):
     """Prefix language modelling: a random split point; inputs = prefix, targets = the rest.
 
@@ -606,6 +668,13 @@ class PrefixLM(DenoisingObjective):
         in_prefix = tf.range(length)[None, :] < splits[:, None]
         return (_ragged_select(tokens, in_prefix),
                 _ragged_select(tokens, tf.logical_not(in_prefix)))
+
+
+    def corrupt_rows_numpy(self, tokens, keys, values):
+        from t5pre.data import denoising_numpy
+
+        return denoising_numpy.prefix_lm_rows(tokens, keys, values["max_prefix"],
+                                              values["max_rest"])
 
 
 class IIDDenoising(DenoisingObjective):
@@ -675,6 +744,14 @@ class IIDDenoising(DenoisingObjective):
         tf = _tf()
         return (tf.RaggedTensor.from_tensor(self._corrupt_dense(tokens, seed, values)),
                 tf.RaggedTensor.from_tensor(tokens))
+
+
+    def corrupt_rows_numpy(self, tokens, keys, values):
+        from t5pre.data import denoising_numpy
+
+        return denoising_numpy.iid_rows(tokens, keys, self.noise_density, self.mask_rate,
+                                        self.random_rate, values["mask_id"], values["low"],
+                                        values["high"])
 
 
 # --------------------------------------------------------------------------------------------

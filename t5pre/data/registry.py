@@ -8,8 +8,11 @@ the pipeline in a fixed order, so that the same arguments always give the same e
 2. the preprocessors, in order; each gets a :class:`PreprocessContext` whose ``seed`` is distinct
    per preprocessor position (and per shard), for stateless random ops,
 3. a check of the output features (int32, 1-D) and a trim to ``sequence_length``,
-4. an example shuffle (seeded buffer) when ``shuffle``,
-5. ``repeat(num_epochs)`` (``None`` repeats forever; evaluation passes 1).
+4. an example shuffle (seeded buffer) when ``shuffle``.
+
+The source is repeated ``num_epochs`` times (``None``: forever; evaluation passes 1) *before*
+the preprocessors, so that stochastic preprocessing (denoising) is drawn afresh on every pass,
+as in T5/seqio, while staying a deterministic function of the seed and the stream position.
 
 A :class:`Mixture` samples from several tasks with normalised rates. Names are looked up with
 :func:`get_task` / :func:`get_mixture`, which import the catalogue (``t5pre.tasks``) on first use.
@@ -160,29 +163,45 @@ class Task:
         seed = int(seed)
         shard_index = shard_info[0] if shard_info else 0
         dataset = self.source.get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
-        for position, preprocessor in enumerate(self.preprocessors):
-            ctx = PreprocessContext(
-                sequence_length=dict(sequence_length) if sequence_length else None,
-                output_features=self.output_features,
-                split=split,
-                seed=derive_seed(seed, "preprocessor", position, shard_index),
-                shuffle=shuffle,
-                shard_info=tuple(shard_info) if shard_info else None,
-                task_name=self.name,
-            )
-            dataset = preprocessor(dataset, ctx)
-            if not isinstance(dataset, tf.data.Dataset):
-                name = getattr(preprocessor, "__name__", repr(preprocessor))
-                raise DataError(f"task {self.name!r}: preprocessor {name} returned {type(dataset).__name__}, not a dataset")
-        dataset = self._check_and_trim(dataset, sequence_length)
-        if shuffle:
-            buffer = shuffle_buffer_size or self.shuffle_buffer_size
-            dataset = dataset.shuffle(buffer, seed=derive_seed(seed, "shuffle", shard_index), reshuffle_each_iteration=True)
+        # Repeat the *source*, not the preprocessed examples: random preprocessors (denoising)
+        # keep counting their stream position across passes, so every pass draws fresh noise
+        # (and, for chunked pretraining, new chunk boundaries), still fixed by the seed.
         if num_epochs is None:
             dataset = dataset.repeat()
         elif num_epochs != 1:
             dataset = dataset.repeat(num_epochs)
+        dataset = self.preprocess(dataset, sequence_length, split, seed, shuffle, shard_info)
+        dataset = self._check_and_trim(dataset, sequence_length)
+        if shuffle:
+            buffer = shuffle_buffer_size or self.shuffle_buffer_size
+            dataset = dataset.shuffle(buffer, seed=derive_seed(seed, "shuffle", shard_index), reshuffle_each_iteration=True)
         return dataset
+
+    def preprocess(self, dataset, sequence_length, split, seed, shuffle, shard_info=None,
+                   stop: int | None = None):
+        """Apply the preprocessors ``[:stop]`` (all by default) as :meth:`get_dataset` does."""
+        import tensorflow as tf
+
+        for position, preprocessor in enumerate(self.preprocessors[:stop]):
+            ctx = self.context(sequence_length, split, seed, shuffle, shard_info, position)
+            dataset = preprocessor(dataset, ctx)
+            if not isinstance(dataset, tf.data.Dataset):
+                name = getattr(preprocessor, "__name__", repr(preprocessor))
+                raise DataError(f"task {self.name!r}: preprocessor {name} returned {type(dataset).__name__}, not a dataset")
+        return dataset
+
+    def context(self, sequence_length, split, seed, shuffle, shard_info=None, position=0):
+        """The :class:`PreprocessContext` of preprocessor ``position``."""
+        shard_index = shard_info[0] if shard_info else 0
+        return PreprocessContext(
+            sequence_length=dict(sequence_length) if sequence_length else None,
+            output_features=self.output_features,
+            split=split,
+            seed=derive_seed(int(seed), "preprocessor", position, shard_index),
+            shuffle=shuffle,
+            shard_info=tuple(shard_info) if shard_info else None,
+            task_name=self.name,
+        )
 
     def _check_and_trim(self, dataset, sequence_length):
         import tensorflow as tf

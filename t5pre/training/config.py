@@ -64,6 +64,8 @@ class DataSection:
     seed: Optional[int] = _field(None, doc="data seed; null -> training.seed")
     train_split: str = _field("train")
     eval_split: Optional[str] = _field("validation", doc="null disables periodic evaluation")
+    cache_dir: Optional[str] = _field(None, doc="a `t5pre data cache` directory for the train "
+                                      "split: O(1) exact resume at any step and worker count")
 
 
 @dataclasses.dataclass

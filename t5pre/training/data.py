@@ -62,15 +62,25 @@ def _model_features(example):
 def make_dataset_fn(source, sequence_length: dict, *, split: str, global_batch_size: int,
                     pack: bool, shuffle: bool, seed: int, num_epochs=None,
                     start_examples: int = 0, take_batches: int | None = None,
-                    feature_converter: Callable | None = None) -> Callable:
+                    feature_converter: Callable | None = None, cache=None) -> Callable:
     """A ``dataset_fn(input_context)`` for ``strategy.distribute_datasets_from_function``.
 
     Each input pipeline (one per worker) reads its own shard ``(pipeline id, pipelines)`` of
     ``source`` (a task or mixture), converts it to model features, skips the examples it
     consumed before ``start_examples`` (a GLOBAL count, divided over the pipelines) and batches
     to the per-replica batch size.
+
+    With ``cache`` (a directory built by ``t5pre data cache``, or an opened
+    :class:`~t5pre.data.cache.TokenCache`) the random-access pipeline is used instead: global
+    example ``start_examples`` is reached in O(1), exactly for any number of pipelines
+    (:mod:`t5pre.data.random_access`; one example per row, ``pack`` only adds segment fields).
     """
     tf = _tf()
+    if cache is not None:
+        return _cached_dataset_fn(source, sequence_length, cache, split=split,
+                                  global_batch_size=global_batch_size, pack=pack, shuffle=shuffle,
+                                  seed=seed, num_epochs=num_epochs, start_examples=start_examples,
+                                  take_batches=take_batches, feature_converter=feature_converter)
     converter = feature_converter or default_feature_converter(pack)
 
     def dataset_fn(input_context=None):
@@ -91,6 +101,39 @@ def make_dataset_fn(source, sequence_length: dict, *, split: str, global_batch_s
         if take_batches is not None:
             ds = ds.take(take_batches)
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def _cached_dataset_fn(source, sequence_length, cache, *, split, global_batch_size, pack, shuffle,
+                       seed, num_epochs, start_examples, take_batches, feature_converter):
+    from t5pre.data.cache import TokenCache, open_cache
+    from t5pre.data.feature_converter import EncDecFeatureConverter
+    from t5pre.data.random_access import RandomAccessTask, tf_dataset
+
+    if not hasattr(source, "preprocessors"):
+        raise ConfigError(f"data.cache_dir: only a task can be read from a cache, "
+                          f"{getattr(source, 'name', source)!r} is a mixture")
+    if feature_converter is not None and not isinstance(feature_converter, EncDecFeatureConverter):
+        raise ConfigError("data.cache_dir: the cached pipeline converts features itself; a custom "
+                          f"feature converter ({type(feature_converter).__name__}) is not supported")
+    if num_epochs is not None:
+        raise ConfigError("data.cache_dir: the cached pipeline streams forever (num_epochs=None)")
+    if not isinstance(cache, TokenCache):
+        cache = open_cache(str(cache), task=source)
+    recorded = cache.manifest.get("sequence_length")
+    if recorded and dict(recorded) != dict(sequence_length):
+        raise ConfigError(f"cache {cache.path}: built at sequence_length {recorded}, the run uses "
+                          f"{dict(sequence_length)}; rebuild it at these lengths")
+    pipeline = RandomAccessTask(source, cache.split(split), sequence_length, split, seed=seed,
+                                shuffle=shuffle)
+    if feature_converter is not None:
+        pack = feature_converter.pack
+
+    def dataset_fn(input_context=None):
+        return tf_dataset(pipeline, start_examples=start_examples,
+                          global_batch_size=global_batch_size, input_context=input_context,
+                          pack=pack, take_batches=take_batches)
 
     return dataset_fn
 

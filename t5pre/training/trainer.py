@@ -311,7 +311,8 @@ class Trainer:
             split=split, global_batch_size=global_batch_size or self.config.training.batch_size,
             pack=d.pack, shuffle=shuffle, seed=self.config.data_seed if seed is None else seed,
             num_epochs=None, start_examples=start_examples, take_batches=take_batches,
-            feature_converter=self.feature_converter)
+            feature_converter=self.feature_converter,
+            cache=d.cache_dir if split == d.train_split else None)
 
     def build(self) -> None:
         """Creates model, optimizer and checkpoint state (idempotent)."""
@@ -640,7 +641,7 @@ class Trainer:
                                       start_examples=data_examples)
         dist = self.strategy.distribute_datasets_from_function(dataset_fn)
         pipelines = self.worker.num_workers
-        if old_pipelines is not None and old_pipelines != pipelines:
+        if old_pipelines is not None and old_pipelines != pipelines and not d.cache_dir:
             self.log(f"warning: the checkpoint's data was read by {old_pipelines} input "
                      f"pipelines, now {pipelines}: shards differ, so the data position is "
                      "approximate")

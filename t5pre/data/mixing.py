@@ -1,0 +1,103 @@
+"""Mixture rates by size: seqio's ``mixing_rate_num_examples`` (mT5's language sampling).
+
+``rate_num_examples(temperature=T, maximum=K)`` is a rate callable for
+:meth:`MixtureRegistry.add <t5pre.data.registry.MixtureRegistry.add>`: a task's rate is
+``(scale * min(n, K)) ** (1 / T)``, ``n`` its number of examples (documents) in ``split``.
+T = 1 samples in proportion to size; larger T flattens towards uniform (mT5: 1/T = 0.3).
+
+``n`` comes from, in order: a token cache's manifest (``caches={task: dir}``, or
+:func:`register_cache`), a count recorded earlier in ``$T5PRE_CACHE_DIR/num_examples.json`` (keyed
+by the task, split and the source's description and file sizes/mtimes, so a changed source is
+counted anew), or a count made once now by reading the split's source, then recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Mapping
+
+from t5pre.errors import ConfigError, DataError
+
+_caches: dict = {}
+COUNTS_FILE = "num_examples.json"
+
+
+def register_cache(task_name: str, cache_dir: str) -> None:
+    """Make ``rate_num_examples`` read ``task_name``'s counts from this cache's manifest."""
+    _caches[str(task_name)] = str(cache_dir)
+
+
+def _counts_path() -> str:
+    from t5pre.data.default_corpus import cache_dir
+
+    return os.path.join(cache_dir(), COUNTS_FILE)
+
+
+def _source_key(task, split) -> str:
+    from t5pre.data.cache import _source_files
+
+    files = _source_files(task, [split]) if hasattr(task.source, "list_files") else {}
+    entries = [(e["path"], e["bytes"], e["mtime_ns"]) for e in files.get(split, [])]
+    return json.dumps([task.name, split, task.source.describe(), entries])
+
+
+def _load_counts() -> dict:
+    try:
+        with open(_counts_path(), encoding="utf-8") as f:
+            counts = json.load(f)
+        return counts if isinstance(counts, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_count(key: str, count: int) -> None:
+    path = _counts_path()
+    counts = _load_counts()
+    counts[key] = int(count)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(counts, f, indent=1)
+    os.replace(tmp, path)
+
+
+def num_examples(task, split: str = "train", cache_dir: str | None = None) -> int:
+    """Examples (documents) of ``task``'s ``split``: from a cache, a recorded count, or counted."""
+    cache_dir = cache_dir or _caches.get(task.name)
+    if cache_dir:
+        from t5pre.data.cache import open_cache
+
+        return open_cache(cache_dir, task=task).num_documents(split)
+    key = _source_key(task, split)
+    recorded = _load_counts().get(key)
+    if recorded is not None:
+        return int(recorded)
+    count = sum(1 for _ in task.source.get_dataset(split=split, shuffle=False))
+    _record_count(key, count)
+    return count
+
+
+def rate_num_examples(scale: float = 1.0, temperature: float = 1.0, maximum: int | None = None,
+                      split: str = "train",
+                      caches: Mapping[str, str] | None = None) -> Callable:
+    """A mixture rate ``rate(task) = (scale * min(n, maximum)) ** (1 / temperature)``."""
+    if temperature <= 0:
+        raise ConfigError(f"rate_num_examples: temperature must be > 0, got {temperature}")
+    if scale <= 0:
+        raise ConfigError(f"rate_num_examples: scale must be > 0, got {scale}")
+    caches = dict(caches or {})
+
+    def rate(task) -> float:
+        n = num_examples(task, split, caches.get(task.name))
+        if n == 0:
+            raise DataError(f"task {task.name!r}: split {split!r} has no examples to rate")
+        if maximum is not None:
+            n = min(n, int(maximum))
+        return (scale * n) ** (1.0 / temperature)
+
+    rate.__name__ = f"rate_num_examples(T={temperature}, max={maximum})"
+    return rate
+
+
+__all__ = ["rate_num_examples", "num_examples", "register_cache"]

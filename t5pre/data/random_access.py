@@ -1,0 +1,167 @@
+"""The random-access input pipeline: global example index -> model features, in O(1), numpy only.
+
+Over a :class:`~t5pre.data.cache.TokenStore` (a cache built by ``t5pre data cache``, or the same
+store built in memory), example ``i`` of a pretraining task is:
+
+1. pass ``p = i // N`` and chunk ``j`` = a seeded bijection of ``i mod N`` for pass ``p``
+   (:class:`~t5pre.data.index_sampler.IndexSampler`), ``N`` the chunks per pass;
+2. the chunk ``stream[s_p + j*L : s_p + (j+1)*L]`` of the documents' concatenation, ``L`` the
+   objective's raw chunk length and ``s_p in [0, L)`` a per-pass shift: new chunk boundaries
+   every pass (a pass leaves out fewer than ``2L`` tokens at its ends);
+3. the objective in numpy (:meth:`~t5pre.data.denoising.DenoisingObjective.numpy_corruptor`)
+   keyed by ``hash(seed, p, j)``: fresh noise every pass, fixed by ``(seed, pass, position)``.
+
+For any other task, example ``i`` is the cached example at the permuted position ``j``.
+Nothing depends on what was read before, so a resume at any position costs the same and any
+number of input pipelines can split the global order exactly
+(:func:`~t5pre.data.index_sampler.pipeline_indices`). :func:`tf_dataset` wraps it for
+``tf.distribute``; JAX hosts can call :meth:`RandomAccessTask.features` directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from t5pre.data.index_sampler import IndexSampler, hash_u64, pipeline_indices
+from t5pre.errors import ConfigError, DataError
+
+_SHIFT, _NOISE = 1, 2
+
+
+class RandomAccessTask:
+    """Examples of ``task``'s ``split`` by global index, read from ``store``.
+
+    Args:
+        task: the registered task the store was built from.
+        store: its :class:`~t5pre.data.cache.TokenStore` for ``split``.
+        sequence_length: ``{"inputs": N, "targets": M}``.
+        seed: order and noise seed; ``shuffle``: permute each pass (otherwise data order).
+    """
+
+    def __init__(self, task, store, sequence_length, split: str, seed: int = 0,
+                 shuffle: bool = True):
+        from t5pre.data import chunking
+        from t5pre.data.cache import pretraining_parts
+        from t5pre.data.registry import derive_seed
+
+        self.task, self.store, self.split = task, store, split
+        self.sequence_length = {"inputs": int(sequence_length["inputs"]),
+                                "targets": int(sequence_length["targets"])}
+        self.seed = derive_seed(int(seed), "random_access", task.name)
+        stop, chunk_options, objective = pretraining_parts(task)
+        self.pretraining = stop is not None
+        if self.pretraining:
+            ctx = task.context(self.sequence_length, split, seed, shuffle, None, stop + 1)
+            self.chunk_length = chunking._resolve_length(chunk_options["tokens_length"], ctx)
+            self._corrupt = objective.numpy_corruptor(ctx)
+            tokens = store.num_tokens
+            length = self.chunk_length
+            if tokens < max(2, objective.min_tokens):
+                raise DataError(f"task {task.name!r} split {split!r}: {tokens} tokens, too few "
+                                "for one example")
+            if tokens >= 2 * length - 1:  # room for a shift in [0, L) and at least one chunk
+                self._shifting, num_items = True, (tokens - length + 1) // length
+            else:
+                self._shifting = False
+                num_items = max(1, tokens // length)
+                self.chunk_length = min(length, tokens)
+        else:
+            num_items = store.num_documents
+            if num_items < 1:
+                raise DataError(f"task {task.name!r} split {split!r} has no examples")
+        self.num_items = int(num_items)
+        self.sampler = IndexSampler(self.num_items, seed=self.seed, shuffle=shuffle)
+
+    def examples(self, indices) -> tuple[list, list]:
+        """``(inputs, targets)`` lists of int32 arrays (EOS included) of the global ``indices``."""
+        passes, positions = self.sampler(indices)
+        if not self.pretraining:
+            return ([np.asarray(self.store.document(int(j), "inputs"), np.int32) for j in positions],
+                    [np.asarray(self.store.document(int(j), "targets"), np.int32)
+                     for j in positions])
+        length = self.chunk_length
+        shifts = np.zeros_like(positions)
+        if self._shifting:
+            shifts = (hash_u64(self.seed, _SHIFT, passes) % np.uint64(length)).astype(np.int64)
+        tokens = self.store.stream(shifts + positions * length, length)
+        return self._corrupt(tokens, hash_u64(self.seed, _NOISE, passes, positions))
+
+    def features(self, indices, pack: bool = False) -> dict:
+        """Model features (the converter's contract, one example per row) of ``indices``."""
+        inputs, targets = self.examples(indices)
+        return model_features(inputs, targets, self.sequence_length, pack)
+
+
+def _pad(rows, width):
+    out = np.zeros((len(rows), width), np.int32)
+    lengths = np.zeros(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        row = row[:width]
+        out[i, : len(row)] = row
+        lengths[i] = len(row)
+    return out, (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32)
+
+
+def model_features(inputs, targets, sequence_length, pack: bool = False) -> dict:
+    """:class:`~t5pre.data.feature_converter.EncDecFeatureConverter`'s features in numpy, one
+    example per row (``pack=True`` adds segment ids / positions of that single segment)."""
+    encoder, encoder_mask = _pad(inputs, sequence_length["inputs"])
+    decoder_targets, decoder_mask = _pad(targets, sequence_length["targets"])
+    decoder_inputs = np.zeros_like(decoder_targets)
+    decoder_inputs[:, 1:] = decoder_targets[:, :-1]
+    decoder_inputs *= decoder_mask
+    out = {
+        "encoder_token_ids": encoder, "encoder_padding_mask": encoder_mask,
+        "decoder_token_ids": decoder_inputs, "decoder_padding_mask": decoder_mask,
+        "decoder_target_ids": decoder_targets,
+        "decoder_loss_weights": decoder_mask.astype(np.float32),
+    }
+    if pack:
+        for side, mask in (("encoder", encoder_mask), ("decoder", decoder_mask)):
+            out[f"{side}_segment_ids"] = mask.copy()
+            out[f"{side}_positions"] = (np.arange(mask.shape[1])[None, :] * mask).astype(np.int32)
+    return out
+
+
+def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_size: int,
+               input_context=None, pack: bool = False, take_batches: int | None = None):
+    """Per-replica batches of ``pipeline`` for one input pipeline of ``tf.distribute``.
+
+    Batch ``k`` of pipeline ``w`` holds the global indices of
+    :func:`~t5pre.data.index_sampler.pipeline_indices`; the start costs nothing to reach.
+    """
+    import tensorflow as tf
+
+    if input_context is None:
+        input_context = tf.distribute.InputContext()
+    per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+    pipelines = input_context.num_input_pipelines
+    pipeline_id = input_context.input_pipeline_id
+    try:
+        pipeline_indices(0, start=0, global_batch_size=global_batch_size, pipeline=0,
+                         pipelines=pipelines, per_replica_batch_size=per_replica)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    example = pipeline.features(np.arange(1), pack)
+    keys = list(example)
+    dtypes = [tf.as_dtype(example[k].dtype) for k in keys]
+
+    def make_batch(k):
+        indices = pipeline_indices(int(k), start=int(start_examples),
+                                   global_batch_size=global_batch_size, pipeline=pipeline_id,
+                                   pipelines=pipelines, per_replica_batch_size=per_replica)
+        features = pipeline.features(indices, pack)
+        return [features[key] for key in keys]
+
+    def to_dict(k):
+        values = tf.numpy_function(make_batch, [k], dtypes, stateful=False)
+        return {key: tf.ensure_shape(v, [per_replica, example[key].shape[1]])
+                for key, v in zip(keys, values)}
+
+    count = take_batches if take_batches is not None else np.iinfo(np.int64).max
+    return (tf.data.Dataset.range(count)
+            .map(to_dict, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+__all__ = ["RandomAccessTask", "model_features", "tf_dataset"]
