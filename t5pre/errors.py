@@ -19,3 +19,7 @@ class DataError(T5preError, ValueError):
 
 class CheckpointError(T5preError):
     """A model directory or checkpoint is missing, partial, corrupt or incompatible."""
+
+
+class MissingDependencyError(T5preError, ImportError):
+    """An optional package is not installed; the message names the extra that provides it."""
