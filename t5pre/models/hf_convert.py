@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import struct
 
 import numpy as np
 
@@ -81,8 +82,24 @@ def _safe_open(path):
     except Exception as e:  # SafetensorError: a bad header, or a file cut short
         message = str(e)
         if "not fully covered" in message:
-            message = f"the file is truncated ({message})"
+            cut = _tensors_past_the_end(pathlib.Path(path))
+            message = "the file is truncated" + (
+                f" (tensor {', '.join(cut[:4])} runs past the end)" if cut else f" ({message})")
         raise CheckpointError(f"{path}: not a readable safetensors file: {message}") from None
+
+
+def _tensors_past_the_end(path: pathlib.Path) -> list[str]:
+    """Names of the tensors a cut-short safetensors file lacks (read from its JSON header),
+    for the error message only; [] when even the header is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        available = path.stat().st_size - 8 - length
+        return sorted(name for name, info in header.items()
+                      if name != "__metadata__" and info["data_offsets"][1] > available)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return []
 
 
 def _safetensors_names(path) -> dict:
