@@ -42,3 +42,7 @@ class WorkerLostError(T5preError):
     checkpoints written before are intact. The CLI exits with code 4."""
 
     exit_code = 4
+
+
+class MissingDependencyError(T5preError, ImportError):
+    """An optional package is not installed; the message names the extra that provides it."""

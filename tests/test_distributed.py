@@ -150,3 +150,62 @@ def test_auto_strategy_choice(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="TF_CONFIG is not valid JSON"):
         resolve_strategy_name("auto")
+
+
+def _free_port_pair():
+    """A base port p with p and p + 1 both free (Slurm's resolver numbers a node's tasks so)."""
+    for _ in range(50):
+        base = _free_ports(1)[0]
+        if base >= 65535:
+            continue
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", base + 1))
+            return base
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_slurm_cluster_two_local_workers(tmp_path, one_device):
+    """strategy.cluster=slurm: the srun variables of a 2-task step on one node (127.0.0.1)
+    give two workers that train in lock-step and match one device."""
+    ref, _ = one_device
+    base = _free_port_pair()
+    procs = []
+    for rank in range(2):
+        slurm = {"SLURM_PROCID": str(rank), "SLURM_STEP_NUM_TASKS": "2",
+                 "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_STEP_TASKS_PER_NODE": "2",
+                 "CUDA_VISIBLE_DEVICES": ""}
+        procs.append(_driver(tmp_path / "slurm", tmp_path / f"s{rank}",
+                             "--set", "strategy.name=auto", "--set", "strategy.cluster=slurm",
+                             "--set", f"strategy.port_base={base}",
+                             env=slurm))  # auto under slurm: 2 tasks -> multi_worker
+    outs = _finish(procs)
+    line = [x for x in outs[0].splitlines() if "; strategy " in x]  # the chief (rank 0) logs
+    assert line and "MultiWorkerMirroredStrategy with 2 replica(s), worker worker:0 of 2" in line[0]
+    w0, m0 = _load(tmp_path / "s0")
+    w1, _ = _load(tmp_path / "s1")
+    assert m0["step"] == 4
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(a, b)
+    assert _max_diff(w0, ref) < 1e-5
+
+
+def test_slurm_cluster_errors_are_clear(monkeypatch):
+    from t5pre.errors import ConfigError
+    from t5pre.training.strategy import create_strategy, resolve_strategy_name
+
+    for name in ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
+                 "SLURM_STEP_TASKS_PER_NODE", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"SLURM_PROCID.*srun"):
+        create_strategy("multi_worker", cluster="slurm")
+    with pytest.raises(ConfigError, match="unknown strategy.cluster 'mpi'"):
+        create_strategy("auto", cluster="mpi")
+    assert resolve_strategy_name("auto", cluster="slurm") == "one_device"  # not under srun
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert resolve_strategy_name("auto", cluster="slurm") == "multi_worker"
+    assert resolve_strategy_name("auto") == "one_device"  # tf_config ignores Slurm

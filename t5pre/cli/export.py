@@ -46,10 +46,18 @@ def register(subparsers):
     parser.add_argument("--out", required=True, metavar="EXPORT_DIR",
                         help="directory to create (e.g. exports/my_t5/1 for TF Serving)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.add_argument("--format", choices=("savedmodel", "hf"), default="savedmodel",
+                        help="savedmodel (default): the serving SavedModel described above; hf: "
+                        "a Hugging Face T5 directory (config.json, model.safetensors, tokenizer "
+                        "files; decoding flags do not apply; needs t5pre[hf])")
     parser.set_defaults(func=run)
 
 
 def run(args):
+    if args.format == "hf":
+        from t5pre.cli import export_hf
+
+        return export_hf.run(args)
     import os
     import time
 

@@ -105,10 +105,10 @@ def run(args):
     import_modules(getattr(args, "module", []))
     config = load_run_config(args)
     check_backend()
-    from t5pre.training.strategy import create_strategy
+    from t5pre.training.strategy import strategy_for
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
-    strategy = create_strategy(config.strategy.name, config.strategy.tpu)
+    strategy = strategy_for(config.strategy)
     from t5pre.training.trainer import Trainer, TrainingInterrupted
 
     try:

@@ -503,7 +503,7 @@ class TFDSSource(DataSource):
         except ImportError:
             raise DataError(
                 "this task reads TensorFlow Datasets, but tensorflow_datasets is not installed "
-                "(pip install tensorflow-datasets), or use the task's local-file twin"
+                "(pip install 't5pre[tfds]'), or use the task's local-file twin"
             ) from None
         return tfds
 

@@ -2,8 +2,8 @@
 
 Reads `config.json`, the weights (`model.safetensors`, a sharded `model.safetensors.index.json`,
 or `pytorch_model.bin`, the last one needing torch) and `spiece.model` when present. Safetensors
-are parsed by a small reader here (the format is a JSON header plus raw little-endian arrays), so
-conversion needs neither torch nor a bfloat16-capable numpy: bf16/fp16 weights become float32.
+are read with the `safetensors` library, tensor by tensor (no torch needed; bf16/fp16 weights
+become float32 as each is assigned). The export direction is `t5pre.models.hf_export`.
 
 The output head, which is where T5 variants differ:
 * T5 1.0 (`tie_word_embeddings` true or absent in config.json, no separate `lm_head.weight`):
@@ -24,6 +24,7 @@ import numpy as np
 
 from t5pre.errors import CheckpointError, ConfigError
 from t5pre.models.config import T5Config
+from t5pre.optional import require
 
 # Tensors some checkpoints carry that T5 never uses (HF ignores them too).
 _IGNORED = {
@@ -32,67 +33,110 @@ _IGNORED = {
     "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
 }
 
-_SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4"}
+class _Tensors:
+    """Name -> numpy array, read from the checkpoint one tensor at a time when asked for.
+
+    safetensors files are opened with the `safetensors` library (`framework="numpy"`; bf16 comes
+    back as ml_dtypes' bfloat16, which Keras and TensorFlow already install), so converting an
+    xl checkpoint holds one tensor, not the whole file, in memory beside the model.
+    """
+
+    def __init__(self, files: dict, loaded: dict | None = None):
+        self._files = files  # name -> (safetensors path, name stored there)
+        self._loaded = loaded or {}  # name -> array (pytorch_model.bin, read whole)
+
+    def names(self) -> set[str]:
+        return set(self._files) | set(self._loaded)
+
+    def __contains__(self, name):
+        return name in self._files or name in self._loaded
+
+    def get(self, name: str) -> np.ndarray:
+        if name in self._loaded:
+            return self._loaded[name]
+        path, stored = self._files[name]
+        try:
+            with _safe_open(path) as f:
+                return f.get_tensor(stored)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read tensor {name} ({e})") from None
+
+    def alias(self, name: str, source: str):
+        """Make `name` read the same tensor as `source` (a tied head copied into an untied one)."""
+        if source in self._loaded:
+            self._loaded[name] = self._loaded[source]
+        else:
+            self._files[name] = self._files[source]
+
+
+def _safe_open(path):
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors' numpy reader)
+
+    safetensors = require("safetensors", "reading a Hugging Face checkpoint")
+    try:
+        return safetensors.safe_open(str(path), framework="numpy")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except Exception as e:  # SafetensorError: a bad header, or a file cut short
+        message = str(e)
+        if "not fully covered" in message:
+            cut = _tensors_past_the_end(pathlib.Path(path))
+            message = "the file is truncated" + (
+                f" (tensor {', '.join(cut[:4])} runs past the end)" if cut else f" ({message})")
+        raise CheckpointError(f"{path}: not a readable safetensors file: {message}") from None
+
+
+def _tensors_past_the_end(path: pathlib.Path) -> list[str]:
+    """Names of the tensors a cut-short safetensors file lacks (read from its JSON header),
+    for the error message only; [] when even the header is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        available = path.stat().st_size - 8 - length
+        return sorted(name for name, info in header.items()
+                      if name != "__metadata__" and info["data_offsets"][1] > available)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return []
+
+
+def _safetensors_names(path) -> dict:
+    with _safe_open(path) as f:
+        return {name: (pathlib.Path(path), name) for name in f.keys()}
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as float32 numpy arrays (bf16/fp16 widened)."""
-    path = pathlib.Path(path)
-    try:
-        data = path.read_bytes()
-        (header_len,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + header_len])
-    except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    base = 8 + header_len
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-        start, end = info["data_offsets"]
-        if base + end > len(data):
-            raise CheckpointError(f"{path}: file is truncated (tensor {name} runs past the end)")
-        array = np.frombuffer(data, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize,
-                              offset=base + start).reshape(info["shape"])
-        if info["dtype"] == "BF16":  # bfloat16 = the top 16 bits of a float32
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        tensors[name] = array.astype(np.float32)
-    return tensors
+    """All tensors of a .safetensors file as float32 numpy arrays (bf16/fp16 widened exactly)."""
+    with _safe_open(path) as f:
+        return {name: f.get_tensor(name).astype(np.float32) for name in f.keys()}
 
 
-def _read_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_weights(directory: pathlib.Path) -> _Tensors:
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     if single.is_file():
-        return read_safetensors(single)
+        return _Tensors(_safetensors_names(single))
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        tensors = {}
+        files = {}
         for shard in shards:
             if not (directory / shard).is_file():
                 raise CheckpointError(f"{index} lists shard {shard}, which is missing")
-            tensors.update(read_safetensors(directory / shard))
-        return tensors
+            files.update(_safetensors_names(directory / shard))
+        return _Tensors(files)
     torch_file = directory / "pytorch_model.bin"
     if torch_file.is_file():
-        try:
-            import torch
-        except ImportError:
-            raise CheckpointError(
-                f"{torch_file}: reading pytorch_model.bin needs torch; install it or convert the "
-                "checkpoint to safetensors"
-            ) from None
+        torch = require("torch", f"reading {torch_file} (or convert it to safetensors)")
         try:
             state = torch.load(torch_file, map_location="cpu", weights_only=True)
         except Exception as e:
             raise CheckpointError(f"{torch_file}: cannot read ({e})") from None
-        return {k: v.float().numpy() for k, v in state.items()}
+        return _Tensors({}, {k: v.float().numpy() for k, v in state.items()})
     raise CheckpointError(
         f"{directory}: no weights found (expected model.safetensors, "
         "model.safetensors.index.json or pytorch_model.bin)"
@@ -134,44 +178,63 @@ def config_from_hf(hf: dict, source: str = "config.json") -> tuple[T5Config, boo
 
 
 def _weight_plan(config: T5Config, model):
-    """(variable, [hf names], how to build the value from those arrays) for every variable."""
+    """(variable, [hf names], kind) for every variable of `model`, the head included.
+
+    kind "same": the HF tensor is our variable. kind "linear": HF Linear weights are [out, in],
+    ours [in, out], several HF tensors fused on our out axis (q|k|v, k|v, wi_0|wi_1) in equal
+    parts. `hf_to_ours` / `ours_to_hf` turn one side into the other, so import and export
+    (t5pre.models.hf_export) share this one table.
+    """
     plan = []
 
-    def linear(*names):  # HF Linear weights are [out, in]; ours [in, out], fused on the out axis
-        return list(names), lambda *arrays: np.concatenate([a.T for a in arrays], axis=1)
+    def add(variable, kind, *names):
+        plan.append((variable, list(names), kind))
 
-    def same(name):
-        return [name], lambda a: a
-
-    plan.append((model.token_embedding.embeddings, *same("shared.weight")))
-    plan.append((model.encoder_position_bias.embeddings,
-                 *same("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")))
-    plan.append((model.decoder_position_bias.embeddings,
-                 *same("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")))
+    add(model.token_embedding.embeddings, "same", "shared.weight")
+    add(model.encoder_position_bias.embeddings, "same",
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    add(model.decoder_position_bias.embeddings, "same",
+        "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
     for stack, blocks in (("encoder", model.encoder_blocks), ("decoder", model.decoder_blocks)):
         for i, block in enumerate(blocks):
             p = f"{stack}.block.{i}.layer"
             ff = 1 if stack == "encoder" else 2
             attn = f"{p}.0.SelfAttention"
-            plan.append((block.attention_norm.scale, *same(f"{p}.0.layer_norm.weight")))
-            plan.append((block.attention.qkv_kernel, *linear(f"{attn}.q.weight", f"{attn}.k.weight", f"{attn}.v.weight")))
-            plan.append((block.attention.output_kernel, *linear(f"{attn}.o.weight")))
+            add(block.attention_norm.scale, "same", f"{p}.0.layer_norm.weight")
+            add(block.attention.qkv_kernel, "linear", f"{attn}.q.weight", f"{attn}.k.weight", f"{attn}.v.weight")
+            add(block.attention.output_kernel, "linear", f"{attn}.o.weight")
             if stack == "decoder":
                 cross = f"{p}.1.EncDecAttention"
-                plan.append((block.cross_attention_norm.scale, *same(f"{p}.1.layer_norm.weight")))
-                plan.append((block.cross_attention.query_kernel, *linear(f"{cross}.q.weight")))
-                plan.append((block.cross_attention.key_value_kernel, *linear(f"{cross}.k.weight", f"{cross}.v.weight")))
-                plan.append((block.cross_attention.output_kernel, *linear(f"{cross}.o.weight")))
+                add(block.cross_attention_norm.scale, "same", f"{p}.1.layer_norm.weight")
+                add(block.cross_attention.query_kernel, "linear", f"{cross}.q.weight")
+                add(block.cross_attention.key_value_kernel, "linear", f"{cross}.k.weight", f"{cross}.v.weight")
+                add(block.cross_attention.output_kernel, "linear", f"{cross}.o.weight")
             dense = f"{p}.{ff}.DenseReluDense"
-            plan.append((block.feed_forward_norm.scale, *same(f"{p}.{ff}.layer_norm.weight")))
+            add(block.feed_forward_norm.scale, "same", f"{p}.{ff}.layer_norm.weight")
             if config.is_gated:
-                plan.append((block.feed_forward.input_kernel, *linear(f"{dense}.wi_0.weight", f"{dense}.wi_1.weight")))
+                add(block.feed_forward.input_kernel, "linear", f"{dense}.wi_0.weight", f"{dense}.wi_1.weight")
             else:
-                plan.append((block.feed_forward.input_kernel, *linear(f"{dense}.wi.weight")))
-            plan.append((block.feed_forward.output_kernel, *linear(f"{dense}.wo.weight")))
+                add(block.feed_forward.input_kernel, "linear", f"{dense}.wi.weight")
+            add(block.feed_forward.output_kernel, "linear", f"{dense}.wo.weight")
         final = model.encoder_final_norm if stack == "encoder" else model.decoder_final_norm
-        plan.append((final.scale, *same(f"{stack}.final_layer_norm.weight")))
+        add(final.scale, "same", f"{stack}.final_layer_norm.weight")
+    if not config.tie_word_embeddings:
+        add(model.lm_head.kernel, "linear", "lm_head.weight")
     return plan
+
+
+def hf_to_ours(kind: str, arrays):
+    """Our variable's value from its HF tensors (see `_weight_plan`)."""
+    if kind == "same":
+        return arrays[0]
+    return np.concatenate([a.T for a in arrays], axis=1)
+
+
+def ours_to_hf(kind: str, value, count: int):
+    """The `count` HF tensors of one of our variables (the inverse of `hf_to_ours`)."""
+    if kind == "same":
+        return [value]
+    return [np.ascontiguousarray(part.T) for part in np.split(value, count, axis=1)]
 
 
 def from_hf(path, dtype=None, extra_ids=None):
@@ -197,25 +260,24 @@ def from_hf(path, dtype=None, extra_ids=None):
     tensors = _read_weights(directory)
 
     has_head = "lm_head.weight" in tensors
-    shared = tensors.get("shared.weight")
-    if has_head and shared is not None and np.array_equal(tensors["lm_head.weight"], shared):
+    has_shared = "shared.weight" in tensors
+    if has_head and has_shared and np.array_equal(tensors.get("lm_head.weight"),
+                                                  tensors.get("shared.weight")):
         has_head = not scaled  # a stored copy of a tied head
     if has_head or not scaled:
         config.tie_word_embeddings = False  # untied (or tied-unscaled: copy the embedding)
-        if not has_head and shared is not None:
-            tensors["lm_head.weight"] = shared
+        if not has_head and has_shared:
+            tensors.alias("lm_head.weight", "shared.weight")
     else:
         config.tie_word_embeddings = True
 
     vocabulary = _read_vocabulary(directory, config, extra_ids)
     model = T5Model(config, **({"dtype": dtype} if dtype else {}))
     plan = _weight_plan(config, model)
-    if not config.tie_word_embeddings:
-        plan.append((model.lm_head.kernel, ["lm_head.weight"], lambda a: a.T))
 
     needed = {name for _, names, _ in plan for name in names}
-    missing = sorted(needed - set(tensors))
-    unexpected = sorted(set(tensors) - needed - _IGNORED - {"lm_head.weight"})
+    missing = sorted(needed - tensors.names())
+    unexpected = sorted(tensors.names() - needed - _IGNORED - {"lm_head.weight"})
     if missing or unexpected:
         parts = []
         if missing:
@@ -225,8 +287,8 @@ def from_hf(path, dtype=None, extra_ids=None):
             parts.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}"
                          + (" ..." if len(unexpected) > 8 else ""))
         raise CheckpointError(f"{directory}: weights do not match config.json: " + "; ".join(parts))
-    for variable, names, build in plan:
-        value = build(*[tensors[n] for n in names])
+    for variable, names, kind in plan:
+        value = hf_to_ours(kind, [tensors.get(n).astype(np.float32) for n in names])
         if tuple(value.shape) != tuple(variable.shape):
             raise CheckpointError(
                 f"{directory}: {' + '.join(names)} gives shape {tuple(value.shape)} but the model "
@@ -244,13 +306,17 @@ def _read_vocabulary(directory: pathlib.Path, config: T5Config, extra_ids):
     from t5pre.errors import T5preError
 
     if extra_ids is None:
-        extra_ids = 100
-        tokenizer_config = directory / "tokenizer_config.json"
-        if tokenizer_config.is_file():
-            try:
-                extra_ids = int(json.loads(tokenizer_config.read_text()).get("extra_ids", 100))
-            except (OSError, ValueError, TypeError):
-                pass
+        # A t5pre export keeps its sentinels inside spiece.model (tokenizer_config says 0 then);
+        # HF's T5 adds tokenizer_config.json's extra_ids (default 100) on top of the pieces.
+        extra_ids = _sentinels_in(spm_path)
+        if not extra_ids:
+            extra_ids = 100
+            tokenizer_config = directory / "tokenizer_config.json"
+            if tokenizer_config.is_file():
+                try:
+                    extra_ids = int(json.loads(tokenizer_config.read_text()).get("extra_ids", 100))
+                except (OSError, ValueError, TypeError):
+                    pass
     try:
         vocabulary = SentencePieceVocabulary(str(spm_path), extra_ids=extra_ids)
     except T5preError as e:
@@ -262,6 +328,18 @@ def _read_vocabulary(directory: pathlib.Path, config: T5Config, extra_ids):
             "embedding rows"
         )
     return vocabulary
+
+
+def _sentinels_in(spm_path: pathlib.Path) -> int:
+    """How many <extra_id_*> pieces the SentencePiece model itself holds (0 for HF's T5)."""
+    from t5pre.data.vocabulary import SentencePieceVocabulary, _parse_model
+    from t5pre.errors import T5preError
+
+    try:
+        proto = _parse_model(spm_path.read_bytes(), str(spm_path))
+        return SentencePieceVocabulary._existing_sentinels(proto, str(spm_path))
+    except (OSError, T5preError):
+        return 0  # SentencePieceVocabulary below reports what is wrong with the file
 
 
 def convert_hf(path, out_dir, extra_ids=None):

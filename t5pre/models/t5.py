@@ -264,6 +264,31 @@ class T5Model(keras.Model):
         x = self.decoder_final_norm(x)
         return self.logits(x)[:, 0], ops.concatenate(new_cache, axis=0)
 
+    # -- Keras compile() / fit() ----------------------------------------------------------
+
+    def compile(self, optimizer="adam", loss=None, z_loss=0.0, **kwargs):
+        """`keras.Model.compile`, plus `z_loss` (t5x's 1e-4 in pretraining) for `compute_loss`.
+
+        Without a `loss`, `fit` / `evaluate` optimise what t5pre's trainer does: cross-entropy
+        averaged over the target tokens (`sample_weight` = the loss weights, 0 on padding) plus
+        the z-loss. Feed it `(features, decoder_target_ids, decoder_loss_weights)` batches, e.g.
+        from `t5pre.training.keras_fit.keras_dataset`. A given `loss` replaces all this.
+        """
+        self.z_loss = float(z_loss)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Token-mean cross-entropy + z-loss of `y_pred` (logits) against `y` (target ids)."""
+        if getattr(self, "loss", None) is not None or y is None or y_pred is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        from t5pre.models.losses import seq2seq_loss
+
+        weights = ops.not_equal(y, 0) if sample_weight is None else sample_weight
+        loss, _ = seq2seq_loss(y, y_pred, weights, z_loss=getattr(self, "z_loss", 0.0))
+        for extra in self.losses:  # add_loss() terms, as keras.Model.compute_loss adds them
+            loss = loss + ops.cast(ops.sum(extra), "float32")
+        return loss
+
     # -- serialisation ----------------------------------------------------------------------
 
     def get_config(self):

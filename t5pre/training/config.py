@@ -121,6 +121,9 @@ class OptimizerSection:
 class StrategySection:
     name: str = _field("auto", choices=STRATEGIES)
     tpu: Optional[str] = _field(None, doc="TPU name or grpc:// address (tpu strategy)")
+    cluster: str = _field("tf_config", choices=("tf_config", "slurm"),
+                          doc="where multi_worker finds its workers: TF_CONFIG, or the srun step")
+    port_base: int = _field(8888, min=1, max=65535, doc="slurm: first worker port on each node")
 
 
 # What decides the data stream a checkpoint's data position counts into.

@@ -7,6 +7,14 @@ and OneDeviceStrategy (first GPU, else CPU) otherwise.
 MultiWorkerMirroredStrategy must be created before any other TensorFlow op runs in the process
 (TF's rule), so the CLI creates the strategy first thing.
 
+Where the multi-worker cluster comes from (``strategy.cluster``): ``tf_config`` (default) reads
+``TF_CONFIG``; ``slurm`` reads the Slurm step that ``srun`` started (``SLURM_PROCID``,
+``SLURM_STEP_NUM_TASKS``, ``SLURM_STEP_NODELIST``, ``SLURM_STEP_TASKS_PER_NODE``) through
+``tf.distribute.cluster_resolver.SlurmClusterResolver``: one worker per task, task ``i`` at
+``host:strategy.port_base + its index on the node``; with GPUs, the resolver splits each node's
+GPUs evenly over its tasks (``CUDA_VISIBLE_DEVICES``). Under ``slurm``, ``auto`` picks
+multi_worker when the step has more than one task.
+
 Which worker writes what: only the *chief* (task type ``chief``, or ``worker`` 0 when the cluster
 has no chief) writes checkpoints, TensorBoard logs and the model-directory files; every worker
 still takes part in the checkpoint save (see ``checkpointing.py``).
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass
 
 from t5pre.errors import ConfigError
@@ -44,28 +53,85 @@ def _num_tf_config_workers(cfg: dict) -> int:
     return sum(len(cluster.get(k) or []) for k in ("chief", "worker"))
 
 
-def resolve_strategy_name(name: str = "auto", tpu: str | None = None) -> str:
+CLUSTERS = ("tf_config", "slurm")
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
+                   "SLURM_STEP_TASKS_PER_NODE")
+
+
+def _num_slurm_tasks() -> int:
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0"))
+    except ValueError:
+        raise ConfigError("SLURM_STEP_NUM_TASKS is not a number: "
+                          f"{os.environ['SLURM_STEP_NUM_TASKS']!r}") from None
+
+
+def _visible_gpus() -> int:
+    """GPUs on this node as Slurm's resolver counts them, without initialising TensorFlow's
+    devices (the resolver must set CUDA_VISIBLE_DEVICES first): CUDA_VISIBLE_DEVICES, else
+    nvidia-smi, else none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return len(out.stdout.strip().splitlines()) if out.returncode == 0 else 0
+
+
+def slurm_cluster_resolver(port_base: int = 8888):
+    """`SlurmClusterResolver` for the current srun step (ConfigError outside one)."""
+    tf = _tf()
+    missing = [v for v in SLURM_VARIABLES if v not in os.environ]
+    if missing:
+        raise ConfigError(f"strategy.cluster = slurm, but {', '.join(missing)} is not set: start "
+                          "every worker with srun (e.g. srun --ntasks-per-node=1 t5pre pretrain ...)")
+    gpus = _visible_gpus()
+    kwargs = {"auto_set_gpu": True} if gpus else {
+        # CPU-only nodes: the resolver still wants a GPU count >= tasks per node; give it one
+        # per task and leave CUDA_VISIBLE_DEVICES alone
+        "gpus_per_node": _num_slurm_tasks(), "gpus_per_task": 1, "auto_set_gpu": False}
+    try:
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=port_base, **kwargs)
+        resolver.cluster_spec()  # resolves now: bad variables fail here, with a clear message
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"cannot build the cluster from the Slurm environment: {e}") from None
+    return resolver
+
+
+def resolve_strategy_name(name: str = "auto", tpu: str | None = None,
+                          cluster: str = "tf_config") -> str:
     if name != "auto":
         return name
     if tpu:
         return "tpu"
-    if _num_tf_config_workers(_tf_config()) > 1:
+    workers = _num_slurm_tasks() if cluster == "slurm" else _num_tf_config_workers(_tf_config())
+    if workers > 1:
         return "multi_worker"
     if len(_tf().config.list_physical_devices("GPU")) > 1:
         return "mirrored"
     return "one_device"
 
 
-def create_strategy(name: str = "auto", tpu: str | None = None):
-    """Creates the strategy; see the module docstring for what ``auto`` picks."""
+def create_strategy(name: str = "auto", tpu: str | None = None, cluster: str = "tf_config",
+                    port_base: int = 8888):
+    """Creates the strategy; see the module docstring for what ``auto`` picks and for
+    ``cluster`` (``tf_config`` | ``slurm``; ``port_base``: the first worker port under slurm)."""
     tf = _tf()
-    name = resolve_strategy_name(name, tpu)
+    if cluster not in CLUSTERS:
+        raise ConfigError(f"unknown strategy.cluster {cluster!r}; use {' or '.join(CLUSTERS)}")
+    name = resolve_strategy_name(name, tpu, cluster)
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy([d.name for d in gpus] or None)
+    if name == "multi_worker" and cluster == "slurm":
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=slurm_cluster_resolver(port_base))
     if name == "multi_worker":
         cfg = _tf_config()
         if not cfg:
@@ -84,6 +150,12 @@ def create_strategy(name: str = "auto", tpu: str | None = None):
         return tf.distribute.TPUStrategy(resolver)
     raise ConfigError(f"unknown strategy {name!r}; use auto, one_device, mirrored, "
                       "multi_worker or tpu")
+
+
+def strategy_for(section):
+    """`create_strategy` from a run config's `strategy:` section (name, tpu, cluster, port_base)."""
+    return create_strategy(section.name, section.tpu, getattr(section, "cluster", "tf_config"),
+                           getattr(section, "port_base", 8888))
 
 
 @dataclass(frozen=True)

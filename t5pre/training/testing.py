@@ -134,9 +134,9 @@ def _main(argv=None):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
 
-    from t5pre.training.strategy import create_strategy
+    from t5pre.training.strategy import strategy_for
     cfg = tiny_config(*args.set, model_dir=args.model_dir)
-    strategy = create_strategy(cfg.strategy.name)  # first: MultiWorkerMirroredStrategy's rule
+    strategy = strategy_for(cfg.strategy)  # first: MultiWorkerMirroredStrategy's rule
 
     if args.die_in_save_at:
         from tensorflow.python.checkpoint import checkpoint_management as cm

@@ -210,12 +210,11 @@ class Trainer:
                  model_fn: Callable | None = None, vocabulary=None, feature_converter=None,
                  loss_fn: Callable | None = None, eval_hook: Callable | None = None,
                  log: Callable = summaries.console):
-        from t5pre.training.strategy import create_strategy, worker_info
+        from t5pre.training.strategy import strategy_for, worker_info
 
         self.config = run_config
         self.model_dir = os.fspath(model_dir)
-        self.strategy = strategy or create_strategy(run_config.strategy.name,
-                                                    run_config.strategy.tpu)
+        self.strategy = strategy or strategy_for(run_config.strategy)
         self.worker = worker_info(self.strategy)
         self.is_chief = self.worker.is_chief
         self.task = task

@@ -1,0 +1,229 @@
+"""Export a `T5Model` and its vocabulary as a Hugging Face T5 checkpoint directory.
+
+    OUT/config.json            transformers' T5Config (T5.1.1: untied, "gated-gelu"; T5 1.0: tied)
+    OUT/model.safetensors      the weights, float32, written with the `safetensors` library
+    OUT/generation_config.json decoder_start_token_id 0, eos 1, pad 0
+    OUT/spiece.model           t5pre's SentencePiece model (sentinels included)
+    OUT/tokenizer.json         the same tokenizer for the `tokenizers` library (see below)
+    OUT/tokenizer_config.json, OUT/special_tokens_map.json
+
+so that, offline, `T5ForConditionalGeneration.from_pretrained(OUT)` gives t5pre's logits and
+`AutoTokenizer.from_pretrained(OUT)` t5pre's token ids. The weight names come from the same table
+as the import (`hf_convert._weight_plan`), so import and export cannot drift apart.
+
+Why a hand-built tokenizer.json rather than `T5Tokenizer(spiece.model)`: t5pre's SentencePiece
+model already holds the sentinels as user-defined pieces, which SentencePiece matches inside the
+text ("a <extra_id_0> b" -> "▁a", "▁", "<extra_id_0>", "▁b"). HF's T5 tokenizer instead adds
+`extra_ids` sentinels of its own as special tokens split off before normalisation, which drops
+the "▁" around them and, with `extra_ids` > 0, appends 100 more ids. Here the sentinels stay
+ordinary pieces of the Unigram model, isolated by a pre-tokenizer, and `extra_ids` is 0; the
+normaliser follows the SentencePiece model's own spec (its precompiled NFKC map, whitespace
+stripping and collapsing, the "▁" dummy prefix) and byte fallback is kept. The ids then equal
+`vocabulary.encode(text) + [EOS]` (tests/test_hf_export.py checks it on text with sentinels,
+multiple spaces, unknown characters and byte-fallback characters). One known difference: the
+literal text "</s>", "<pad>" or "<unk>" becomes that special token in HF, characters in t5pre.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from t5pre.errors import CheckpointError
+from t5pre.export.saved_model import check_target
+from t5pre.models.hf_convert import _weight_plan, ours_to_hf
+from t5pre.optional import require
+
+PURPOSE = "exporting to Hugging Face format (`t5pre export --format hf`)"
+MODEL_FILE = "model.safetensors"
+
+
+def hf_config(config) -> dict:
+    """transformers' `config.json` for a t5pre `T5Config`."""
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "d_model": config.d_model,
+        "d_kv": config.d_kv,
+        "d_ff": config.d_ff,
+        "num_heads": config.num_heads,
+        "num_layers": config.num_encoder_layers,
+        "num_decoder_layers": config.num_decoder_layers,
+        "vocab_size": config.require_vocab_size(),
+        "relative_attention_num_buckets": config.relative_attention_num_buckets,
+        "relative_attention_max_distance": config.relative_attention_max_distance,
+        "dropout_rate": config.dropout_rate,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "feed_forward_proj": config.feed_forward_proj,
+        # false also tells transformers >= 5 not to scale the decoder output (T5.1.1)
+        "tie_word_embeddings": bool(config.tie_word_embeddings),
+        "initializer_factor": 1.0,
+        "is_encoder_decoder": True,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "use_cache": True,
+    }
+
+
+def hf_state_dict(model) -> dict[str, np.ndarray]:
+    """HF T5 tensor name -> float32 array for every weight of `model`."""
+    tensors = {}
+    for variable, names, kind in _weight_plan(model.config, model):
+        value = np.asarray(keras_value(variable), dtype=np.float32)
+        for name, part in zip(names, ours_to_hf(kind, value, len(names))):
+            tensors[name] = part
+    return tensors
+
+
+def keras_value(variable):
+    import keras
+
+    return keras.ops.convert_to_numpy(variable.value)
+
+
+# --------------------------------------------------------------------------------- tokenizer
+def hf_tokenizer(vocabulary):
+    """A `tokenizers.Tokenizer` that encodes like `vocabulary` (+ EOS) (see the module docstring)."""
+    tokenizers = require("tokenizers", PURPOSE)
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    from t5pre.data.vocabulary import _model_proto_module
+
+    proto = _model_proto_module().ModelProto()
+    proto.ParseFromString(vocabulary.serialized_model)
+    if proto.trainer_spec.model_type != proto.trainer_spec.UNIGRAM:
+        raise CheckpointError(
+            "exporting the tokenizer needs a unigram SentencePiece model (t5pre's default); this "
+            f"one is of type {proto.trainer_spec.model_type}")
+    spec = proto.normalizer_spec
+    tokenizer = tokenizers.Tokenizer(Unigram(
+        [(p.piece, p.score) for p in proto.pieces], unk_id=vocabulary.unk_id,
+        byte_fallback=bool(proto.trainer_spec.byte_fallback)))
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:  # SentencePiece strips and collapses spaces only
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if spec.add_dummy_prefix:  # in the normaliser: a pre-tokenizer would miss it after a strip
+        steps.append(normalizers.Prepend("▁"))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    user_defined = [p.piece for p in proto.pieces if p.type == p.USER_DEFINED]
+    if user_defined:  # sentinels (and any other user-defined piece) are emitted whole
+        pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tail = [decoders.Replace("▁", " ")]
+    if proto.trainer_spec.byte_fallback:
+        tail.append(decoders.ByteFallback())
+    tail.append(decoders.Fuse())
+    if spec.add_dummy_prefix:
+        tail.append(decoders.Strip(content=" ", left=1))
+    tokenizer.decoder = decoders.Sequence(tail)
+    specials = [proto.pieces[i].piece for i in (vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id)]
+    tokenizer.add_special_tokens(specials)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", specials[1]], pair=["$A", specials[1], "$B", specials[1]],
+        special_tokens=[(specials[1], vocabulary.eos_id)])
+    return tokenizer, specials
+
+
+def _write_tokenizer(vocabulary, directory: pathlib.Path, max_length: int):
+    tokenizer, (pad, eos, unk) = hf_tokenizer(vocabulary)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "spiece.model").write_bytes(vocabulary.serialized_model)
+    special = {"pad_token": pad, "eos_token": eos, "unk_token": unk}
+    _write_json(directory / "special_tokens_map.json", special)
+    _write_json(directory / "tokenizer_config.json", {
+        # the generic fast tokenizer loads tokenizer.json as written; T5Tokenizer would rebuild
+        # the pipeline (and the sentinels) its own way
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "extra_ids": 0,  # the sentinels are already in spiece.model / tokenizer.json
+        "model_max_length": max_length,
+        "clean_up_tokenization_spaces": False,
+    })
+
+
+def _write_json(path: pathlib.Path, values: dict):
+    path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------ export
+def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False, max_length: int = 512,
+              metadata: dict | None = None) -> pathlib.Path:
+    """Write `model` (+ `vocabulary`, or None for weights only) to `out_dir` in HF layout.
+
+    Assembled in a hidden sibling directory and renamed into place, so a crash leaves no
+    half-written export; an existing `out_dir` is refused unless `overwrite`. `max_length` is the
+    tokenizer's `model_max_length`; `metadata` (e.g. where the model came from) is stored in the
+    safetensors header.
+    """
+    safetensors_numpy = require("safetensors.numpy", PURPOSE)
+    out = pathlib.Path(out_dir)
+    check_target(out, overwrite)
+    if vocabulary is not None and vocabulary.vocab_size > model.config.require_vocab_size():
+        raise CheckpointError(
+            f"cannot export: the vocabulary has {vocabulary.vocab_size} ids but the model's "
+            f"embedding has {model.config.vocab_size} rows")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_json(staging / "config.json", hf_config(model.config))
+        _write_json(staging / "generation_config.json",
+                    {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
+        header = {"format": "pt", **{k: json.dumps(v) if not isinstance(v, str) else v
+                                     for k, v in (metadata or {}).items()}}
+        safetensors_numpy.save_file(hf_state_dict(model), str(staging / MODEL_FILE), metadata=header)
+        if vocabulary is not None:
+            _write_tokenizer(vocabulary, staging, max_length)
+        _swap_in(staging, out, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _swap_in(staging: pathlib.Path, out: pathlib.Path, overwrite: bool):
+    """Rename the finished `staging` to `out`; an old `out` is moved aside first and deleted
+    only once the new one is in place (it survives a failure)."""
+    check_target(out, overwrite)  # again: another process may have created it meanwhile
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        os.rename(out, retired / "export")
+        try:
+            os.rename(staging, out)
+        except OSError:
+            os.rename(retired / "export", out)
+            raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def export_model_dir(model_dir, out_dir, checkpoint=None, *, overwrite: bool = False):
+    """Export a t5pre model directory (a training directory, latest or `checkpoint`; a
+    `save_pretrained` directory; a fine-tuning `best/`) to `out_dir`. Returns (out, loaded)."""
+    from t5pre.evaluation.predict import DEFAULT_MAX_INPUT_LENGTH, load_for_inference
+
+    require("safetensors", PURPOSE)  # fail fast, before loading anything
+    require("tokenizers", PURPOSE)
+    check_target(out_dir, overwrite)
+    loaded = load_for_inference(model_dir, checkpoint)  # the one call that reads a model dir
+    max_length = DEFAULT_MAX_INPUT_LENGTH
+    if loaded.run_config is not None:
+        max_length = int(loaded.run_config.data.sequence_length.inputs)
+    source = {"model_dir": os.path.abspath(loaded.model_dir), "layout": loaded.layout,
+              "checkpoint": loaded.checkpoint or ""}
+    out = export_hf(loaded.model, loaded.vocabulary, out_dir, overwrite=overwrite,
+                    max_length=max_length, metadata={"t5pre_source": source})
+    return out, loaded
