@@ -36,40 +36,20 @@ row statistic averages over queries, keys and values together where t5x keeps on
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, Optional, Sequence
-
 import keras
 from keras import ops
 
-MIN_DIM_SIZE_TO_FACTOR = 128
+from t5pre.training.optimizer_state import MIN_DIM_SIZE_TO_FACTOR, is_factored
 
 
-def is_factored(shape: Sequence[int], min_dim_size_to_factor: int = MIN_DIM_SIZE_TO_FACTOR) -> bool:
-    """True when a variable of ``shape`` gets row/column statistics instead of a full one."""
-    shape = tuple(shape)
-    return (len(shape) >= 2 and shape[-1] >= min_dim_size_to_factor
-            and shape[-2] >= min_dim_size_to_factor)
+def _dense(gradient):
+    """TensorFlow hands embedding gradients over as ``IndexedSlices``; the statistics need them
+    dense (the trainer densifies anyway; a plain ``tf.GradientTape`` loop does not)."""
+    if type(gradient).__name__ == "IndexedSlices":
+        import tensorflow as tf
 
-
-def state_shapes(shape: Sequence[int], *, min_dim_size_to_factor: int = MIN_DIM_SIZE_TO_FACTOR,
-                 beta_1: Optional[float] = None) -> list:
-    """The shapes of the state this optimizer keeps for one variable of ``shape`` (what
-    ``build`` creates; `t5pre model info` and the memory benchmark count them without a model)."""
-    shape = tuple(int(d) for d in shape)
-    if is_factored(shape, min_dim_size_to_factor):
-        shapes = [shape[:-1], shape[:-2] + shape[-1:]]
-    else:
-        shapes = [shape]
-    if beta_1:
-        shapes.append(shape)
-    return shapes
-
-
-def state_size(variable_shapes: Iterable[Sequence[int]], **kwargs) -> int:
-    """Number of optimizer-state elements for variables of ``variable_shapes`` (``iterations``
-    and the learning rate not counted)."""
-    return sum(math.prod(s) for shape in variable_shapes for s in state_shapes(shape, **kwargs))
+        return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 def _rms(x):
@@ -145,7 +125,7 @@ class Adafactor(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         i = self._get_variable_index(variable)
-        g = ops.cast(gradient, "float32")
+        g = ops.cast(_dense(gradient), "float32")
         step = ops.cast(self.iterations + 1, "float32")
         beta2 = 1.0 - ops.power(step, -self.decay_rate)
         g2 = ops.square(g) + self.epsilon_1
