@@ -159,14 +159,21 @@ def test_linear_and_constant_schedules():
 def test_make_optimizer_from_config():
     import keras
 
+    from t5pre.training.adafactor import Adafactor
     from t5pre.training.optimizers import current_learning_rate, make_optimizer
     from t5pre.training.schedules import InverseSquareRootSchedule
 
     cfg = C.load_config(None, ["data.task=x"])
     opt = make_optimizer(cfg.optimizer)
-    assert isinstance(opt, keras.optimizers.Adafactor)
+    assert isinstance(opt, Adafactor)  # T5's (factored, no momentum), not Keras'
+    assert (opt.decay_rate, opt.clipping_threshold, opt.beta_1) == (0.8, 1.0, None)
     assert isinstance(opt._learning_rate, InverseSquareRootSchedule)
     assert current_learning_rate(opt) == pytest.approx(0.01)
+    cfg = C.load_config(None, ["data.task=x", "optimizer.momentum=0.9"])
+    assert make_optimizer(cfg.optimizer).beta_1 == 0.9
+    cfg = C.load_config(None, ["data.task=x", "optimizer.name=keras_adafactor"])
+    assert cfg.optimizer.schedule == "rsqrt"
+    assert isinstance(make_optimizer(cfg.optimizer), keras.optimizers.Adafactor)
     cfg = C.load_config(None, ["data.task=x", "optimizer.name=adamw", "optimizer.weight_decay=0.01",
                                "training.precision=mixed_float16"])
     opt = make_optimizer(cfg.optimizer, cfg.training.precision)

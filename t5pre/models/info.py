@@ -17,28 +17,40 @@ decoder/head counted on target tokens only.
 
 from __future__ import annotations
 
+import math
+
 from t5pre.models.config import T5Config
+
+
+def parameter_shapes(config: T5Config) -> dict:
+    """The shapes of the model's trainable variables by part (embedding, encoder, decoder, head),
+    the same shapes `T5Model` creates."""
+    d, f, inner = config.d_model, config.d_ff, config.inner_dim
+    v = config.require_vocab_size()
+    ff = [(d, 2 * f if config.is_gated else f), (f, d)]
+    self_attention = [(d, 3 * inner), (inner, d)]
+    cross_attention = [(d, inner), (d, 2 * inner), (inner, d)]
+    bias = [(config.relative_attention_num_buckets, config.num_heads)]
+    encoder_layer = [(d,), *self_attention, (d,), *ff]
+    decoder_layer = [(d,), *self_attention, (d,), *cross_attention, (d,), *ff]
+    return {
+        "embedding": [(v, d)],
+        "encoder": bias + encoder_layer * config.num_encoder_layers + [(d,)],
+        "decoder": bias + decoder_layer * config.num_decoder_layers + [(d,)],
+        "head": [] if config.tie_word_embeddings else [(d, v)],
+    }
+
+
+def all_parameter_shapes(config: T5Config) -> list:
+    return [s for shapes in parameter_shapes(config).values() for s in shapes]
 
 
 def parameter_counts(config: T5Config) -> dict:
     """Trainable parameters by part: embedding, encoder, decoder, head, total."""
-    d, f, inner = config.d_model, config.d_ff, config.inner_dim
-    v = config.require_vocab_size()
-    ff = d * f * (2 if config.is_gated else 1) + f * d
-    self_attention = d * 3 * inner + inner * d
-    cross_attention = d * inner + d * 2 * inner + inner * d
-    bias = config.relative_attention_num_buckets * config.num_heads
-    encoder = bias + config.num_encoder_layers * (2 * d + self_attention + ff) + d
-    decoder = bias + config.num_decoder_layers * (3 * d + self_attention + cross_attention + ff) + d
-    embedding = v * d
-    head = 0 if config.tie_word_embeddings else v * d
-    return {
-        "embedding": embedding,
-        "encoder": encoder,
-        "decoder": decoder,
-        "head": head,
-        "total": embedding + encoder + decoder + head,
-    }
+    counts = {part: sum(math.prod(s) for s in shapes)
+              for part, shapes in parameter_shapes(config).items()}
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def training_flops(config: T5Config, inputs_length: int, targets_length: int) -> dict:

@@ -25,7 +25,7 @@ import yaml
 from t5pre.errors import ConfigError
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-OPTIMIZERS = ("adafactor", "adamw")
+OPTIMIZERS = ("adafactor", "adamw", "keras_adafactor")
 SCHEDULES = ("auto", "rsqrt", "cosine", "constant", "linear")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -98,7 +98,7 @@ class TrainingSection:
 class OptimizerSection:
     name: str = _field("adafactor", choices=OPTIMIZERS)
     schedule: str = _field("auto", choices=SCHEDULES,
-                           doc="auto: rsqrt for adafactor, cosine for adamw")
+                           doc="auto: rsqrt for (keras_)adafactor, cosine for adamw")
     learning_rate: Optional[float] = _field(
         None, min=0.0, min_exclusive=True,
         doc="rsqrt: the scale (lr = scale/sqrt(max(step, warmup)), default 1.0); "
@@ -115,6 +115,8 @@ class OptimizerSection:
     decay_rate: float = _field(0.8, min=0.0, doc="adafactor: second-moment decay exponent")
     clipping_threshold: float = _field(1.0, min=0.0, min_exclusive=True,
                                        doc="adafactor: update clipping (RMS)")
+    momentum: Optional[float] = _field(None, min=0.0, max=1.0,
+                                       doc="adafactor: first-moment decay (t5x beta1); null: none")
 
 
 @dataclasses.dataclass
@@ -329,7 +331,7 @@ def resolve(cfg: RunConfig, previous: RunConfig | None = None) -> RunConfig:
             and previous.optimizer.decay_steps is not None):
         o.decay_steps = previous.optimizer.decay_steps
     if o.schedule == "auto":
-        o.schedule = "rsqrt" if o.name == "adafactor" else "cosine"
+        o.schedule = "rsqrt" if o.name in ("adafactor", "keras_adafactor") else "cosine"
     if o.learning_rate is None:
         o.learning_rate = 1.0 if o.schedule == "rsqrt" else 1e-3
     if o.schedule in ("cosine", "linear") and o.decay_steps is None:
