@@ -303,11 +303,9 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
         "build": {"seconds": round(seconds, 3), "workers": max(1, workers),
                   "tokens_per_second": round(tokens / seconds, 1) if seconds else None},
     }
-    tmp = os.path.join(out_dir, MANIFEST + f".tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    from t5pre.files import atomic_write_json
+
+    atomic_write_json(os.path.join(out_dir, MANIFEST), manifest, indent=1)
     return manifest
 
 

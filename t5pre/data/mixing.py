@@ -56,10 +56,9 @@ def _record_count(key: str, count: int) -> None:
     counts = _load_counts()
     counts[key] = int(count)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(counts, f, indent=1)
-    os.replace(tmp, path)
+    from t5pre.files import atomic_write_json
+
+    atomic_write_json(path, counts, indent=1)
 
 
 def num_examples(task, split: str = "train", cache_dir: str | None = None) -> int:

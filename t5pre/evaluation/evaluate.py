@@ -315,10 +315,9 @@ def read_predictions(path) -> list:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from t5pre.files import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def format_scores(scores: dict, main_metric: Optional[str] = None) -> str:

@@ -481,8 +481,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 def save_config(cfg: RunConfig, path: str) -> None:
     """Writes the resolved config atomically (temp file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("# Resolved run config written by t5pre (every default filled in).\n")
-        f.write(cfg.to_yaml())
-    os.replace(tmp, path)
+    from t5pre.files import atomic_write_text
+
+    atomic_write_text(path, "# Resolved run config written by t5pre (every default filled in).\n"
+                      + cfg.to_yaml())

@@ -546,11 +546,10 @@ def finetune(run_config, model_dir: str, *, init: Optional[InitSource] = None,
     if trainer.is_chief:
         os.makedirs(model_dir, exist_ok=True)
         path = os.path.join(model_dir, FINETUNE_INFO_FILE)
-        with open(f"{path}.tmp-{os.getpid()}", "w", encoding="utf-8") as f:
-            json.dump({**info, "settings": settings.to_dict(),
-                       "init": init.describe() if init is not None else "random"}, f, indent=2)
-            f.write("\n")
-        os.replace(f"{path}.tmp-{os.getpid()}", path)
+        from t5pre.files import atomic_write_json
+
+        atomic_write_json(path, {**info, "settings": settings.to_dict(),
+                                 "init": init.describe() if init is not None else "random"})
     if init_model is not None:
         log(f"fine-tuning from {init.describe()} on task {task.name!r}")
     result = trainer.train()

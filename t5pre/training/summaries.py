@@ -84,16 +84,12 @@ class Summaries:
             tf.summary.text(name, text)
 
     def flush(self) -> None:
-        import json
-
         for w in self._writers.values():
             w.flush()
         if self.enabled and self._newest and self._newest != self._read_logged():
-            path = self._logged_path()
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self._newest, f)
-            os.replace(tmp, path)
+            from t5pre.files import atomic_write_json
+
+            atomic_write_json(self._logged_path(), self._newest, indent=None)
 
     def close(self) -> None:
         if self._writers:

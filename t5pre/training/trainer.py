@@ -293,12 +293,9 @@ class Trainer:
         save_config(self.config, os.path.join(self.model_dir, "config.yaml"))
         values = self._model_config_values(model)
         if values is not None:
-            path = os.path.join(self.model_dir, MODEL_CONFIG_FILE)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(values, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
+            from t5pre.files import atomic_write_json
+
+            atomic_write_json(os.path.join(self.model_dir, MODEL_CONFIG_FILE), values)
         if self.vocabulary is not None and hasattr(self.vocabulary, "save"):
             self.vocabulary.save(self.model_dir)
 
