@@ -85,6 +85,6 @@ def _info(args):
     for part in ("parameters", "gradients", "optimizer_state"):
         print(f"  {part:<16} {memory[False][part] / 2**20:>12,.1f}")
     for part in ("activations", "total"):
-        print(f"  {part:<16} {memory[False][part] / 2**20:>12,.1f}   (if every block were "
-              f"rematerialised: {memory[True][part] / 2**20:,.1f}; not an option yet)")
+        print(f"  {part:<16} {memory[False][part] / 2**20:>12,.1f}   (with remat: "
+              f"{memory[True][part] / 2**20:,.1f})")
     return 0
