@@ -108,8 +108,10 @@ def main(argv=None) -> int:
     model({k: v[:1] for k, v in batch.items() if k in FEATURE_KEYS})  # build the variables
     if args.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0)
-    else:
-        optimizer = keras.optimizers.Adafactor(learning_rate=1e-3)
+    else:  # T5/t5x's (factored statistics), as `optimizer.name: adafactor` trains
+        from t5pre.training.adafactor import Adafactor
+
+        optimizer = Adafactor(learning_rate=1e-3)
     optimizer.build(model.trainable_variables)
 
     state = ([v.value for v in model.trainable_variables],

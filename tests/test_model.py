@@ -383,3 +383,40 @@ def test_model_info_cli(tmp_path, capsys):
     assert f"{micro_model().count_params():,}" in capsys.readouterr().out
     assert main(["model", "info", "gigantic"]) == 2
     assert "known sizes" in capsys.readouterr().err
+
+
+def test_memory_per_device_estimate():
+    from t5pre.models.info import memory_per_device, parameter_counts
+
+    config = T5Config.from_name("base")
+    params = parameter_counts(config)["total"]
+    kw = dict(batch_size=64, inputs_length=512, targets_length=114)
+    dp = memory_per_device(config, optimizer="adamw", devices=4, **kw)
+    fsdp = memory_per_device(config, optimizer="adamw", devices=4, strategy="fsdp", **kw)
+    assert dp["parameters"] == 4 * params and dp["optimizer_state"] == 8 * params
+    assert fsdp["parameters"] == dp["parameters"] / 4
+    assert fsdp["optimizer_state"] == dp["optimizer_state"] / 4
+    assert fsdp["activations"] == dp["activations"]  # both split the batch
+    one = memory_per_device(config, optimizer="adamw", devices=1, **kw)
+    assert one["activations"] == pytest.approx(4 * dp["activations"])
+    ada = memory_per_device(config, **kw)
+    assert ada["optimizer_state"] < 0.01 * ada["parameters"]
+    remat = memory_per_device(config, remat=True, **kw)
+    assert remat["activations"] < ada["activations"] / 4
+    bf16 = memory_per_device(config, precision="mixed_bfloat16", **kw)
+    assert bf16["activations"] == ada["activations"] / 2
+    with pytest.raises(ValueError, match="strategy"):
+        memory_per_device(config, strategy="zero3", **kw)
+
+
+def test_model_info_prints_memory_per_device(capsys):
+    from t5pre.cli import main
+
+    assert main(["model", "info", "small", "--batch-size", "32", "--devices", "2",
+                 "--strategy", "fsdp", "--optimizer", "adamw"]) == 0
+    out = capsys.readouterr().out
+    assert "memory per device" in out and "fsdp, adamw" in out
+    params_mib = 76_961_152 * 4 / 2 / 2**20
+    assert f"{params_mib:,.1f}" in out and f"{2 * params_mib:,.1f}" in out  # params, AdamW state
+    assert main(["model", "info", "small", "--devices", "0"]) == 2
+    assert "--devices" in capsys.readouterr().err

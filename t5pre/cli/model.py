@@ -21,6 +21,17 @@ def register(subparsers):
     info.add_argument("--vocab-size", type=int, default=None,
                       help="vocabulary size for configs with vocab_size: null (default: the "
                       "shipped default vocabulary)")
+    memory = info.add_argument_group(
+        "memory per device (an estimate: float32 weights, gradients and optimizer state; "
+        "activations by a per-layer formula, see t5pre/models/info.py)")
+    memory.add_argument("--batch-size", type=int, default=128, help="GLOBAL batch")
+    memory.add_argument("--optimizer", default="adafactor",
+                        choices=["adafactor", "keras_adafactor", "adamw"])
+    memory.add_argument("--devices", type=int, default=1)
+    memory.add_argument("--strategy", default="data_parallel", choices=["data_parallel", "fsdp"],
+                        help="fsdp: parameters, gradients and optimizer state split over devices")
+    memory.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
     info.set_defaults(func=_info)
 
 
@@ -45,10 +56,12 @@ def _resolve(config, vocab_size):
 def _info(args):
     from t5pre.errors import ConfigError
     from t5pre.models.config import T5Config
-    from t5pre.models.info import parameter_counts, training_flops
+    from t5pre.models.info import memory_per_device, parameter_counts, training_flops
 
     if args.inputs_length < 1 or args.targets_length < 1:
         raise ConfigError("--inputs-length and --targets-length must be >= 1")
+    if args.batch_size < 1 or args.devices < 1:
+        raise ConfigError("--batch-size and --devices must be >= 1")
     config = _resolve(T5Config.from_name_or_path(args.config), args.vocab_size)
     counts = parameter_counts(config)
     flops = training_flops(config, args.inputs_length, args.targets_length)
@@ -63,4 +76,15 @@ def _info(args):
     print(f"training FLOPs (inputs {args.inputs_length}, targets {args.targets_length}):")
     print(f"  per example {flops['training_per_example']:>15.4g}")
     print(f"  per token   {flops['training_per_token']:>15.4g}   (attention {flops['attention_share']:.1%} of it)")
+    memory = {remat: memory_per_device(
+        config, batch_size=args.batch_size, inputs_length=args.inputs_length,
+        targets_length=args.targets_length, optimizer=args.optimizer, devices=args.devices,
+        strategy=args.strategy, precision=args.precision, remat=remat) for remat in (False, True)}
+    print(f"memory per device (estimate; batch {args.batch_size} over {args.devices} device(s), "
+          f"{args.strategy}, {args.optimizer}, {args.precision}), MiB:")
+    for part in ("parameters", "gradients", "optimizer_state"):
+        print(f"  {part:<16} {memory[False][part] / 2**20:>12,.1f}")
+    for part in ("activations", "total"):
+        print(f"  {part:<16} {memory[False][part] / 2**20:>12,.1f}   (with remat: "
+              f"{memory[True][part] / 2**20:,.1f})")
     return 0

@@ -47,6 +47,9 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
     tie_word_embeddings: bool = False
+    # recompute each block's activations in the backward pass (memory for ~1/3 more compute);
+    # not with dropout: the recomputation would draw new masks
+    remat: bool = False
     name: Optional[str] = None  # the size name it came from, for messages and `model info`
 
     def __post_init__(self):
@@ -74,6 +77,11 @@ class T5Config:
                 f"{source}: field 'feed_forward_proj' must be one of {list(FEED_FORWARD_PROJECTIONS)}, "
                 f"got {self.feed_forward_proj!r}"
             )
+        if not isinstance(self.remat, bool):
+            raise ConfigError(f"{source}: field 'remat' must be true or false, got {self.remat!r}")
+        if self.remat and self.dropout_rate:
+            raise ConfigError(f"{source}: field 'remat' needs dropout_rate 0 (recomputing a block "
+                              f"would draw new dropout masks), got {self.dropout_rate!r}")
         if not (isinstance(self.dropout_rate, (int, float)) and 0.0 <= self.dropout_rate < 1.0):
             raise ConfigError(f"{source}: field 'dropout_rate' must be in [0, 1), got {self.dropout_rate!r}")
         if not (isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0):

@@ -77,3 +77,56 @@ def training_flops(config: T5Config, inputs_length: int, targets_length: int) ->
 
 def training_flops_per_token(config: T5Config, inputs_length: int = 512, targets_length: int = 114) -> float:
     return training_flops(config, inputs_length, targets_length)["training_per_token"]
+
+
+STRATEGIES = ("data_parallel", "fsdp")
+
+
+def activation_elements(config: T5Config, inputs_length: int, targets_length: int,
+                        remat: bool = False) -> int:
+    """Activations one example keeps for the backward pass (elements; a rough count).
+
+    Per encoder layer and input token: ``6 d + 4 I + F + 2 H N`` (norm inputs/outputs and
+    residuals, q/k/v/context, the feed-forward hidden ``F`` = 3 d_ff gated / 2 d_ff ReLU, attention
+    scores and probabilities over N keys). Per decoder layer and target token: ``9 d + 6 I + F +
+    2 H (M + N)``, plus cross keys/values ``2 I`` per input token. The head keeps logits and
+    probabilities, ``2 V`` per target token. With rematerialisation only each block's input (``d``
+    per token and layer) is kept, plus one block's activations while it is recomputed."""
+    d, inner, h = config.d_model, config.inner_dim, config.num_heads
+    v = config.require_vocab_size()
+    n, m = inputs_length, targets_length
+    ff = (3 if config.is_gated else 2) * config.d_ff
+    enc_layer = n * (6 * d + 4 * inner + ff + 2 * h * n)
+    dec_layer = m * (9 * d + 6 * inner + ff + 2 * h * (m + n)) + n * 2 * inner
+    head = 2 * v * m
+    if remat:
+        inputs = config.num_encoder_layers * n * d + config.num_decoder_layers * m * d
+        return inputs + max(enc_layer, dec_layer) + head
+    return config.num_encoder_layers * enc_layer + config.num_decoder_layers * dec_layer + head
+
+
+def memory_per_device(config: T5Config, *, batch_size: int, inputs_length: int,
+                      targets_length: int, optimizer: str = "adafactor", devices: int = 1,
+                      strategy: str = "data_parallel", precision: str = "float32",
+                      remat: bool = False) -> dict:
+    """Estimated bytes per device: parameters, gradients, optimizer state (float32, divided by
+    ``devices`` under ``fsdp``) and activations (the per-device share of ``batch_size``; 2 bytes
+    each under mixed precision, else 4)."""
+    from t5pre.training.optimizer_state import state_elements
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
+    shapes = all_parameter_shapes(config)
+    shard = devices if strategy == "fsdp" else 1
+    params = 4 * sum(math.prod(s) for s in shapes) / shard
+    per_device_batch = math.ceil(batch_size / devices)
+    act_bytes = 2 if precision.startswith("mixed") else 4
+    out = {
+        "parameters": params,
+        "gradients": params,
+        "optimizer_state": 4 * state_elements(optimizer, shapes) / shard,
+        "activations": act_bytes * per_device_batch
+        * activation_elements(config, inputs_length, targets_length, remat=remat),
+    }
+    out["total"] = sum(out.values())
+    return out

@@ -125,6 +125,12 @@ class T5Model(keras.Model):
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _remat(self, block_call, training):
+        """With ``config.remat``, a training block call whose activations are recomputed in the
+        backward pass (``keras.remat``: ``jax.checkpoint`` / ``tf.recompute_grad``) instead of
+        kept: memory for compute. Only tensors go through the wrapper."""
+        return keras.remat(block_call) if self.config.remat and training else block_call
+
     @staticmethod
     def _drop(layer, x, training):
         return x if layer is None else layer(x, training=training)
@@ -155,7 +161,8 @@ class T5Model(keras.Model):
         bias = bias + _mask_to_bias(allowed)
         x = self._embed(token_ids, self.embedding_dropout, training)
         for block in self.encoder_blocks:
-            x = block(x, bias, training=training)
+            x = self._remat(lambda h, b, block=block: block(h, b, training=training),
+                            training)(x, bias)
         x = self.encoder_final_norm(x)
         return self._drop(self.encoder_output_dropout, x, training)
 
@@ -189,7 +196,10 @@ class T5Model(keras.Model):
 
         x = self._embed(token_ids, self.decoder_embedding_dropout, training)
         for block in self.decoder_blocks:
-            x = block(x, self_bias, cross_bias, encoder_outputs=encoder_outputs, training=training)
+            x = self._remat(
+                lambda h, sb, cb, enc, block=block: block(h, sb, cb, encoder_outputs=enc,
+                                                          training=training),
+                training)(x, self_bias, cross_bias, encoder_outputs)
         x = self.decoder_final_norm(x)
         x = self._drop(self.decoder_output_dropout, x, training)
         return self.logits(x)
