@@ -213,15 +213,15 @@ def _swap_in(staging: pathlib.Path, out: pathlib.Path, overwrite: bool):
 def export_model_dir(model_dir, out_dir, checkpoint=None, *, overwrite: bool = False):
     """Export a t5pre model directory (a training directory, latest or `checkpoint`; a
     `save_pretrained` directory; a fine-tuning `best/`) to `out_dir`. Returns (out, loaded)."""
-    from t5pre.evaluation.predict import DEFAULT_MAX_INPUT_LENGTH, load_for_inference
+    from t5pre.models.decode_settings import DEFAULT_MAX_INPUT_LENGTH
+    from t5pre.models.store import load_for_inference
 
     require("safetensors", PURPOSE)  # fail fast, before loading anything
     require("tokenizers", PURPOSE)
     check_target(out_dir, overwrite)
     loaded = load_for_inference(model_dir, checkpoint)  # the one call that reads a model dir
-    max_length = DEFAULT_MAX_INPUT_LENGTH
-    if loaded.run_config is not None:
-        max_length = int(loaded.run_config.data.sequence_length.inputs)
+    lengths = loaded.sequence_length or {}
+    max_length = int(lengths.get("inputs") or DEFAULT_MAX_INPUT_LENGTH)
     source = {"model_dir": os.path.abspath(loaded.model_dir), "layout": loaded.layout,
               "checkpoint": loaded.checkpoint or ""}
     out = export_hf(loaded.model, loaded.vocabulary, out_dir, overwrite=overwrite,
