@@ -42,6 +42,7 @@ from t5pre.optional import require
 
 PURPOSE = "exporting to Hugging Face format (`t5pre export --format hf`)"
 MODEL_FILE = "model.safetensors"
+HF_MODEL_MAX_LENGTH = 512  # the tokenizer's model_max_length when the directory records none (T5's)
 
 
 def hf_config(config) -> dict:
@@ -158,7 +159,8 @@ def _write_json(path: pathlib.Path, values: dict):
 
 
 # ------------------------------------------------------------------------------------ export
-def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False, max_length: int = 512,
+def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False,
+              max_length: int = HF_MODEL_MAX_LENGTH,
               metadata: dict | None = None) -> pathlib.Path:
     """Write `model` (+ `vocabulary`, or None for weights only) to `out_dir` in HF layout.
 
@@ -213,13 +215,13 @@ def _swap_in(staging: pathlib.Path, out: pathlib.Path, overwrite: bool):
 def export_model_dir(model_dir, out_dir, checkpoint=None, *, overwrite: bool = False):
     """Export a t5pre model directory (a training directory, latest or `checkpoint`; a
     `save_pretrained` directory; a fine-tuning `best/`) to `out_dir`. Returns (out, loaded)."""
-    from t5pre.evaluation.predict import DEFAULT_MAX_INPUT_LENGTH, load_for_inference
+    from t5pre.evaluation.predict import load_for_inference
 
     require("safetensors", PURPOSE)  # fail fast, before loading anything
     require("tokenizers", PURPOSE)
     check_target(out_dir, overwrite)
     loaded = load_for_inference(model_dir, checkpoint)  # the one call that reads a model dir
-    max_length = DEFAULT_MAX_INPUT_LENGTH
+    max_length = HF_MODEL_MAX_LENGTH
     if loaded.run_config is not None:
         max_length = int(loaded.run_config.data.sequence_length.inputs)
     source = {"model_dir": os.path.abspath(loaded.model_dir), "layout": loaded.layout,
