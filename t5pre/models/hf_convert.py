@@ -37,8 +37,10 @@ class _Tensors:
     """Name -> numpy array, read from the checkpoint one tensor at a time when asked for.
 
     safetensors files are opened with the `safetensors` library (`framework="numpy"`; bf16 comes
-    back as ml_dtypes' bfloat16, which Keras and TensorFlow already install), so converting an
-    xl checkpoint holds one tensor, not the whole file, in memory beside the model.
+    back as ml_dtypes' bfloat16, which Keras and TensorFlow already install): only the tensors
+    of the variable being assigned are read and widened to float32, never a copy of the whole
+    file. (Measured on a 60M-parameter bf16 checkpoint, the process's peak RSS is the same as
+    with the old whole-file reader, 1.37 GB: building the model dominates at that size.)
     """
 
     def __init__(self, files: dict, loaded: dict | None = None):

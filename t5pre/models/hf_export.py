@@ -42,6 +42,7 @@ from t5pre.optional import require
 
 PURPOSE = "exporting to Hugging Face format (`t5pre export --format hf`)"
 MODEL_FILE = "model.safetensors"
+HF_MODEL_MAX_LENGTH = 512  # the tokenizer's model_max_length when the directory records none (T5's)
 
 
 def hf_config(config) -> dict:
@@ -158,7 +159,8 @@ def _write_json(path: pathlib.Path, values: dict):
 
 
 # ------------------------------------------------------------------------------------ export
-def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False, max_length: int = 512,
+def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False,
+              max_length: int = HF_MODEL_MAX_LENGTH,
               metadata: dict | None = None) -> pathlib.Path:
     """Write `model` (+ `vocabulary`, or None for weights only) to `out_dir` in HF layout.
 
@@ -213,7 +215,6 @@ def _swap_in(staging: pathlib.Path, out: pathlib.Path, overwrite: bool):
 def export_model_dir(model_dir, out_dir, checkpoint=None, *, overwrite: bool = False):
     """Export a t5pre model directory (a training directory, latest or `checkpoint`; a
     `save_pretrained` directory; a fine-tuning `best/`) to `out_dir`. Returns (out, loaded)."""
-    from t5pre.models.decode_settings import DEFAULT_MAX_INPUT_LENGTH
     from t5pre.models.store import load_for_inference
 
     require("safetensors", PURPOSE)  # fail fast, before loading anything
@@ -221,7 +222,7 @@ def export_model_dir(model_dir, out_dir, checkpoint=None, *, overwrite: bool = F
     check_target(out_dir, overwrite)
     loaded = load_for_inference(model_dir, checkpoint)  # the one call that reads a model dir
     lengths = loaded.sequence_length or {}
-    max_length = int(lengths.get("inputs") or DEFAULT_MAX_INPUT_LENGTH)
+    max_length = int(lengths.get("inputs") or HF_MODEL_MAX_LENGTH)
     source = {"model_dir": os.path.abspath(loaded.model_dir), "layout": loaded.layout,
               "checkpoint": loaded.checkpoint or ""}
     out = export_hf(loaded.model, loaded.vocabulary, out_dir, overwrite=overwrite,
