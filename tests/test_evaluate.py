@@ -64,6 +64,7 @@ def test_evaluate_writes_scores_and_predictions_that_recompute(pretrained_dir, t
     assert rc == 0
     printed = capsys.readouterr().out
     assert "rougeLsum" in printed and "<- main" in printed
+    assert "6/6" in printed  # the decoding progress bar (Keras Progbar, closing line off a tty)
     summary = json.loads(out.read_text())
     assert summary["task"] == "default_summarize" and summary["num_examples"] == 6
     assert summary["main_metric"] == "rougeLsum"

@@ -60,3 +60,39 @@ def test_config_text_and_eval_summaries(logged_run):
     table = ev["samples"][6].item().decode()
     assert table.startswith("| input | target | prediction")
     assert len(table.splitlines()) == 2 + 2  # header, rule, two examples
+
+
+def test_run_config_as_hparams_and_a_profiler_trace_of_the_chosen_steps(tmp_path):
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from t5pre.training.testing import SyntheticTask, tiny_config
+    from t5pre.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    cfg = tiny_config("training.steps=4", "training.log_every=2", "training.eval_every=0",
+                      "training.profile_steps='2:3'", model_dir=str(run))
+    messages = []
+    Trainer(cfg, str(run), task=SyntheticTask(), log=messages.append).train()
+    assert glob.glob(str(run / "logs" / "train" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    assert any("profiler trace of steps 2-3" in m for m in messages)
+    acc = EventAccumulator(str(run / "logs" / "train"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = data.session_start_info.hparams
+    assert values["training.batch_size"].number_value == cfg.training.batch_size
+    assert values["data.task"].string_value == "synthetic"
+    assert values["optimizer.name"].string_value == cfg.optimizer.name
+
+
+def test_profile_steps_must_be_a_range():
+    from t5pre.errors import ConfigError
+    from t5pre.training.config import profile_range
+
+    assert profile_range("10:15") == (10, 15) and profile_range(None) is None
+    for bad in ("15:10", "0:3", "3", "a:b"):
+        with pytest.raises(ConfigError, match="training.profile_steps"):
+            profile_range(bad)

@@ -97,7 +97,7 @@ def run(args):
     evaluator = TaskEvaluator(task, loaded.vocabulary, split=args.split,
                               sequence_length=sequence_length, max_examples=args.max_examples,
                               settings=settings, batch_size=args.batch_size)
-    result = evaluator.evaluate(loaded.model)
+    result = evaluator.evaluate(loaded.model, progress=True)
     out = args.out or os.path.join(args.model_dir, "eval", f"{task.name}-{args.split}.json")
     extra = {"model_dir": os.path.abspath(args.model_dir), "checkpoint": loaded.checkpoint,
              "decoding": {"beam": settings.beam_size, "length_penalty": settings.length_penalty,

@@ -34,6 +34,10 @@ def add_run_arguments(parser, default_config_help: str) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="tf.distribute strategy (default: the config's, normally auto)")
     parser.add_argument("--tpu", help="TPU name or grpc:// address (implies --strategy tpu)")
+    parser.add_argument("--profile-steps", metavar="START:END",
+                        help="write a TensorFlow profiler trace of steps START..END to "
+                             "DIR/logs/train (TensorBoard's Profile tab); = --set "
+                             "training.profile_steps=START:END")
 
 
 def register(subparsers):
@@ -55,6 +59,8 @@ def load_run_config(args, packaged: str = "default"):
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"training.steps={args.steps}")
+    if getattr(args, "profile_steps", None):
+        overrides.append(f"training.profile_steps='{args.profile_steps}'")
     if args.tpu:
         overrides.append(f"strategy.tpu={args.tpu}")
         if not args.strategy:

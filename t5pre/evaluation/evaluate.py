@@ -178,19 +178,30 @@ def load_examples(task, split: str, sequence_length: dict, max_examples: Optiona
 
 # ------------------------------------------------------------------------------ decoding
 def decode_examples(model, vocabulary, examples, settings: DecodeSettings,
-                    batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> list:
+                    batch_size: int = DEFAULT_EVAL_BATCH_SIZE, progress: bool = False) -> list:
     """Decoded prediction text for every example, in order: the examples' own encoder ids
-    (from the task's pipeline), batches padded to their longest row."""
+    (from the task's pipeline), batches padded to their longest row. ``progress`` shows a Keras
+    ``Progbar`` with the ETA (updated in place on a terminal, one closing line otherwise)."""
     from t5pre.models.decoding import compile_decoder
     from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
     run = compile_decoder(model, settings)
     preprocessor = Seq2SeqPreprocessor(vocabulary, settings.max_input_length)
+    bar = None
+    if progress and examples:
+        import sys
+
+        import keras
+
+        bar = keras.utils.Progbar(len(examples), unit_name="example",
+                                  verbose=1 if sys.stdout.isatty() else 2)
     predictions = []
     for start in range(0, len(examples), batch_size):
         rows = [ex["inputs"] for ex in examples[start:start + batch_size]]
         tokens, _ = run(*preprocessor.pad_batch(rows))
         predictions.extend(preprocessor.decode(tokens))
+        if bar is not None:
+            bar.update(len(predictions))
     return predictions
 
 
@@ -276,11 +287,11 @@ class TaskEvaluator:
                                            self.max_examples)
         return self._examples
 
-    def evaluate(self, model) -> EvalResult:
+    def evaluate(self, model, progress: bool = False) -> EvalResult:
         start = time.perf_counter()
         examples = self.examples
         predictions = decode_examples(model, self.vocabulary, examples, self.settings,
-                                      self.batch_size)
+                                      self.batch_size, progress=progress)
         rows = make_rows(self.task, examples, predictions)
         scores = score_rows(self.task, rows)
         main = main_metric_name(scores, self.metric) if scores else None

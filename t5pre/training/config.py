@@ -90,6 +90,8 @@ class TrainingSection:
                                          doc="peak FLOP/s of ONE replica; enables the MFU scalar")
     text_samples: int = _field(3, min=0, doc="decoded examples written to TensorBoard per eval")
     jit_compile: bool = _field(False, doc="XLA-compile the train step (helps on TPU/GPU)")
+    profile_steps: Optional[str] = _field(
+        None, doc="'START:END': a profiler trace of those steps in DIR/logs/train")
     allow_data_change: bool = _field(
         False, doc="resume although task, lengths, batch size, packing or data seed changed")
 
@@ -126,6 +128,21 @@ class StrategySection:
     cluster: str = _field("tf_config", choices=("tf_config", "slurm"),
                           doc="where multi_worker finds its workers: TF_CONFIG, or the srun step")
     port_base: int = _field(8888, min=1, max=65535, doc="slurm: first worker port on each node")
+
+
+def profile_range(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"START:END"`` -> (START, END) with 1 <= START <= END; ConfigError naming the field."""
+    if value in (None, ""):
+        return None
+    parts = str(value).split(":")
+    try:
+        start, end = (int(p) for p in parts)
+    except ValueError:
+        start = end = 0
+    if len(parts) != 2 or not 1 <= start <= end:
+        raise ConfigError(f"training.profile_steps = {value!r}: expected START:END with "
+                          "1 <= START <= END, e.g. 10:15")
+    return start, end
 
 
 # What decides the data stream a checkpoint's data position counts into.

@@ -83,6 +83,17 @@ class Summaries:
         with writer.as_default(step=step):
             tf.summary.text(name, text)
 
+    def hparams(self, config: dict, run_name: str = "") -> None:
+        """The run config as an HParams summary (TensorBoard's HPARAMS tab compares runs):
+        dotted keys, lists and dicts as strings, nulls left out."""
+        writer = self._writer("train")
+        if writer is None or 0 <= self._logged.get("train", -1):
+            return
+        from tensorboard.plugins.hparams import api as hp
+
+        with writer.as_default():
+            hp.hparams(flat_hparams(config), trial_id=run_name or None)
+
     def flush(self) -> None:
         for w in self._writers.values():
             w.flush()
@@ -97,6 +108,20 @@ class Summaries:
         for w in self._writers.values():
             w.close()
         self._writers = {}
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """``{"training.batch_size": 128, ...}``: scalars kept, lists/dicts as strings, None dropped."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not name.endswith("overrides"):
+            flat.update(flat_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        elif value is not None:
+            flat[name] = str(value)
+    return flat
 
 
 def _fmt_duration(seconds: float) -> str:

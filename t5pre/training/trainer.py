@@ -38,7 +38,7 @@ from typing import Callable
 
 from t5pre.errors import CheckpointError, ConfigError, StorageError, T5preError, WorkerLostError
 from t5pre.training import checkpointing, summaries
-from t5pre.training.config import RunConfig, save_config
+from t5pre.training.config import RunConfig, profile_range, save_config
 from t5pre.training.data import feature_spec, make_dataset_fn, zeros_like_spec
 from t5pre.training.optimizers import inner_optimizer, make_optimizer
 
@@ -627,6 +627,8 @@ class Trainer:
         self.log(f"TensorBoard: tensorboard --logdir {summaries.log_dir(self.model_dir)}")
         if step == 0:
             writer.text("train", 0, "config", "```\n" + self.config.to_yaml() + "\n```")
+            writer.hparams(self.config.to_dict(), run_name=os.path.basename(
+                os.path.abspath(self.model_dir)))
         if step >= t.steps:
             self.log(f"already at step {step} >= training.steps {t.steps}; nothing to do "
                      f"(pass a larger --steps to continue)")
@@ -651,9 +653,12 @@ class Trainer:
         start_step = saved_step = step
         step_times = []
         stop = _StopRequests()
+        profiler = _Profiler(profile_range(t.profile_steps), summaries.log_dir(self.model_dir),
+                             enabled=self.is_chief, log=self.log)
         try:
             stop.__enter__()
             while step < t.steps:
+                profiler.before_step(step + 1)
                 t0 = time.perf_counter()
                 batch = next(iterator)
                 t1 = time.perf_counter()
@@ -661,6 +666,7 @@ class Trainer:
                 out = {k: v.numpy() for k, v in out.items()}
                 t2 = time.perf_counter()
                 step += 1
+                profiler.after_step(step)
                 data_examples += t.batch_size
                 finite = bool(out["finite"])
                 if finite:
@@ -725,6 +731,7 @@ class Trainer:
                     raise TrainingInterrupted(message, step, last_ckpt)
         finally:
             stop.__exit__(None, None, None)
+            profiler.stop()
             writer.close()
             self.keeper.close()
         done = step - start_step
@@ -737,6 +744,33 @@ class Trainer:
     def _describe_strategy(self) -> str:
         from t5pre.training.strategy import describe
         return describe(self.strategy)
+
+
+class _Profiler:
+    """A TensorFlow profiler trace of steps START..END (``training.profile_steps``), written to
+    ``DIR/logs/train`` for TensorBoard's Profile tab; stopped on any exit from the loop."""
+
+    def __init__(self, steps, log_dir: str, *, enabled: bool, log):
+        self.steps = steps if enabled else None
+        self.log_dir = os.path.join(log_dir, "train")
+        self.active = False
+        self._log = log
+
+    def before_step(self, step: int) -> None:
+        if self.steps and step == self.steps[0] and not self.active:
+            _tf().profiler.experimental.start(self.log_dir)
+            self.active = True
+
+    def after_step(self, step: int) -> None:
+        if self.active and step >= self.steps[1]:
+            self.stop()
+            self._log(f"profiler trace of steps {self.steps[0]}-{self.steps[1]} written to "
+                      f"{self.log_dir} (TensorBoard: Profile)")
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            _tf().profiler.experimental.stop()
 
 
 class _Window:
