@@ -175,10 +175,7 @@ def span_corruption_tokens_length(
 # --------------------------------------------------------------------------------------------
 
 
-def _tf():
-    import tensorflow as tf
-
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def _seed_tensor(seeds):

@@ -22,10 +22,7 @@ from t5pre.errors import DataError
 AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow at module import
 
 
-def _tf():
-    import tensorflow as tf
-
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def _spec_keys(dataset, ctx, name):

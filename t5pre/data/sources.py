@@ -51,10 +51,7 @@ _JSON_BATCH = 256
 _LINE_BLOCK = 1024
 
 
-def _tf():
-    import tensorflow as tf
-
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------- errors

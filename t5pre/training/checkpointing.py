@@ -26,9 +26,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 _NAME = "ckpt"
 
 
-def _tf():
-    import tensorflow as tf
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def _corrupt(path: str, error: BaseException) -> CheckpointError:

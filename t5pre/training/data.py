@@ -25,9 +25,7 @@ from typing import Callable
 from t5pre.errors import ConfigError, T5preError
 
 
-def _tf():
-    import tensorflow as tf
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def get_task_or_mixture(data_cfg):

@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from t5pre.errors import ConfigError
 
 
-def _tf():
-    import tensorflow as tf
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def _tf_config() -> dict:

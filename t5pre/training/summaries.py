@@ -13,9 +13,7 @@ import os
 import sys
 
 
-def _tf():
-    import tensorflow as tf
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 LOGGED_STEPS_FILE = "logged_steps.json"  # the newest step written per split

@@ -105,9 +105,7 @@ class _StopRequests:
         return False
 
 
-def _tf():
-    import tensorflow as tf
-    return tf
+from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def _no_second_all_reduce(optimizer) -> None:
