@@ -35,6 +35,7 @@ class Summaries:
         # already logged (with the same values, resume is exact), so they are written once.
         self._logged = self._read_logged() if enabled else {}
         self._newest = dict(self._logged)
+        self._saved = dict(self._logged)  # what logged_steps.json holds now
 
     def _logged_path(self) -> str:
         return os.path.join(self._dir, LOGGED_STEPS_FILE)
@@ -95,10 +96,11 @@ class Summaries:
     def flush(self) -> None:
         for w in self._writers.values():
             w.flush()
-        if self.enabled and self._newest and self._newest != self._read_logged():
+        if self.enabled and self._newest != self._saved:
             from t5pre.files import atomic_write_json
 
             atomic_write_json(self._logged_path(), self._newest, indent=None)
+            self._saved = dict(self._newest)
 
     def close(self) -> None:
         if self._writers:
