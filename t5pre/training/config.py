@@ -27,7 +27,11 @@ from t5pre.errors import ConfigError
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("adafactor", "adamw", "keras_adafactor")
 SCHEDULES = ("auto", "rsqrt", "cosine", "constant", "linear")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# TensorFlow's tf.distribute strategies and the JAX backend's keras.distribution ones
+# (t5pre/training/distribution_jax.py); a name of the other backend is refused at start-up.
+TF_STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+JAX_STRATEGIES = ("data_parallel", "fsdp")
+STRATEGIES = TF_STRATEGIES + JAX_STRATEGIES
 
 
 def _field(default=dataclasses.MISSING, *, doc="", choices=None, min=None, max=None,

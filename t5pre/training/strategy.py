@@ -117,6 +117,9 @@ def create_strategy(name: str = "auto", tpu: str | None = None, cluster: str = "
                     port_base: int = 8888):
     """Creates the strategy; see the module docstring for what ``auto`` picks and for
     ``cluster`` (``tf_config`` | ``slurm``; ``port_base``: the first worker port under slurm)."""
+    from t5pre.training.distribution_jax import check_strategy_name
+
+    check_strategy_name(name, "tensorflow")  # JAX-only names: a clear ConfigError
     tf = _tf()
     if cluster not in CLUSTERS:
         raise ConfigError(f"unknown strategy.cluster {cluster!r}; use {' or '.join(CLUSTERS)}")

@@ -1,0 +1,120 @@
+"""Runs JaxBackend steps on fixed batches in a JAX process (tests/test_jax_training.py).
+
+    KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
+        python tests/jax_step_worker.py OUT.json CASE [CASE ...]
+
+Each CASE is ``strategy:accum:optimizer[:poison]`` (e.g. ``data_parallel:1:adamw``); the
+worker trains a fresh tiny T5 (same seed, so the same initial weights) for 3 steps on the same
+3 global batches and writes per case the step outputs and a checksum of the final weights and
+optimizer variables. ``poison`` makes the second batch's loss weights infinite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+BATCH, INPUTS, TARGETS, VOCAB = 8, 32, 16, 128
+
+
+def batches(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        enc_len = rng.integers(8, INPUTS, size=BATCH)
+        dec_len = rng.integers(3, TARGETS, size=BATCH)
+        enc_mask = (np.arange(INPUTS)[None] < enc_len[:, None]).astype("int32")
+        dec_mask = (np.arange(TARGETS)[None] < dec_len[:, None]).astype("int32")
+        targets = rng.integers(3, VOCAB, size=(BATCH, TARGETS)).astype("int32") * dec_mask
+        dec_in = np.concatenate([np.zeros((BATCH, 1), "int32"), targets[:, :-1]], 1)
+        out.append({
+            "encoder_token_ids": rng.integers(3, VOCAB, size=(BATCH, INPUTS)).astype("int32")
+            * enc_mask,
+            "encoder_padding_mask": enc_mask,
+            "decoder_token_ids": dec_in, "decoder_padding_mask": dec_mask,
+            "decoder_target_ids": targets,
+            "decoder_loss_weights": dec_mask.astype("float32"),
+        })
+    return out
+
+
+def build(strategy, accum, optimizer_name, clip_norm=1.0):
+    from t5pre.training.optimizers import make_optimizer
+    from t5pre.training.step_jax import JaxBackend
+    from t5pre.training.testing import tiny_config
+    from t5pre.training.trainer import build_t5_model
+
+    cfg = tiny_config(f"strategy.name={strategy}", f"training.grad_accum_steps={accum}",
+                      f"optimizer.name={optimizer_name}", "optimizer.learning_rate=1e-2",
+                      f"training.clip_norm={'null' if clip_norm is None else clip_norm}",
+                      "training.z_loss=1e-4",
+                      f"training.batch_size={BATCH}",
+                      f"data.sequence_length.inputs={INPUTS}",
+                      f"data.sequence_length.targets={TARGETS}")
+    backend = JaxBackend(cfg.strategy)
+    backend.setup_numerics(cfg.training)
+    with backend.scope():
+        model = build_t5_model(cfg, None)
+        model({k: v[:1] for k, v in batches(1)[0].items()}, training=False)
+        optimizer = make_optimizer(cfg.optimizer, cfg.training.precision)
+        optimizer.build(model.trainable_variables)
+    backend.prepare(model, optimizer)
+    return cfg, backend, model, optimizer
+
+
+def state_arrays(model, optimizer):
+    return ([np.asarray(v.value) for v in model.trainable_variables],
+            [np.asarray(v.value) for v in optimizer.variables])
+
+
+def run_case(case):
+    from t5pre.models import seq2seq_loss
+
+    parts = case.split(":")
+    strategy, accum, opt = parts[0], int(parts[1]), parts[2]
+    poison = len(parts) > 3 and parts[3] == "poison"
+    cfg, backend, model, optimizer = build(strategy, accum, opt)
+    step = backend.train_step_fn(model, optimizer, seq2seq_loss, cfg.training)
+    outs, before_after = [], None
+    data = batches()
+    if poison:
+        data[1]["decoder_loss_weights"] = data[1]["decoder_loss_weights"] * np.inf
+    for i, b in enumerate(data):
+        if poison and i == 1:
+            backend.sync()
+            before = state_arrays(model, optimizer)
+        out = step(backend.place(b))
+        outs.append({k: float(v) for k, v in out.items()})
+        if poison and i == 1:
+            backend.sync()
+            after = state_arrays(model, optimizer)
+            before_after = all(np.array_equal(x, y) for g0, g1 in zip(before, after)
+                               for x, y in zip(g0, g1))
+    backend.sync()
+    weights, opt_vars = state_arrays(model, optimizer)
+    ev = backend.eval_step_fn(model, seq2seq_loss)(backend.place(data[0]))
+    shardings = {v.path: str(getattr(v.value.sharding, "spec", "single")) for v in model.trainable_variables}
+    opt_shardings = {v.path: str(getattr(v.value.sharding, "spec", "single")) for v in optimizer.variables}
+    return {"outputs": outs, "weights": [w.tolist() for w in weights],
+            "iterations": int(np.asarray(optimizer.iterations.value)),
+            "unchanged_on_poison": before_after,
+            "eval": {k: float(v) for k, v in ev.items()},
+            "shardings": shardings, "opt_shardings": opt_shardings,
+            "replicas": backend.num_replicas, "describe": backend.describe()}
+
+
+def main(argv):
+    out_path, cases = argv[0], argv[1:]
+    result = {case: run_case(case) for case in cases}
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
