@@ -44,7 +44,7 @@ def batches(n=3, seed=0):
     return out
 
 
-def build(strategy, accum, optimizer_name, clip_norm=1.0):
+def build(strategy, accum, optimizer_name, clip_norm=1.0, seed=1):
     from t5pre.training.optimizers import make_optimizer
     from t5pre.training.step_jax import JaxBackend
     from t5pre.training.testing import tiny_config
@@ -53,7 +53,7 @@ def build(strategy, accum, optimizer_name, clip_norm=1.0):
     cfg = tiny_config(f"strategy.name={strategy}", f"training.grad_accum_steps={accum}",
                       f"optimizer.name={optimizer_name}", "optimizer.learning_rate=1e-2",
                       f"training.clip_norm={'null' if clip_norm is None else clip_norm}",
-                      "training.z_loss=1e-4",
+                      "training.z_loss=1e-4", f"training.seed={seed}",
                       f"training.batch_size={BATCH}",
                       f"data.sequence_length.inputs={INPUTS}",
                       f"data.sequence_length.targets={TARGETS}")
@@ -109,7 +109,64 @@ def run_case(case):
             "replicas": backend.num_replicas, "describe": backend.describe()}
 
 
+def run_checkpoint_case(model_dir):
+    """Arrays-format round trip, exact resume, corrupt-checkpoint fallback, TF-free save."""
+    from t5pre.models import seq2seq_loss
+    from t5pre.training.checkpointing import CheckpointKeeper, latest_checkpoint
+
+    data = batches(4)
+    cfg, backend, model, optimizer = build("fsdp", 1, "adafactor")
+    step = backend.train_step_fn(model, optimizer, seq2seq_loss, cfg.training)
+    logs = []
+    keeper = CheckpointKeeper(model_dir, model=model, optimizer=optimizer, format="arrays",
+                              max_to_keep=2, log=logs.append)
+    for i in range(3):
+        step(backend.place(data[i]))
+        backend.sync()
+        keeper.save(i + 1, (i + 1) * BATCH, 1)
+    saved = state_arrays(model, optimizer)
+    step(backend.place(data[3]))
+    backend.sync()
+    uninterrupted = state_arrays(model, optimizer)
+
+    # a fresh process-like restart: new model and optimizer with other initial weights
+    cfg2, backend2, model2, optimizer2 = build("fsdp", 1, "adafactor", seed=7)
+    keeper2 = CheckpointKeeper(model_dir, model=model2, optimizer=optimizer2, format="arrays",
+                               log=logs.append)
+    restored_step, path = keeper2.restore_latest()
+    restored = state_arrays(model2, optimizer2)
+    round_trip = all(np.array_equal(a, b) for g0, g1 in zip(saved, restored)
+                     for a, b in zip(g0, g1))
+    position = keeper2.restored_position()
+    step2 = backend2.train_step_fn(model2, optimizer2, seq2seq_loss, cfg2.training)
+    step2(backend2.place(data[3]))
+    backend2.sync()
+    resumed = state_arrays(model2, optimizer2)
+    exact_resume = all(np.array_equal(a, b) for g0, g1 in zip(uninterrupted, resumed)
+                       for a, b in zip(g0, g1))
+    kept = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+
+    # damage the newest checkpoint: truncate one array file
+    newest = latest_checkpoint(model_dir)
+    victim = sorted(f for f in os.listdir(newest) if f.endswith(".npy"))[0]
+    with open(os.path.join(newest, victim), "r+b") as f:
+        f.truncate(40)
+    keeper3 = CheckpointKeeper(model_dir, model=model2, optimizer=optimizer2, format="arrays",
+                               log=logs.append)
+    fallback_step, fallback_path = keeper3.restore_latest()
+    return {"restored_step": restored_step, "path": path, "round_trip": round_trip,
+            "position": list(position), "exact_resume": exact_resume, "kept": kept,
+            "fallback_step": fallback_step, "fallback_position": list(keeper3.restored_position()),
+            "logs": logs,
+            "tensorflow_imported": "tensorflow" in sys.modules}
+
+
 def main(argv):
+    if argv[1] == "checkpoint":
+        result = run_checkpoint_case(argv[2])
+        with open(argv[0], "w") as f:
+            json.dump(result, f)
+        return
     out_path, cases = argv[0], argv[1:]
     result = {case: run_case(case) for case in cases}
     with open(out_path, "w") as f:

@@ -11,10 +11,24 @@ On restore we also check that the ``step`` stored inside ``ckpt-N`` is N.
 involve collectives), but only the chief's copy is kept: other workers write into a private
 temporary directory that is deleted right after. Every worker restores from the chief's
 directory, which therefore has to be on a filesystem all workers see (GCS, NFS, ...).
+
+**Formats.** ``format="tf"`` (the TensorFlow backend): ``ckpt-N.index`` + ``ckpt-N.data-*``
+written by ``tf.train.Checkpoint``. ``format="arrays"`` (the JAX backend; no TensorFlow
+involved): a directory ``ckpt-N/`` holding one ``.npy`` file per variable and ``manifest.json``
+(for each variable: its key -- ``model/<Keras path>`` or ``optimizer/<Keras path>`` -- file,
+shape, dtype and sha256; and ``step``, ``data_examples``, ``data_pipelines``). It is written into
+``ckpt-N_temp-*/`` and renamed into place, then the state file is updated, so the atomicity
+argument above holds for it too. Both formats share the state file (``checkpoints/checkpoint``,
+the same text format TensorFlow writes), rotation, fallback past damaged checkpoints and the
+removal of orphans; :func:`latest_checkpoint`, :func:`find_checkpoint` and
+:func:`restore_model_weights` read either, so a directory trained on JAX exports on TensorFlow
+(model weights are matched by Keras path, the same on both backends).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,6 +38,9 @@ from t5pre.errors import CheckpointError, StorageError
 
 CHECKPOINT_SUBDIR = "checkpoints"
 _NAME = "ckpt"
+FORMATS = ("tf", "arrays")
+MANIFEST = "manifest.json"
+ARRAYS_FORMAT_VERSION = 1
 
 
 from t5pre.lazy import tensorflow as _tf  # noqa: E402
@@ -51,18 +68,32 @@ def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_SUBDIR)
 
 
+def is_arrays_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def checkpoint_exists(path: str) -> bool:
+    """Whether ``path`` (``.../ckpt-N``) has its files, in either format."""
+    if is_arrays_checkpoint(path):
+        return True
+    if os.path.exists(path + ".index"):
+        return True
+    if "://" in path:  # gs://..., only TensorFlow's file system reads it
+        return _tf().io.gfile.exists(path + ".index")
+    return False
+
+
 def latest_checkpoint(model_dir: str) -> str | None:
     """Path prefix of the newest checkpoint of a model directory that has its files, or None.
 
     The ``checkpoint`` state file decides which checkpoints are complete; when it is unreadable
-    the ``ckpt-N.index`` files on disk do."""
-    tf = _tf()
+    the ``ckpt-N.index`` files (or ``ckpt-N/manifest.json``) on disk do."""
     steps = read_state_steps(model_dir)
     if steps is None:
         steps = steps_on_disk(model_dir)
     for step in sorted(steps, reverse=True):
         path = os.path.join(checkpoint_dir(model_dir), f"{_NAME}-{step}")
-        if tf.io.gfile.exists(path + ".index"):
+        if checkpoint_exists(path):
             return path
     return None
 
@@ -76,7 +107,6 @@ def checkpoint_step(path: str) -> int:
 
 def find_checkpoint(model_dir: str, checkpoint=None) -> str:
     """Resolves ``checkpoint`` (None = latest, a step number, or a path) to a checkpoint prefix."""
-    tf = _tf()
     if not os.path.isdir(model_dir):
         raise CheckpointError(f"{model_dir}: model directory not found")
     if checkpoint is None:
@@ -89,8 +119,8 @@ def find_checkpoint(model_dir: str, checkpoint=None) -> str:
     if isinstance(checkpoint, int) or str(checkpoint).isdigit():
         path = os.path.join(checkpoint_dir(model_dir), f"{_NAME}-{int(checkpoint)}")
     else:
-        path = str(checkpoint)
-    if not tf.io.gfile.exists(path + ".index"):
+        path = str(checkpoint).rstrip("/")
+    if not checkpoint_exists(path):
         available = all_checkpoint_steps(model_dir)
         raise CheckpointError(f"{path}: checkpoint not found (available steps: "
                               f"{', '.join(map(str, available)) or 'none'})")
@@ -122,27 +152,11 @@ def model_weights_trackable(model):
     return holder
 
 
-class CheckpointKeeper:
-    """Saves and restores a run's state; chief-only writes (see module docstring).
+class _TFStore:
+    """``tf.train.Checkpoint`` files ``ckpt-N.index`` / ``ckpt-N.data-*``."""
 
-    ``state`` holds the plain (non-distributed) variables ``step``, ``data_examples`` (global
-    examples consumed) and ``data_pipelines`` (input pipelines when they were consumed).
-
-    Recovery (nothing is lost to a damaged file): :meth:`restore_latest` tries the checkpoints
-    newest first and falls back past any that cannot be read (a missing ``.index``, a truncated
-    or zeroed ``.data`` file), saying which and why; when the ``checkpoint`` state file itself is
-    unreadable it recovers the list from the ``ckpt-N.index`` files on disk. Rotation deletes a
-    checkpoint only when ``max_to_keep`` newer checkpoints that were written by this keeper or
-    restored by it exist, so a good checkpoint is never dropped for a damaged newer one.
-    """
-
-    def __init__(self, model_dir: str, *, model, optimizer, is_chief: bool = True,
-                 max_to_keep: int = 3, log=None):
+    def __init__(self, model, optimizer):
         tf = _tf()
-        self.model_dir = model_dir
-        self.is_chief = is_chief
-        self.max_to_keep = max_to_keep
-        self._log = log or (lambda msg: None)
         with tf.init_scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.data_examples = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -154,13 +168,291 @@ class CheckpointKeeper:
         # match; creating it first puts it in every checkpoint, as CheckpointManager did.
         with tf.init_scope():
             self.checkpoint.save_counter  # noqa: B018 (creates the variable)
+
+    def position(self) -> tuple[int, int, int]:
+        return (int(self.step.numpy()), int(self.data_examples.numpy()),
+                int(self.data_pipelines.numpy()))
+
+    def read(self, path: str) -> None:
+        tf = _tf()
+        if not tf.io.gfile.exists(path + ".index"):
+            raise CorruptCheckpoint(f"{path}: {os.path.basename(path)}.index is missing")
+        try:
+            status = self.checkpoint.restore(path)
+            status.assert_existing_objects_matched()
+        except (IndexError, AssertionError, ValueError, tf.errors.OpError) as e:
+            if _is_corruption(e):
+                raise _corrupt(path, e) from None
+            first = str(e).strip().splitlines()[0][:300]
+            raise CheckpointError(
+                f"{path}: checkpoint does not match this model/optimizer ({first}); was the "
+                "model directory trained with another model or optimizer config?") from None
+
+    def write(self, path: str, step: int, data_examples: int, data_pipelines: int) -> str:
+        self.step.assign(step)
+        self.data_examples.assign(data_examples)
+        self.data_pipelines.assign(data_pipelines)
+        return self.checkpoint.write(path)
+
+    def storage_errors(self) -> tuple:
+        tf = _tf()
+        return (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+                tf.errors.FailedPreconditionError, tf.errors.UnknownError, OSError)
+
+    @staticmethod
+    def delete(path: str) -> None:
+        _delete_checkpoint_files(path)
+
+
+def _variable_key(v, i: int) -> str:
+    return getattr(v, "path", None) or getattr(v, "name", None) or f"variable_{i}"
+
+
+def keyed_variables(model, optimizer=None) -> dict:
+    """``{"model/<path>": variable, "optimizer/<path>": variable}`` (duplicates get ``_i``, as
+    in :func:`model_weights_trackable`)."""
+    out = {}
+    for prefix, variables in (("model", model.weights),
+                              ("optimizer", optimizer.variables if optimizer is not None else [])):
+        for i, v in enumerate(variables):
+            key = _variable_key(v, i)
+            if f"{prefix}/{key}" in out:
+                key = f"{key}_{i}"
+            out[f"{prefix}/{key}"] = v
+    return out
+
+
+def _to_numpy(value):
+    """A variable's value as a host numpy array (gathers an array sharded over processes)."""
+    import numpy as np
+
+    value = getattr(value, "value", value)
+    if getattr(value, "is_fully_addressable", True) is False:
+        from jax.experimental import multihost_utils
+
+        value = multihost_utils.process_allgather(value, tiled=True)
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        try:
+            return np.asarray(value.numpy())
+        except (AttributeError, TypeError):
+            pass
+    return np.asarray(value)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_array(path: str, array) -> str:
+    """Writes ``array`` as .npy; returns the dtype name to record (bfloat16 goes as uint16)."""
+    import numpy as np
+
+    dtype = str(array.dtype)
+    if dtype == "bfloat16":
+        array = array.view(np.uint16)
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return dtype
+
+
+def _load_array(path: str, dtype: str):
+    import numpy as np
+
+    array = np.load(path, allow_pickle=False)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        array = array.view(ml_dtypes.bfloat16)
+    return array
+
+
+def read_manifest(path: str) -> dict:
+    """The manifest of an arrays checkpoint (CorruptCheckpoint when missing or unreadable)."""
+    file = os.path.join(path, MANIFEST)
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
+            raise ValueError("no 'arrays' table")
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} is missing") from None
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} is unreadable ({e}); delete {path} to "
+                                "use the previous checkpoint") from None
+    return manifest
+
+
+def load_arrays(path: str, keys=None, *, verify: bool = True) -> dict:
+    """``{key: numpy array}`` of an arrays checkpoint (only ``keys`` when given), each checked
+    against the manifest's shape, dtype and sha256 (CorruptCheckpoint on any difference)."""
+    manifest = read_manifest(path)
+    out = {}
+    for key, entry in manifest["arrays"].items():
+        if keys is not None and key not in keys:
+            continue
+        file = os.path.join(path, entry["file"])
+        try:
+            if verify and _sha256(file) != entry["sha256"]:
+                raise CorruptCheckpoint(f"{path}: {entry['file']} ({key}) fails its sha256 "
+                                        f"check (truncated or damaged); delete {path} to use "
+                                        "the previous checkpoint")
+            array = _load_array(file, entry["dtype"])
+        except CorruptCheckpoint:
+            raise
+        except (OSError, ValueError) as e:
+            raise CorruptCheckpoint(f"{path}: {entry['file']} ({key}) cannot be read "
+                                    f"({e}); delete {path} to use the previous checkpoint") \
+                from None
+        if list(array.shape) != list(entry["shape"]):
+            raise CorruptCheckpoint(f"{path}: {key} has shape {list(array.shape)}, the manifest "
+                                    f"says {entry['shape']} (corrupt)")
+        out[key] = array
+    return out
+
+
+def _assign_arrays(path: str, variables: dict, arrays: dict, what: str) -> None:
+    """Assigns ``arrays`` into ``variables`` (both keyed alike); CheckpointError naming the
+    first difference when the checkpoint holds another model/optimizer."""
+    missing = [k for k in variables if k not in arrays]
+    if missing:
+        raise CheckpointError(
+            f"{path}: checkpoint does not match this {what} (no value for "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); was the model "
+            "directory trained with another model or optimizer config?")
+    for key, v in variables.items():
+        a = arrays[key]
+        if tuple(a.shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{path}: checkpoint does not match this {what} ({key} has shape "
+                f"{tuple(a.shape)} there, {tuple(v.shape)} here)")
+    for key, v in variables.items():
+        v.assign(arrays[key].astype(v.dtype) if str(arrays[key].dtype) != str(v.dtype)
+                 else arrays[key])
+
+
+class _ArrayStore:
+    """``ckpt-N/`` directories of .npy files + manifest.json (see the module docstring)."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self._position = (0, 0, 1)
+
+    def position(self) -> tuple[int, int, int]:
+        return self._position
+
+    def read(self, path: str) -> None:
+        variables = keyed_variables(self.model, self.optimizer)
+        manifest = read_manifest(path)
+        listed = manifest["arrays"]
+        extra = [k for k in listed if k not in variables]
+        missing = [k for k in variables if k not in listed]
+        if extra or missing:
+            diff = (missing or extra)[:3]
+            raise CheckpointError(
+                f"{path}: checkpoint does not match this model/optimizer ("
+                f"{'missing' if missing else 'unexpected'}: {', '.join(diff)}); was the model "
+                "directory trained with another model or optimizer config?")
+        arrays = load_arrays(path)
+        _assign_arrays(path, variables, arrays, "model/optimizer")
+        try:
+            self._position = (int(manifest["step"]), int(manifest["data_examples"]),
+                              int(manifest["data_pipelines"]))
+        except (KeyError, TypeError, ValueError):
+            raise CorruptCheckpoint(f"{path}: {MANIFEST} lacks step/data position") from None
+
+    def write(self, path: str, step: int, data_examples: int, data_pipelines: int,
+              *, keep: bool = True) -> str:
+        """Gathers every value (all processes must call), then writes ``path`` if ``keep``."""
+        arrays = {k: _to_numpy(v) for k, v in keyed_variables(self.model,
+                                                             self.optimizer).items()}
+        self._position = (step, data_examples, data_pipelines)
+        if not keep:
+            return path
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        temp = tempfile.mkdtemp(prefix=os.path.basename(path) + "_temp-", dir=parent)
+        try:
+            entries = {}
+            for i, (key, array) in enumerate(arrays.items()):
+                file = f"{i:05d}.npy"
+                dtype = _save_array(os.path.join(temp, file), array)
+                entries[key] = {"file": file, "shape": list(array.shape), "dtype": dtype,
+                                "sha256": _sha256(os.path.join(temp, file))}
+            manifest = {"format": "t5pre-arrays", "format_version": ARRAYS_FORMAT_VERSION,
+                        "step": int(step), "data_examples": int(data_examples),
+                        "data_pipelines": int(data_pipelines), "arrays": entries}
+            with open(os.path.join(temp, MANIFEST), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.exists(path):  # a damaged checkpoint of the same step is replaced
+                shutil.rmtree(path)
+            os.rename(temp, path)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return path
+
+    def storage_errors(self) -> tuple:
+        return (OSError,)
+
+    @staticmethod
+    def delete(path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class CheckpointKeeper:
+    """Saves and restores a run's state; chief-only writes (see module docstring).
+
+    The state holds the model and optimizer variables, ``step``, ``data_examples`` (global
+    examples consumed) and ``data_pipelines`` (input pipelines when they were consumed);
+    :meth:`restored_position` gives the last two as ints after a restore. ``format`` is ``"tf"``
+    (``tf.train.Checkpoint``) or ``"arrays"`` (numpy files, the JAX backend's); everything
+    below is shared by both.
+
+    Recovery (nothing is lost to a damaged file): :meth:`restore_latest` tries the checkpoints
+    newest first and falls back past any that cannot be read (a missing ``.index`` or manifest,
+    a truncated or zeroed ``.data`` or ``.npy`` file), saying which and why; when the
+    ``checkpoint`` state file itself is unreadable it recovers the list from the checkpoints on
+    disk. Rotation deletes a checkpoint only when ``max_to_keep`` newer checkpoints that were
+    written by this keeper or restored by it exist, so a good checkpoint is never dropped for a
+    damaged newer one.
+    """
+
+    def __init__(self, model_dir: str, *, model, optimizer, is_chief: bool = True,
+                 max_to_keep: int = 3, log=None, format: str = "tf"):
+        if format not in FORMATS:
+            raise ValueError(f"checkpoint format {format!r}: use one of {', '.join(FORMATS)}")
+        self.model_dir = model_dir
+        self.is_chief = is_chief
+        self.max_to_keep = max_to_keep
+        self.format = format
+        self._log = log or (lambda msg: None)
+        self._store = _TFStore(model, optimizer) if format == "tf" else _ArrayStore(model,
+                                                                                     optimizer)
+        if format == "tf":  # the TF objects, as before (callers read keeper.step etc.)
+            self.checkpoint = self._store.checkpoint
+            self.step = self._store.step
+            self.data_examples = self._store.data_examples
+            self.data_pipelines = self._store.data_pipelines
         self.directory = checkpoint_dir(model_dir)
-        self._write_dir = self.directory if is_chief else tempfile.mkdtemp(
-            prefix="t5pre-nonchief-ckpt-")
+        self._write_dir = self.directory if is_chief or format == "arrays" else \
+            tempfile.mkdtemp(prefix="t5pre-nonchief-ckpt-")
         self._kept = None  # steps in the state file, oldest first (None = not read yet)
 
     def latest(self) -> str | None:
         return latest_checkpoint(self.model_dir)
+
+    def restored_position(self) -> tuple[int, int]:
+        """``(data_examples, data_pipelines)`` of the last restore or save."""
+        _, examples, pipelines = self._store.position()
+        return examples, pipelines
 
     def _path(self, step: int, directory: str | None = None) -> str:
         return os.path.join(directory or self.directory, f"{_NAME}-{step}")
@@ -183,20 +475,19 @@ class CheckpointKeeper:
         """Restores everything from ``path``; returns the step. CheckpointError when the
         checkpoint does not fit the model/optimizer (e.g. another model size), CorruptCheckpoint
         when its files cannot be read."""
-        tf = _tf()
-        if not tf.io.gfile.exists(path + ".index"):
-            raise CorruptCheckpoint(f"{path}: {os.path.basename(path)}.index is missing")
-        try:
-            status = self.checkpoint.restore(path)
-            status.assert_existing_objects_matched()
-        except (IndexError, AssertionError, ValueError, tf.errors.OpError) as e:
-            if _is_corruption(e):
-                raise _corrupt(path, e) from None
-            first = str(e).strip().splitlines()[0][:300]
+        if self.format == "arrays" and not is_arrays_checkpoint(path):
+            if os.path.exists(path + ".index"):
+                raise CheckpointError(
+                    f"{path}: a TensorFlow checkpoint; this run (JAX backend) resumes only "
+                    "its own format. Resume it on the TensorFlow backend, or start a new "
+                    "--model-dir with model.init_from set to this directory")
+            raise CorruptCheckpoint(f"{path}: {MANIFEST} is missing")
+        if self.format == "tf" and is_arrays_checkpoint(path):
             raise CheckpointError(
-                f"{path}: checkpoint does not match this model/optimizer ({first}); was the "
-                "model directory trained with another model or optimizer config?") from None
-        step = int(self.step.numpy())
+                f"{path}: a JAX-backend (arrays) checkpoint; resume it with KERAS_BACKEND=jax, "
+                "or start a new --model-dir with model.init_from set to this directory")
+        self._store.read(path)
+        step = self._store.position()[0]
         expected = checkpoint_step(path)
         if step != expected:
             raise CorruptCheckpoint(f"{path}: holds step {step}, expected {expected} (corrupt)")
@@ -236,36 +527,36 @@ class CheckpointKeeper:
         The data files are written first and the state file last (an atomic rename), so a kill
         at any moment leaves the previous state. Then checkpoints beyond ``max_to_keep`` are
         deleted, oldest first."""
-        self.step.assign(step)
-        self.data_examples.assign(data_examples)
-        self.data_pipelines.assign(data_pipelines)
+        store = self._store
         if not self.is_chief:
-            self.checkpoint.write(self._path(step, self._write_dir))
-            shutil.rmtree(self._write_dir, ignore_errors=True)
+            if self.format == "arrays":  # takes part in gathering sharded values, writes nothing
+                store.write(self._path(step), step, data_examples, data_pipelines, keep=False)
+            else:
+                store.write(self._path(step, self._write_dir), step, data_examples,
+                            data_pipelines)
+                shutil.rmtree(self._write_dir, ignore_errors=True)
             return None
         listed = self._read_kept()
         kept = [s for s in listed if s != step]
-        tf = _tf()
         kept.append(step)
         drop = kept[:-self.max_to_keep] if self.max_to_keep and len(kept) > self.max_to_keep \
             else []
         kept = kept[len(drop):]
         try:
             os.makedirs(self.directory, exist_ok=True)
-            path = self.checkpoint.write(self._path(step))
+            path = store.write(self._path(step), step, data_examples, data_pipelines)
             _write_state(self.directory, path, [self._path(s) for s in kept])
-        except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
-                tf.errors.FailedPreconditionError, tf.errors.UnknownError, OSError) as e:
+        except store.storage_errors() as e:
             if step not in listed:  # a partial ckpt-STEP never stays behind
-                _delete_checkpoint_files(self._path(step))
+                store.delete(self._path(step))
             raise StorageError.from_os_error(e, self.model_dir) from None
         self._kept = kept
         for old in drop:
-            _delete_checkpoint_files(self._path(old))
+            store.delete(self._path(old))
         return path
 
     def remove_orphans(self) -> list[str]:
-        """Deletes what killed saves leave behind (``ckpt-N_temp/``, ``checkpoint.tmp*``).
+        """Deletes what killed saves leave behind (``ckpt-N_temp*``, ``checkpoint.tmp*``).
         Only call it while holding the model directory's lock."""
         removed = []
         if not self.is_chief or not os.path.isdir(self.directory):
@@ -284,7 +575,7 @@ class CheckpointKeeper:
         return removed
 
     def close(self):
-        if not self.is_chief:
+        if not self.is_chief and self.format == "tf":
             shutil.rmtree(self._write_dir, ignore_errors=True)
 
 
@@ -292,21 +583,56 @@ class CorruptCheckpoint(CheckpointError):
     """A checkpoint's files are missing, truncated or damaged."""
 
 
+_STATE_LINE = re.compile(r'\s*(\w+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([-+0-9.eE]+))\s*')
+_STATE_KEYS = ("model_checkpoint_path", "all_model_checkpoint_paths",
+               "all_model_checkpoint_timestamps", "last_preserved_timestamp")
+
+
+def _parse_state(text: str):
+    """``(latest, all_paths)`` of a ``checkpoint`` state file (TensorFlow's text format), or
+    None when it cannot be parsed."""
+    latest, paths = None, []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        m = _STATE_LINE.fullmatch(line)
+        if not m or m.group(1) not in _STATE_KEYS:
+            return None
+        key, value = m.group(1), m.group(2)
+        if key == "model_checkpoint_path":
+            latest = value
+        elif key == "all_model_checkpoint_paths":
+            paths.append(value)
+    if not latest:
+        return None
+    return latest, paths
+
+
 def read_state_steps(model_dir: str) -> list[int] | None:
     """Steps listed by the ``checkpoint`` state file, oldest first; [] when there is none, None
     when it exists but cannot be parsed."""
-    tf = _tf()
     directory = checkpoint_dir(model_dir)
-    if not tf.io.gfile.exists(os.path.join(directory, "checkpoint")):
-        return []
+    file = os.path.join(directory, "checkpoint")
     try:
-        state = tf.train.get_checkpoint_state(directory)
-    except Exception:  # a damaged text proto: google.protobuf's ParseError and kin
+        if "://" in file:
+            tf = _tf()
+            if not tf.io.gfile.exists(file):
+                return []
+            with tf.io.gfile.GFile(file, "r") as f:
+                text = f.read()
+        else:
+            with open(file, encoding="utf-8") as f:
+                text = f.read()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError):
         return None
-    if state is None:
+    parsed = _parse_state(text)
+    if parsed is None:
         return None
+    latest, paths = parsed
     steps = []
-    for p in state.all_model_checkpoint_paths or [state.model_checkpoint_path]:
+    for p in paths or [latest]:
         try:
             steps.append(checkpoint_step(p))
         except CheckpointError:
@@ -315,20 +641,54 @@ def read_state_steps(model_dir: str) -> list[int] | None:
 
 
 def steps_on_disk(model_dir: str) -> list[int]:
-    """Steps with a ``ckpt-N.index`` file, oldest first."""
+    """Steps with a ``ckpt-N.index`` file or a ``ckpt-N/manifest.json``, oldest first."""
     directory = checkpoint_dir(model_dir)
     if not os.path.isdir(directory):
         return []
-    found = (re.fullmatch(rf"{_NAME}-(\d+)\.index", n) for n in os.listdir(directory))
-    return sorted(int(m.group(1)) for m in found if m)
+    steps = set()
+    for n in os.listdir(directory):
+        m = re.fullmatch(rf"{_NAME}-(\d+)\.index", n)
+        if m:
+            steps.add(int(m.group(1)))
+            continue
+        m = re.fullmatch(rf"{_NAME}-(\d+)", n)
+        if m and is_arrays_checkpoint(os.path.join(directory, n)):
+            steps.add(int(m.group(1)))
+    return sorted(steps)
 
 
 def _write_state(directory: str, latest: str, all_paths: list[str]) -> None:
-    from tensorflow.python.checkpoint import checkpoint_management as cm
+    """Writes the ``checkpoint`` state file (TensorFlow's text format, relative paths) through a
+    temporary file and an atomic rename."""
+    def rel(p):
+        return os.path.relpath(p, directory) if os.path.isabs(p) or os.path.dirname(p) else p
 
-    cm.update_checkpoint_state_internal(
-        save_dir=directory, model_checkpoint_path=latest,
-        all_model_checkpoint_paths=all_paths, save_relative_paths=True)
+    def quoted(p):
+        return '"' + rel(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"model_checkpoint_path: {quoted(latest)}"]
+    lines += [f"all_model_checkpoint_paths: {quoted(p)}" for p in all_paths]
+    text = "\n".join(lines) + "\n"
+    if "://" in directory:
+        from tensorflow.python.checkpoint import checkpoint_management as cm
+
+        cm.update_checkpoint_state_internal(
+            save_dir=directory, model_checkpoint_path=latest,
+            all_model_checkpoint_paths=all_paths, save_relative_paths=True)
+        return
+    fd, temp = tempfile.mkstemp(prefix="checkpoint.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, os.path.join(directory, "checkpoint"))
+    except BaseException:
+        try:
+            os.remove(temp)
+        except OSError:
+            pass
+        raise
 
 
 def _delete_checkpoint_files(prefix: str) -> None:
@@ -342,9 +702,14 @@ def _delete_checkpoint_files(prefix: str) -> None:
 
 def restore_model_weights(model, model_dir: str, checkpoint=None) -> str:
     """Loads only the model's weights from a model directory's checkpoint (for inference or
-    as the starting point of fine-tuning). Returns the checkpoint path used."""
-    tf = _tf()
+    as the starting point of fine-tuning), in either format. Returns the checkpoint path used."""
     path = find_checkpoint(model_dir, checkpoint)
+    if is_arrays_checkpoint(path):
+        variables = {k: v for k, v in keyed_variables(model).items()}
+        arrays = load_arrays(path, keys=set(variables))
+        _assign_arrays(path, variables, arrays, "model")
+        return path
+    tf = _tf()
     try:
         status = tf.train.Checkpoint(model=model_weights_trackable(model)).restore(
             path).expect_partial()
