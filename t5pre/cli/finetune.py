@@ -97,10 +97,10 @@ def run(args):
     elif checkpoint is not None:
         raise ConfigError("--init-checkpoint needs an --init-from model directory, not 'random'")
 
-    from t5pre.training.strategy import strategy_for
+    from t5pre.cli.pretrain import training_strategy
 
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
-    strategy = strategy_for(run_config.strategy)
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs (None on JAX).
+    strategy = training_strategy(run_config)
     result = finetune(run_config, args.model_dir, init=init, settings=settings, strategy=strategy,
                       modules=args.module)
     if result.best_score is not None:

@@ -80,29 +80,38 @@ def load_run_config(args, packaged: str = "default"):
     return load_config(path, overrides, model_dir=args.model_dir)
 
 
-def check_backend() -> None:
-    """The training loop is tf.distribute code: refuse other Keras backends clearly."""
-    import json
-    import os
+TRAINING_BACKENDS = ("tensorflow", "jax")
 
+
+def check_backend() -> str:
+    """Training runs on the TensorFlow backend (tf.distribute) or the JAX backend
+    (keras.distribution); refuse others (torch, numpy, openvino) clearly. Returns the name."""
     from t5pre.errors import ConfigError
+    from t5pre.training.distribution_jax import keras_backend_name
 
     # Read the way Keras does (env, then keras.json) without importing it: importing Keras
     # first would be harmless, but MultiWorkerMirroredStrategy wants to be TF's first user.
-    backend = os.environ.get("KERAS_BACKEND")
-    if not backend:
-        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        try:
-            with open(os.path.join(home, "keras.json")) as f:
-                backend = json.load(f).get("backend")
-        except (OSError, ValueError):
-            backend = None
-    backend = backend or "tensorflow"
-    if backend != "tensorflow":
+    backend = keras_backend_name(imported=False)
+    if backend not in TRAINING_BACKENDS:
         raise ConfigError(
-            f"training runs on the TensorFlow backend (KERAS_BACKEND={backend!r}); unset "
-            "KERAS_BACKEND or set it to tensorflow. The model itself runs on JAX for "
-            "inference; see the README (JAX: keras.distribution.DataParallel)")
+            f"training runs on the TensorFlow or JAX backend (KERAS_BACKEND={backend!r}); unset "
+            "KERAS_BACKEND or set it to tensorflow or jax")
+    return backend
+
+
+def training_strategy(config):
+    """The tf.distribute strategy on TensorFlow (created first thing: MultiWorkerMirroredStrategy
+    wants to be TF's first user); None on JAX, where the Trainer builds its keras.distribution
+    (after ``jax.distributed.initialize()`` on several hosts)."""
+    if check_backend() == "jax":
+        from t5pre.training.distribution_jax import check_strategy_name, initialize_multi_host
+
+        check_strategy_name(config.strategy.name, "jax")
+        initialize_multi_host()
+        return None
+    from t5pre.training.strategy import strategy_for
+
+    return strategy_for(config.strategy)
 
 
 def run(args):
@@ -110,11 +119,8 @@ def run(args):
 
     import_modules(getattr(args, "module", []))
     config = load_run_config(args)
-    check_backend()
-    from t5pre.training.strategy import strategy_for
-
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
-    strategy = strategy_for(config.strategy)
+    strategy = training_strategy(config)
     from t5pre.training.trainer import Trainer, TrainingInterrupted
 
     try:

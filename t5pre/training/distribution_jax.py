@@ -43,6 +43,26 @@ FSDP_MIN_SIZE = 1024
 _initialized = False
 
 
+def keras_backend_name(imported: bool = True) -> str:
+    """The Keras backend: Keras' own answer once it is imported (``imported``), else read the
+    way Keras reads it (``KERAS_BACKEND``, then ``~/.keras/keras.json``) without importing it."""
+    import json
+    import sys
+
+    keras = sys.modules.get("keras") if imported else None
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    backend = os.environ.get("KERAS_BACKEND")
+    if not backend:
+        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        try:
+            with open(os.path.join(home, "keras.json")) as f:
+                backend = json.load(f).get("backend")
+        except (OSError, ValueError, AttributeError):
+            backend = None
+    return backend or "tensorflow"
+
+
 def _slurm_tasks() -> int:
     try:
         return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS")

@@ -127,28 +127,35 @@ def _main(argv=None):
     args = p.parse_args(argv)
 
     import numpy as np
-    import tensorflow as tf
 
+    from t5pre.training.distribution_jax import keras_backend_name
+
+    jax_backend = keras_backend_name(imported=False) == "jax"
     if args.logical_cpus:
+        import tensorflow as tf
+
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
 
-    from t5pre.training.strategy import strategy_for
     cfg = tiny_config(*args.set, model_dir=args.model_dir)
-    strategy = strategy_for(cfg.strategy)  # first: MultiWorkerMirroredStrategy's rule
+    strategy = None  # JAX: the Trainer builds its keras.distribution from cfg.strategy
+    if not jax_backend:
+        from t5pre.training.strategy import strategy_for
+
+        strategy = strategy_for(cfg.strategy)  # first: MultiWorkerMirroredStrategy's rule
 
     if args.die_in_save_at:
-        from tensorflow.python.checkpoint import checkpoint_management as cm
-        original = cm.update_checkpoint_state_internal
+        from t5pre.training import checkpointing
+        original = checkpointing._write_state
 
-        def dying_update(save_dir, model_checkpoint_path, *a, **k):
-            if model_checkpoint_path.endswith(f"ckpt-{args.die_in_save_at}"):
+        def dying_update(directory, latest, *a, **k):
+            if str(latest).rstrip("/").endswith(f"ckpt-{args.die_in_save_at}"):
                 sys.stdout.flush()
                 os.kill(os.getpid(), 9)
-            return original(save_dir, model_checkpoint_path, *a, **k)
+            return original(directory, latest, *a, **k)
 
-        cm.update_checkpoint_state_internal = dying_update
+        checkpointing._write_state = dying_update
 
     log = print
     if args.slow:

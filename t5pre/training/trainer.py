@@ -208,12 +208,24 @@ class Trainer:
                  model_fn: Callable | None = None, vocabulary=None, feature_converter=None,
                  loss_fn: Callable | None = None, eval_hook: Callable | None = None,
                  log: Callable = summaries.console):
-        from t5pre.training.strategy import strategy_for, worker_info
+        from t5pre.training.distribution_jax import keras_backend_name
 
         self.config = run_config
         self.model_dir = os.fspath(model_dir)
-        self.strategy = strategy or strategy_for(run_config.strategy)
-        self.worker = worker_info(self.strategy)
+        # The backend-specific piece: None = the TensorFlow step below (tf.distribute);
+        # on KERAS_BACKEND=jax, t5pre.training.step_jax.JaxBackend (keras.distribution).
+        self.backend = None
+        if strategy is None and keras_backend_name() == "jax":
+            from t5pre.training.step_jax import JaxBackend
+
+            self.backend = JaxBackend(run_config.strategy)
+            self.strategy = None
+            self.worker = self.backend.worker
+        else:
+            from t5pre.training.strategy import strategy_for, worker_info
+
+            self.strategy = strategy or strategy_for(run_config.strategy)
+            self.worker = worker_info(self.strategy)
         self.is_chief = self.worker.is_chief
         self.task = task
         self.model_fn = model_fn or build_t5_model
@@ -233,8 +245,11 @@ class Trainer:
     def _setup_numerics(self) -> None:
         import keras
 
-        tf = _tf()
         t = self.config.training
+        if self.backend is not None:
+            self.backend.setup_numerics(t)
+            return
+        tf = _tf()
         if t.deterministic:
             tf.config.experimental.enable_op_determinism()
         seed_keras(t.seed)
@@ -315,7 +330,7 @@ class Trainer:
         self._setup_numerics()
         self._resolve_task_and_vocabulary()
         t = self.config.training
-        replicas = self.strategy.num_replicas_in_sync
+        replicas = self._num_replicas()
         if t.batch_size % (replicas * t.grad_accum_steps):
             raise ConfigError(
                 f"training.batch_size ({t.batch_size}) must be divisible by the number of "
@@ -340,18 +355,44 @@ class Trainer:
                      "reaches its peak")
         spec = feature_spec(self._dataset_fn(d.train_split, shuffle=False))
         self._spec = spec
-        with self.strategy.scope():
+        scope = self.backend.scope() if self.backend is not None else self.strategy.scope()
+        with scope:
             self.model = self.model_fn(self.config, self.vocabulary)
-            self.model(zeros_like_spec(spec), training=False)
+            dummy = zeros_like_spec(spec)
+            if self.backend is not None:
+                dummy = {k: v.numpy() for k, v in dummy.items()}
+            self.model(dummy, training=False)
             self.optimizer = make_optimizer(self.config.optimizer, t.precision)
             self.optimizer.build(self.model.trainable_variables)
-        _no_second_all_reduce(self.optimizer)
+        if self.backend is not None:
+            self.backend.prepare(self.model, self.optimizer)
+        else:
+            _no_second_all_reduce(self.optimizer)
         self.keeper = checkpointing.CheckpointKeeper(
             self.model_dir, model=self.model, optimizer=self.optimizer,
-            is_chief=self.is_chief, max_to_keep=t.keep_checkpoints, log=self.log)
+            is_chief=self.is_chief, max_to_keep=t.keep_checkpoints, log=self.log,
+            format=self.backend.checkpoint_format if self.backend is not None else "tf")
+
+    def _num_replicas(self) -> int:
+        if self.backend is not None:
+            return self.backend.num_replicas
+        return self.strategy.num_replicas_in_sync
+
+    def _sync(self) -> None:
+        """Makes the Keras variables hold the current state (the JAX step keeps it apart)."""
+        if self.backend is not None:
+            self.backend.sync()
+
+    def _distribute(self, dataset_fn):
+        if self.backend is not None:
+            return self.backend.distribute(dataset_fn)
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # ---------------------------------------------------------------------------- steps
     def _make_train_step(self):
+        if self.backend is not None:
+            return self.backend.train_step_fn(self.model, self.optimizer, self.loss_fn,
+                                              self.config.training)
         tf = _tf()
         t = self.config.training
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
@@ -425,6 +466,8 @@ class Trainer:
         return tf.function(step_fn, jit_compile=t.jit_compile or None, reduce_retracing=True)
 
     def _make_eval_step(self):
+        if self.backend is not None:
+            return self.backend.eval_step_fn(self.model, self.loss_fn)
         tf = _tf()
         model, strategy, loss_fn = self.model, self.strategy, self.loss_fn
 
@@ -487,7 +530,8 @@ class Trainer:
         steps = steps or t.eval_steps
         if not hasattr(self, "_eval_step"):
             self._eval_step = self._make_eval_step()
-        dist = self.strategy.distribute_datasets_from_function(
+        self._sync()
+        dist = self._distribute(
             self._dataset_fn(d.eval_split, shuffle=False, take_batches=steps))
         total = {"loss": 0.0, "accuracy": 0.0, "tokens": 0.0}
         for batch in dist:
@@ -507,6 +551,9 @@ class Trainer:
         fn = self._dataset_fn(self.config.data.eval_split, shuffle=False, take_batches=1,
                               global_batch_size=n)
         batch = next(iter(fn()))
+        self._sync()
+        if self.backend is not None:
+            batch = {k: v.numpy() for k, v in batch.items()}
         logits = self.model(batch, training=False)
         pred = np.argmax(np.asarray(logits), axis=-1)
         rows = ["| input | target | prediction (teacher-forced argmax) |", "|---|---|---|"]
@@ -579,8 +626,8 @@ class Trainer:
         if latest is None:
             return 0, 0, None, None
         self._check_resumed_config()
-        return (step, int(self.keeper.data_examples.numpy()),
-                int(self.keeper.data_pipelines.numpy()), latest)
+        data_examples, data_pipelines = self.keeper.restored_position()
+        return step, data_examples, data_pipelines, latest
 
     def _check_resumed_config(self) -> None:
         """A resumed run must read the same data stream: refuse changed task, lengths, batch size,
@@ -635,7 +682,7 @@ class Trainer:
 
         dataset_fn = self._dataset_fn(d.train_split, shuffle=d.shuffle,
                                       start_examples=data_examples)
-        dist = self.strategy.distribute_datasets_from_function(dataset_fn)
+        dist = self._distribute(dataset_fn)
         pipelines = self.worker.num_workers
         if old_pipelines is not None and old_pipelines != pipelines and not d.cache_dir:
             self.log(f"warning: the checkpoint's data was read by {old_pipelines} input "
@@ -652,7 +699,8 @@ class Trainer:
         step_times = []
         stop = _StopRequests()
         profiler = _Profiler(profile_range(t.profile_steps), summaries.log_dir(self.model_dir),
-                             enabled=self.is_chief, log=self.log)
+                             enabled=self.is_chief, log=self.log,
+                             jax=self.backend is not None)
         try:
             stop.__enter__()
             while step < t.steps:
@@ -661,7 +709,7 @@ class Trainer:
                 batch = next(iterator)
                 t1 = time.perf_counter()
                 out = train_step(batch)
-                out = {k: v.numpy() for k, v in out.items()}
+                out = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in out.items()}
                 t2 = time.perf_counter()
                 step += 1
                 profiler.after_step(step)
@@ -687,12 +735,13 @@ class Trainer:
                 step_times.append(t2 - t0)
                 if step % t.log_every == 0 or step == t.steps:
                     metrics = window.summary(self)
+                    self._sync()
                     updates = int(inner_optimizer(self.optimizer).iterations.numpy())
                     metrics["learning_rate"] = self._learning_rate_at(updates - 1)
                     if flops_per_token and t.peak_flops:
                         # Hardware FLOPs: every position of the padded example is computed.
                         seq = d.sequence_length.inputs + d.sequence_length.targets
-                        peak = t.peak_flops * self.strategy.num_replicas_in_sync
+                        peak = t.peak_flops * self._num_replicas()
                         metrics["mfu"] = (flops_per_token * seq * metrics["examples_per_sec"]
                                           / peak)
                     metrics["skipped_steps"] = skipped_total
@@ -711,6 +760,7 @@ class Trainer:
                         self.log(f"step {step}: checkpoint not written during a streak of "
                                  f"non-finite steps (last good: {last_ckpt or 'none'})")
                     else:
+                        self._sync()
                         path = self.keeper.save(step, data_examples, pipelines)
                         last_ckpt, saved_step = path or last_ckpt, step
                 if self._eval_enabled and (step % t.eval_every == 0 or step == t.steps):
@@ -720,6 +770,7 @@ class Trainer:
                     # Every worker gets the signal (a cluster manager stops them all) and
                     # every worker must take part in the save; the chief's copy is kept.
                     if saved_step != step and not consecutive_bad:
+                        self._sync()
                         path = self.keeper.save(step, data_examples, pipelines)
                         last_ckpt, saved_step = path or last_ckpt, step
                     writer.flush()
@@ -727,6 +778,7 @@ class Trainer:
                                f"to {last_ckpt}; re-run the same command to resume")
                     self.log(message)
                     raise TrainingInterrupted(message, step, last_ckpt)
+            self._sync()
         finally:
             stop.__exit__(None, None, None)
             profiler.stop()
@@ -740,6 +792,8 @@ class Trainer:
         return TrainResult(step, last_metrics, skipped_total, last_ckpt, history)
 
     def _describe_strategy(self) -> str:
+        if self.backend is not None:
+            return self.backend.describe()
         from t5pre.training.strategy import describe
         return describe(self.strategy)
 
@@ -748,7 +802,8 @@ class _Profiler:
     """A TensorFlow profiler trace of steps START..END (``training.profile_steps``), written to
     ``DIR/logs/train`` for TensorBoard's Profile tab; stopped on any exit from the loop."""
 
-    def __init__(self, steps, log_dir: str, *, enabled: bool, log):
+    def __init__(self, steps, log_dir: str, *, enabled: bool, log, jax: bool = False):
+        self.jax = jax  # jax.profiler writes the same TensorBoard profile plugin files
         self.steps = steps if enabled else None
         self.log_dir = os.path.join(log_dir, "train")
         self.active = False
@@ -756,7 +811,12 @@ class _Profiler:
 
     def before_step(self, step: int) -> None:
         if self.steps and step == self.steps[0] and not self.active:
-            _tf().profiler.experimental.start(self.log_dir)
+            if self.jax:
+                import jax
+
+                jax.profiler.start_trace(self.log_dir)
+            else:
+                _tf().profiler.experimental.start(self.log_dir)
             self.active = True
 
     def after_step(self, step: int) -> None:
@@ -768,7 +828,12 @@ class _Profiler:
     def stop(self) -> None:
         if self.active:
             self.active = False
-            _tf().profiler.experimental.stop()
+            if self.jax:
+                import jax
+
+                jax.profiler.stop_trace()
+            else:
+                _tf().profiler.experimental.stop()
 
 
 class _Window:
