@@ -1,0 +1,275 @@
+"""Training on the Keras JAX backend (t5pre.training.step_jax.JaxBackend, keras.distribution).
+
+JAX needs ``KERAS_BACKEND=jax`` (and two host CPU devices via ``XLA_FLAGS``) before Keras is
+imported, and this pytest process has Keras on TensorFlow, so every JAX run is a subprocess:
+``tests/jax_step_worker.py`` for the step and the checkpoint format, the test driver
+(``python -m t5pre.training.testing``) and the CLI for whole runs. The TensorFlow side of the
+comparisons runs in this process or in the same driver on TensorFlow.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def jax_env(devices=2):
+    return {**os.environ, **QUIET, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def tf_env():
+    env = {**os.environ, **QUIET, "KERAS_BACKEND": "tensorflow",
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return env
+
+
+def run_worker(tmp_path, *args, timeout=400):
+    out = tmp_path / "worker.json"
+    result = subprocess.run([sys.executable, os.path.join(HERE, "jax_step_worker.py"), str(out),
+                             *args], env=jax_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def max_diff(a, b):
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b))
+
+
+# --------------------------------------------------------------------------- the step
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    """Three steps of a tiny T5 (AdamW, clip 1.0, z-loss) on the same three global batches of 8
+    under several distributions, in one JAX process with two CPU devices."""
+    return run_worker(tmp_path_factory.mktemp("steps"), "one_device:1:adamw",
+                      "data_parallel:1:adamw", "fsdp:1:adamw", "data_parallel:2:adamw",
+                      "data_parallel:1:adamw:poison")
+
+
+def test_two_device_data_parallel_equals_one_device(steps):
+    one, dp = steps["one_device:1:adamw"], steps["data_parallel:1:adamw"]
+    assert one["replicas"] == 1 and dp["replicas"] == 2
+    for a, b in zip(one["outputs"], dp["outputs"]):
+        for k in ("loss", "z_loss", "accuracy", "grad_norm", "target_tokens", "input_tokens",
+                  "examples"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+    assert max_diff(one["weights"], dp["weights"]) < 2e-5
+    assert one["iterations"] == dp["iterations"] == 3
+    assert one["eval"] == pytest.approx(dp["eval"], rel=1e-5)
+
+
+def test_fsdp_equals_data_parallel_and_shards_the_big_matrices(steps):
+    dp, fsdp = steps["data_parallel:1:adamw"], steps["fsdp:1:adamw"]
+    assert max_diff(dp["weights"], fsdp["weights"]) < 2e-5
+    for a, b in zip(dp["outputs"], fsdp["outputs"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    shard = fsdp["shardings"]
+    assert "batch" in shard["token_embedding/embeddings"]
+    assert "batch" in shard["lm_head/kernel"]
+    assert "batch" in shard["encoder_block_0/attention/qkv_kernel"]
+    assert "batch" in shard["decoder_block_0/feed_forward/output_kernel"]
+    assert "batch" not in shard["encoder_final_norm/scale"]  # small vectors stay replicated
+    moments = [p for p in fsdp["opt_shardings"] if p.endswith("lm_head_kernel_momentum")]
+    assert moments and "batch" in fsdp["opt_shardings"][moments[0]]  # AdamW state follows
+    assert all("batch" not in s for s in dp["shardings"].values())
+
+
+def test_gradient_accumulation_2_equals_1(steps):
+    a, b = steps["data_parallel:1:adamw"], steps["data_parallel:2:adamw"]
+    for x, y in zip(a["outputs"], b["outputs"]):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    assert max_diff(a["weights"], b["weights"]) < 2e-5
+
+
+def test_nonfinite_batch_skips_the_update(steps):
+    poisoned = steps["data_parallel:1:adamw:poison"]
+    assert [o["finite"] for o in poisoned["outputs"]] == [1.0, 0.0, 1.0]
+    assert poisoned["unchanged_on_poison"] is True  # weights and optimizer variables
+    assert poisoned["iterations"] == 2  # the skipped step did not count
+
+
+def test_arrays_checkpoint_round_trip_exact_resume_and_corrupt_fallback(tmp_path):
+    out = run_worker(tmp_path, "checkpoint", str(tmp_path / "run"))
+    assert out["restored_step"] == 3 and out["round_trip"] is True
+    assert out["position"] == [24, 1]
+    assert out["exact_resume"] is True  # restored state + step 4 == the uninterrupted step 4
+    assert out["kept"] == ["checkpoint", "ckpt-2", "ckpt-3"]  # max_to_keep=2 rotated ckpt-1
+    assert out["fallback_step"] == 2 and out["fallback_position"] == [16, 1]
+    assert any("sha256" in line and "ckpt-3" in line for line in out["logs"]), out["logs"]
+
+
+# --------------------------------------------------------------------------- whole runs
+RUN = ("training.steps=20", "training.log_every=1", "training.checkpoint_every=5",
+       "training.keep_checkpoints=10", "training.eval_every=10", "training.eval_steps=2")
+
+
+def drive(model_dir, env, *overrides, extra=(), check=True):
+    dump = f"{model_dir}.dump"
+    cmd = [sys.executable, "-m", "t5pre.training.testing", "--model-dir", str(model_dir),
+           "--dump", dump]
+    for o in RUN + overrides:
+        cmd += ["--set", o]
+    result = subprocess.run(cmd + list(extra), env=env, capture_output=True, text=True,
+                            timeout=400)
+    if not check:
+        return result
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with np.load(dump + ".npz") as arrays:
+        weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    with open(dump + ".json") as f:
+        info = json.load(f)
+    return weights, {int(s): loss for s, loss in info["history"]}, result.stdout
+
+
+def tiny_model():
+    from t5pre.training.testing import tiny_config
+    from t5pre.training.trainer import build_t5_model
+
+    model = build_t5_model(tiny_config(), None)
+    model({"encoder_token_ids": np.ones((1, 16), "int32"),
+           "encoder_padding_mask": np.ones((1, 16), "int32"),
+           "decoder_token_ids": np.ones((1, 8), "int32"),
+           "decoder_padding_mask": np.ones((1, 8), "int32")})
+    return model
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    """Initial weights both backends start from (Keras' initialisers draw other numbers on
+    TensorFlow and JAX for the same seed): model.init_from=DIR (DIR/model.weights.h5)."""
+    from t5pre.models.io import WEIGHTS_FILE
+
+    directory = tmp_path_factory.mktemp("init")
+    tiny_model().save_weights(str(directory / WEIGHTS_FILE))
+    return f"model.init_from={directory}"
+
+
+@pytest.fixture(scope="module")
+def jax_reference(tmp_path_factory, init_dir):
+    run = tmp_path_factory.mktemp("jaxref") / "run"
+    return (run,) + drive(run, jax_env(), "strategy.name=data_parallel", init_dir)
+
+
+def test_sigkill_inside_a_checkpoint_save_then_resume_equals_an_uninterrupted_run(
+        jax_reference, init_dir, tmp_path):
+    ref_run, ref_weights, ref_history, _ = jax_reference
+    run = tmp_path / "killed"
+    killed = drive(run, jax_env(), "strategy.name=data_parallel", init_dir,
+                   extra=("--die-in-save-at", "10"), check=False)
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    from t5pre.training.checkpointing import all_checkpoint_steps
+
+    assert all_checkpoint_steps(str(run)) == [5]  # ckpt-10 written, state file not yet
+    weights, history, out = drive(run, jax_env(), "strategy.name=data_parallel", init_dir)
+    assert "resumed from" in out and "ckpt-5" in out
+    for x, y in zip(ref_weights, weights):
+        np.testing.assert_array_equal(x, y)
+    assert {s: history[s] for s in range(6, 21)} == {s: ref_history[s] for s in range(6, 21)}
+
+
+def _tags(model_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for split in ("train", "eval"):
+        acc = EventAccumulator(os.path.join(model_dir, "logs", split))
+        acc.Reload()
+        tags[split] = sorted(acc.Tags()["tensors"])
+    return tags
+
+
+def test_jax_loss_curve_and_model_dir_match_tensorflow(jax_reference, init_dir, tmp_path):
+    """The same config and batches on TensorFlow (one device) and JAX (data_parallel over two
+    devices): the same loss at every one of 20 steps within float tolerance, and the same
+    model-directory layout and TensorBoard tags; the JAX directory loads on TensorFlow."""
+    ref_run, jax_weights, jax_history, jax_out = jax_reference
+    tf_run = tmp_path / "tf"
+    tf_weights, tf_history, _ = drive(tf_run, tf_env(), "strategy.name=one_device", init_dir)
+    assert sorted(tf_history) == sorted(jax_history) == list(range(1, 21))
+    for s in tf_history:
+        assert jax_history[s] == pytest.approx(tf_history[s], rel=2e-3, abs=2e-3), s
+    assert max_diff(tf_weights, jax_weights) < 5e-3
+    assert jax_history[20] < jax_history[1]
+
+    def layout(run):
+        files = set()
+        for dirpath, _, names in os.walk(run):
+            rel = os.path.relpath(dirpath, run)
+            if rel.startswith("checkpoints") or rel.startswith(os.path.join("logs", "train")) \
+                    or rel.startswith(os.path.join("logs", "eval")):
+                continue
+            files |= {os.path.normpath(os.path.join(rel, n)) for n in names}
+        return files
+
+    assert layout(ref_run) == layout(tf_run)
+    assert _tags(ref_run) == _tags(tf_run)
+    assert (ref_run / "checkpoints" / "checkpoint").is_file()
+    assert (ref_run / "checkpoints" / "ckpt-20" / "manifest.json").is_file()
+
+    # weights are portable by path: the JAX-trained directory restores on TensorFlow
+    from t5pre.training.checkpointing import restore_model_weights
+    from t5pre.training.testing import weights_of
+
+    model = tiny_model()
+    path = restore_model_weights(model, str(ref_run))
+    assert path.endswith("ckpt-20")
+    for x, y in zip(weights_of(model), jax_weights):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cli_pretrain_on_jax_and_load_on_tensorflow(tmp_path):
+    """`KERAS_BACKEND=jax t5pre pretrain` on the packaged default task, then `load_model` of the
+    directory on TensorFlow; a TensorFlow strategy name on JAX is one clear error."""
+    from t5pre.training.model_dir import load_model
+
+    run = tmp_path / "default"
+    cmd = [sys.executable, "-m", "t5pre", "pretrain", "--model-dir", str(run), "--steps", "3",
+           "--set", "training.batch_size=4", "--set", "training.log_every=1",
+           "--set", "training.eval_every=0", "--set", "strategy.name=fsdp",
+           "--set", "data.sequence_length={inputs: 32, targets: 8}",
+           "--set", "model.overrides={d_model: 32, d_ff: 64, num_heads: 2, d_kv: 16, "
+                    "num_encoder_layers: 1, num_decoder_layers: 1}"]
+    result = subprocess.run(cmd, env=jax_env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "step 3/3" in result.stdout and "JAX fsdp" in result.stdout
+    assert (run / "spiece.model").is_file() and (run / "checkpoints" / "ckpt-3").is_dir()
+    model, vocabulary, cfg = load_model(run)
+    assert cfg.data.task == "default_span_corruption"
+    assert model.config.vocab_size >= vocabulary.vocab_size
+
+    bad = subprocess.run([sys.executable, "-m", "t5pre", "pretrain", "--model-dir",
+                          str(tmp_path / "bad"), "--steps", "1", "--strategy", "mirrored"],
+                         env=jax_env(), capture_output=True, text=True, timeout=200)
+    assert bad.returncode == 2
+    assert "strategy.name = 'mirrored' is a TensorFlow strategy" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_strategy_names_of_the_other_backend_are_refused():
+    from t5pre.errors import ConfigError
+    from t5pre.training.distribution_jax import check_strategy_name
+
+    assert check_strategy_name("auto", "jax") == "data_parallel"
+    assert check_strategy_name("fsdp", "jax") == "fsdp"
+    for name in ("mirrored", "multi_worker", "tpu"):
+        with pytest.raises(ConfigError, match="strategy.name"):
+            check_strategy_name(name, "jax")
+    for name in ("data_parallel", "fsdp"):
+        with pytest.raises(ConfigError, match="strategy.name.*KERAS_BACKEND=jax"):
+            check_strategy_name(name, "tensorflow")
+    from t5pre.training.strategy import create_strategy
+
+    with pytest.raises(ConfigError, match="JAX strategy"):
+        create_strategy("fsdp")
