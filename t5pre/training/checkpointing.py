@@ -247,18 +247,31 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _save_array(path: str, array) -> str:
-    """Writes ``array`` as .npy; returns the dtype name to record (bfloat16 goes as uint16)."""
+class _HashingWriter:
+    """A write-only file that hashes what goes through it (no second read of the file)."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data):
+        self.sha256.update(data)
+        return self.f.write(data)
+
+
+def _save_array(path: str, array) -> tuple[str, str]:
+    """Writes ``array`` as .npy; returns the dtype name to record (bfloat16 goes as uint16) and
+    the file's sha256."""
     import numpy as np
 
     dtype = str(array.dtype)
     if dtype == "bfloat16":
         array = array.view(np.uint16)
     with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+        writer = _HashingWriter(f)
+        np.lib.format.write_array(writer, np.require(array, requirements="C"), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
-    return dtype
+    return dtype, writer.sha256.hexdigest()
 
 
 def _load_array(path: str, dtype: str):
@@ -381,9 +394,9 @@ class _ArrayStore:
             entries = {}
             for i, (key, array) in enumerate(arrays.items()):
                 file = f"{i:05d}.npy"
-                dtype = _save_array(os.path.join(temp, file), array)
+                dtype, digest = _save_array(os.path.join(temp, file), array)
                 entries[key] = {"file": file, "shape": list(array.shape), "dtype": dtype,
-                                "sha256": _sha256(os.path.join(temp, file))}
+                                "sha256": digest}
             manifest = {"format": "t5pre-arrays", "format_version": ARRAYS_FORMAT_VERSION,
                         "step": int(step), "data_examples": int(data_examples),
                         "data_pipelines": int(data_pipelines), "arrays": entries}
