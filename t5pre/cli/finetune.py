@@ -5,7 +5,7 @@
         --task squad_v1.1_files --model-dir runs/squad [--set training.batch_size=64] [--steps N]
 
 ``--init-from`` takes a ``t5pre pretrain`` model directory (latest checkpoint, or ``DIR@ckpt-N``
-/ ``--init-checkpoint N``), a ``save_pretrained`` / ``t5pre convert hf`` directory, a Hugging Face
+for another), a ``save_pretrained`` / ``t5pre convert hf`` directory, a Hugging Face
 T5 directory, or ``random``. The run evaluates the validation split every
 ``training.eval_every`` steps by decoding it and scoring it with the task's metrics (TensorBoard:
 ``DIR/logs/eval``) and keeps the best model in ``DIR/best/``. Re-running the command resumes.
@@ -13,6 +13,7 @@ T5 directory, or ``random``. The run evaluates the validation split every
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 
@@ -32,8 +33,7 @@ def register(subparsers):
     parser.add_argument("--init-from", required=True, metavar="DIR[@ckpt-N]",
                         help="the model to start from: a pretraining model dir, a save_pretrained "
                              "dir, a Hugging Face T5 dir, or 'random'")
-    parser.add_argument("--init-checkpoint", type=int, metavar="N",
-                        help="checkpoint step of the --init-from model dir (default: latest)")
+    parser.add_argument("--init-checkpoint", type=int, help=argparse.SUPPRESS)  # removed
     parser.add_argument("--task", help="the downstream task (default: the config's data.task)")
     parser.add_argument("--use-model-vocabulary", action="store_true",
                         help="tokenise the task's text with the init model's vocabulary when it "
@@ -74,8 +74,13 @@ def config_path(value):
 
 
 def run(args):
-    from t5pre.training.finetune import finetune, load_finetune_config, resolve_init
+    from t5pre.finetune import finetune
+    from t5pre.models.store import resolve_init
+    from t5pre.training.config import load_finetune_config
 
+    if args.init_checkpoint is not None:
+        raise ConfigError(f"--init-checkpoint was removed: name the checkpoint in the init source, "
+                          f"--init-from {args.init_from}@ckpt-{args.init_checkpoint}")
     import_modules(args.module)
     overrides = list(args.overrides)
     if args.tpu:
@@ -86,24 +91,25 @@ def run(args):
         overrides.append(f"strategy.name={args.strategy}")
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
-    run_config, settings = load_finetune_config(
-        config_path(args.config), overrides, task=args.task, steps=args.steps,
-        model_dir=args.model_dir)
-    init = None
-    checkpoint = args.init_checkpoint if args.init_checkpoint is not None \
-        else settings.init_checkpoint
-    if args.init_from != RANDOM_INIT:
-        init = resolve_init(args.init_from, checkpoint)
-    elif checkpoint is not None:
-        raise ConfigError("--init-checkpoint needs an --init-from model directory, not 'random'")
+    run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,
+                                      steps=args.steps, model_dir=args.model_dir)
+    init = None if args.init_from == RANDOM_INIT else resolve_init(args.init_from)
 
-    from t5pre.training.strategy import strategy_for
+    strategy = None
+    if _keras_backend() == "tensorflow":
+        from t5pre.training.strategy import strategy_for
 
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
-    strategy = strategy_for(run_config.strategy)
-    result = finetune(run_config, args.model_dir, init=init, settings=settings, strategy=strategy,
+        # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+        strategy = strategy_for(run_config.strategy)
+    result = finetune(run_config, args.model_dir, init=init, strategy=strategy,
                       modules=args.module)
     if result.best_score is not None:
         print(f"best {result.best_metric} {result.best_score:.3f} at step {result.best_step}: "
               f"{os.path.join(args.model_dir, 'best')}")
     return 0 if result.train.step >= run_config.training.steps else 1
+
+
+def _keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()

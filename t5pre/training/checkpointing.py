@@ -162,6 +162,10 @@ class CheckpointKeeper:
     def latest(self) -> str | None:
         return latest_checkpoint(self.model_dir)
 
+    def restored_position(self) -> tuple[int, int]:
+        """``(data_examples, data_pipelines)`` of the checkpoint restored last."""
+        return int(self.data_examples.numpy()), int(self.data_pipelines.numpy())
+
     def _path(self, step: int, directory: str | None = None) -> str:
         return os.path.join(directory or self.directory, f"{_NAME}-{step}")
 
