@@ -94,6 +94,10 @@ def run(args):
     run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,
                                       steps=args.steps, model_dir=args.model_dir)
     init = None if args.init_from == RANDOM_INIT else resolve_init(args.init_from)
+    if run_config.data.task:
+        from t5pre.evaluation.evaluate import get_downstream_task
+
+        get_downstream_task(run_config.data.task)  # reported before TensorFlow loads
 
     strategy = None
     if _keras_backend() == "tensorflow":

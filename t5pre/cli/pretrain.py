@@ -111,6 +111,9 @@ def run(args):
     import_modules(getattr(args, "module", []))
     config = load_run_config(args)
     check_backend()
+    from t5pre.training.data import get_task_or_mixture
+
+    get_task_or_mixture(config.data)  # an unknown name is reported before TensorFlow loads
     from t5pre.training.strategy import strategy_for
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
