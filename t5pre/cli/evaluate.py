@@ -77,8 +77,9 @@ def run(args):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     settings = decode_settings(args)
-    from t5pre.evaluation.evaluate import (TaskEvaluator, check_vocabulary, format_scores,
-                                           get_downstream_task, write_results)
+    from t5pre.data.registry import get_downstream_task
+    from t5pre.data.task_vocabulary import check_vocabulary
+    from t5pre.evaluation.evaluate import TaskEvaluator, format_scores, write_results
     from t5pre.models.store import load_for_inference
 
     if args.task:  # an unknown task fails before the (slow) model load

@@ -20,13 +20,12 @@ one :class:`~t5pre.models.decode_settings.DecodeSettings`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from typing import Optional
 
-from t5pre.errors import CheckpointError, ConfigError, DataError
+from t5pre.errors import ConfigError, DataError
 from t5pre.models.decode_settings import DecodeSettings
 
 DEFAULT_EVAL_BATCH_SIZE = 32
@@ -40,79 +39,15 @@ MAIN_METRIC_PREFERENCE = ("rougeLsum", "rouge2", "rougeL", "rouge1", "f1", "em",
 _TOKEN_FEATURES = ("inputs", "targets")
 
 
-# ------------------------------------------------------------------------------ vocabularies
-def describe_vocabulary(vocabulary) -> str:
-    """``4100 ids, spiece sha1 1a2b3c4d`` (enough to tell two vocabularies apart in a message)."""
-    if vocabulary is None:
-        return "no vocabulary"
-    size = getattr(vocabulary, "vocab_size", "?")
-    data = getattr(vocabulary, "serialized_model", None)
-    digest = hashlib.sha1(data).hexdigest()[:8] if isinstance(data, (bytes, bytearray)) else "?"
-    return f"{size} ids, spiece.model sha1 {digest}"
-
-
-def vocabularies_match(a, b) -> bool:
-    if a is None or b is None:
-        return a is b
-    if a == b:
-        return True
-    # Two objects over the same SentencePiece bytes and sentinel count are the same vocabulary.
-    return (getattr(a, "serialized_model", None) is not None
-            and getattr(a, "serialized_model", None) == getattr(b, "serialized_model", None)
-            and getattr(a, "extra_ids", None) == getattr(b, "extra_ids", None))
-
-
-def task_with_vocabulary(task, vocabulary):
-    """A copy of ``task`` that tokenises its text with ``vocabulary`` (not registered).
-
-    For a model whose vocabulary differs from the one the task was registered with (e.g. a
-    converted Hugging Face T5 on a built-in task): the task's text, preprocessors, metrics and
-    postprocessing stay; only the token ids change."""
-    from t5pre.data.registry import Feature, Task
-
-    features = {key: Feature(vocabulary, add_eos=f.add_eos, required=f.required)
-                for key, f in task.output_features.items()}
-    return Task(task.name, task.source, preprocessors=task.preprocessors,
-                output_features=features, metric_fns=task.metric_fns,
-                postprocess_fn=task.postprocess_fn,
-                shuffle_buffer_size=getattr(task, "shuffle_buffer_size", 10_000),
-                description=getattr(task, "description", ""))
-
-
-def check_vocabulary(model_vocabulary, task, where: str, *, use_model_vocabulary: bool = False,
-                     flag: str = "--use-model-vocabulary"):
-    """The task to use with a model whose vocabulary is ``model_vocabulary``.
-
-    Returns ``task`` when the vocabularies match, a re-tokenising copy when
-    ``use_model_vocabulary``; raises CheckpointError otherwise: a model reading ids of another
-    vocabulary would train or score silently on garbage."""
-    task_vocabulary = getattr(task, "vocabulary", None)
-    if model_vocabulary is None:
-        return task
-    if vocabularies_match(model_vocabulary, task_vocabulary):
-        # The same vocabulary: read the task through the model's own vocabulary object.
-        return task_with_vocabulary(task, model_vocabulary)
-    if use_model_vocabulary:
-        return task_with_vocabulary(task, model_vocabulary)
-    raise CheckpointError(
-        f"{where}: the checkpoint's vocabulary ({describe_vocabulary(model_vocabulary)}) does not "
-        f"match task {task.name!r}'s vocabulary ({describe_vocabulary(task_vocabulary)}); use a "
-        f"checkpoint trained with the task's vocabulary, register the task over the model's "
-        f"vocabulary (vocabulary=MODEL_DIR), or pass {flag} to tokenise the task's text with the "
-        f"model's vocabulary")
-
-
-def get_downstream_task(name: str):
-    """The registered task ``name`` (DataError listing close names when unknown)."""
-    from t5pre.data.registry import get_task
-
-    if not name:
-        raise ConfigError("no task given (--task NAME; `t5pre tasks list` shows them)")
-    try:
-        return get_task(name)
-    except DataError as e:
-        raise DataError(f"{e} (`t5pre tasks list` shows the registered tasks; a task that "
-                        "your own code registers needs --module PYTHON_MODULE)") from None
+# ------------------------------------------------------------------------------ aliases
+# The vocabulary checks and the --task lookup are data concerns: t5pre.data.task_vocabulary and
+# t5pre.data.registry own them.
+# alias for training/finetune.py until the lead's rewrite
+from t5pre.data.registry import get_downstream_task  # noqa: E402,F401
+# alias for training/finetune.py until the lead's rewrite
+from t5pre.data.task_vocabulary import check_vocabulary  # noqa: E402,F401
+# alias for training/finetune.py until the lead's rewrite
+from t5pre.data.task_vocabulary import task_with_vocabulary  # noqa: E402,F401
 
 
 def main_metric_name(scores: dict, preferred: Optional[str] = None) -> Optional[str]:
