@@ -12,11 +12,11 @@ The layout follows the flow of the work:
 Heavy modules (TensorFlow) are imported lazily, so ``import t5pre`` and ``t5pre --help`` are fast.
 """
 
-import importlib
+from t5pre.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_EXPORTS = {
     "TaskRegistry": "t5pre.data.registry",
     "MixtureRegistry": "t5pre.data.registry",
     "Task": "t5pre.data.registry",
@@ -27,13 +27,5 @@ _LAZY = {
     "SentencePieceVocabulary": "t5pre.data.vocabulary",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 't5pre' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__all__ = ["__version__", *sorted(_EXPORTS)]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

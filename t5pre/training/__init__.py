@@ -6,16 +6,19 @@
 * ``strategy``      ``create_strategy(auto|one_device|mirrored|multi_worker|tpu)``
 * ``data``          sharded, step-addressable input pipelines (exact resume)
 * ``trainer``       ``Trainer(config, model_dir).train()`` -- used by pretrain and finetune
+* ``finetune``      ``finetune(run_config, model_dir, init=...)``: the trainer plus periodic
+  evaluation and the best checkpoint (a module of the same name: import it from there)
 * ``checkpointing`` atomic checkpoints, chief-only writes
 * ``summaries``     TensorBoard scalars/text and the progress line
-* ``model_dir``     ``load_model(DIR, checkpoint=None) -> (model, vocabulary, run_config)``
+* ``model_dir``     ``load_model(DIR, checkpoint=None) -> (model, vocabulary, run_config)`` of a
+  training directory (the readers are :mod:`t5pre.models.store`'s)
 
 Imports are lazy: ``from t5pre.training import Trainer`` pulls in TensorFlow only then.
 """
 
-import importlib
+from t5pre.lazy import lazy_exports
 
-_LAZY = {
+_EXPORTS = {
     "RunConfig": "t5pre.training.config",
     "load_config": "t5pre.training.config",
     "Trainer": "t5pre.training.trainer",
@@ -24,9 +27,5 @@ _LAZY = {
     "load_model": "t5pre.training.model_dir",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 't5pre.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
