@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.finetune import add_module_argument, import_modules
+from t5pre.cli.common import add_module_argument, import_modules
 
 
 def register(subparsers):
-    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
-    from t5pre.cli.predict import MODEL_HELP
+    from t5pre.cli.inference import MODEL_HELP, add_decode_arguments, add_model_arguments
 
     parser = subparsers.add_parser(
         "evaluate", help="decode a task's split and score it with the task's metrics",

@@ -35,8 +35,7 @@ example:
 def register(subparsers):
     import argparse
 
-    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
-    from t5pre.cli.predict import MODEL_HELP
+    from t5pre.cli.inference import MODEL_HELP, add_decode_arguments, add_model_arguments
 
     parser = subparsers.add_parser(
         "export", help="export a strings-in/strings-out SavedModel",

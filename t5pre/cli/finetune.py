@@ -13,11 +13,10 @@ T5 directory, or ``random``. The run evaluates the validation split every
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.pretrain import add_run_arguments
+from t5pre.cli.common import add_module_argument, add_run_arguments, import_modules
 from t5pre.errors import ConfigError
 
 RANDOM_INIT = "random"
@@ -40,20 +39,6 @@ def register(subparsers):
                              "differs from the task's (e.g. a Hugging Face T5 on a built-in task)")
     add_module_argument(parser)
     parser.set_defaults(func=run)
-
-
-def add_module_argument(parser) -> None:
-    parser.add_argument("--module", action="append", default=[], metavar="PYTHON_MODULE",
-                        help="import this module first (it may register your own tasks); "
-                             "repeatable")
-
-
-def import_modules(names) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"--module {name}: cannot import it ({e})") from None
 
 
 def config_path(value):

@@ -14,6 +14,8 @@ import argparse
 
 from t5pre.models.decode_settings import FLAGS
 
+MODEL_HELP = "training model directory, fine-tuning best/ directory or save_pretrained directory"
+
 #: field -> the old spellings still accepted.
 ALIASES = {"beam_size": ("--beam",),
            "max_input_length": ("--max-input-length", "--input-length"),

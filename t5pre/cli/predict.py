@@ -27,7 +27,7 @@ example:
   t5pre predict --model-dir runs/ft --beam-size 4 --input-file inputs.txt > outputs.txt
 """
 
-MODEL_HELP = "training model directory, fine-tuning best/ directory or save_pretrained directory"
+from t5pre.cli.inference import MODEL_HELP
 
 
 def register(subparsers):

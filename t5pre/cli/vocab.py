@@ -25,7 +25,7 @@ Text comes from exactly one of:
 
 
 def register(subparsers):
-    from t5pre.cli.finetune import add_module_argument
+    from t5pre.cli.common import add_module_argument
 
     parser = subparsers.add_parser("vocab", help="train or inspect a SentencePiece vocabulary")
     sub = parser.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)
@@ -150,7 +150,7 @@ def _texts_from_task(name, split, fields):
 
 
 def run_train(args):
-    from t5pre.cli.finetune import import_modules
+    from t5pre.cli.common import import_modules
     from t5pre.data.vocabulary import train_vocabulary
 
     if args.vocab_size <= args.extra_ids:
