@@ -304,6 +304,9 @@ def test_task_and_mixture_are_dataset_providers(vocab, registered):
         assert len(list(dataset.as_numpy_iterator())) == 5
     assert mixture.metric_fns == ()
     assert get_task_or_mixture(mixture) is mixture  # providers pass through the lookup
+    for provider in (task, mixture):  # one split check, naming the provider
+        with pytest.raises(DataError, match=rf"{provider.kind} '{provider.name}' has no split 'test'"):
+            provider.get_dataset(split="test")
 
 
 def test_task_replace_returns_a_new_unregistered_task(vocab, registered, shared_data):

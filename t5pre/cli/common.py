@@ -31,6 +31,19 @@ def add_run_arguments(parser, default_config_help: str) -> None:
                              "training.profile_steps=START:END")
 
 
+def strategy_overrides(args) -> list:
+    """``--tpu`` / ``--strategy`` of :func:`add_run_arguments` as config overrides (``--tpu``
+    alone implies the tpu strategy)."""
+    overrides = []
+    if args.tpu:
+        overrides.append(f"strategy.tpu={args.tpu}")
+        if not args.strategy:
+            overrides.append("strategy.name=tpu")
+    if args.strategy:
+        overrides.append(f"strategy.name={args.strategy}")
+    return overrides
+
+
 def add_module_argument(parser) -> None:
     parser.add_argument("--module", action="append", default=[], metavar="PYTHON_MODULE",
                         help="import this module first (it may register your own tasks); "

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.common import add_module_argument, add_run_arguments, import_modules
+from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
+                              strategy_overrides)
 from t5pre.errors import ConfigError
 
 RANDOM_INIT = "random"
@@ -63,12 +64,7 @@ def run(args):
 
     import_modules(args.module)
     overrides = list(args.overrides)
-    if args.tpu:
-        overrides.append(f"strategy.tpu={args.tpu}")
-        if not args.strategy:
-            overrides.append("strategy.name=tpu")
-    if args.strategy:
-        overrides.append(f"strategy.name={args.strategy}")
+    overrides += strategy_overrides(args)
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
     run_config, settings = load_finetune_config(

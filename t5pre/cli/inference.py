@@ -39,6 +39,16 @@ def _add(parser, field: str, **kwargs) -> None:
                             default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def add_inference_parser(subparsers, name: str, help: str, description: str):
+    """The parser of a sub-command that decodes with a model directory (``predict``,
+    ``export``): ``description`` shown as written, then the model and the decoding flags."""
+    parser = subparsers.add_parser(name, help=help, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, MODEL_HELP)
+    add_decode_arguments(parser)
+    return parser
+
+
 def add_model_arguments(parser, model_help: str) -> None:
     parser.add_argument("--model-dir", required=True, metavar="DIR", help=model_help)
     parser.add_argument("--checkpoint", default=None, metavar="STEP",

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.common import add_module_argument, add_run_arguments, import_modules
+from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
+                              strategy_overrides)
 
 
 def register(subparsers):
@@ -39,12 +40,7 @@ def load_run_config(args, packaged: str = "default"):
         overrides.append(f"training.steps={args.steps}")
     if getattr(args, "profile_steps", None):
         overrides.append(f"training.profile_steps='{args.profile_steps}'")
-    if args.tpu:
-        overrides.append(f"strategy.tpu={args.tpu}")
-        if not args.strategy:
-            overrides.append("strategy.name=tpu")
-    if args.strategy:
-        overrides.append(f"strategy.name={args.strategy}")
+    overrides += strategy_overrides(args)
     path = args.config
     if path is None:
         saved = os.path.join(args.model_dir, "config.yaml")

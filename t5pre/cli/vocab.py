@@ -128,8 +128,7 @@ def _texts_from_task(name, split, fields):
     from t5pre.data.sources import data_errors
 
     task = get_task(name)
-    if split not in task.splits:
-        raise DataError(f"task {name!r} has no split {split!r}; it has {list(task.splits)}")
+    task.check_split(split)
     dataset = task.source.get_dataset(split=split, shuffle=False, seed=0)
     spec = dataset.element_spec
     text_fields = [k for k, s in spec.items() if s.dtype == tf.string]

@@ -85,10 +85,12 @@ class DatasetProvider:
     """What a :class:`Task` and a :class:`Mixture` both are: a named provider of examples.
 
     Subclasses set ``name`` and implement ``splits``, ``output_features`` and
-    :meth:`get_dataset`; ``vocabulary`` and ``metric_fns`` follow from them by default.
+    :meth:`_build_dataset` (what :meth:`get_dataset` returns once the split is checked);
+    ``vocabulary`` and ``metric_fns`` follow from them by default.
     """
 
     name: str = ""
+    kind = "provider"  # "task" / "mixture": how messages name it
 
     @property
     def splits(self) -> tuple:
@@ -123,12 +125,26 @@ class DatasetProvider:
 
         ``num_epochs=None`` repeats forever; ``shard_info=(index, count)`` gives one of
         ``count`` disjoint shards; the same arguments always give the same examples."""
+        self.check_split(split)
+        return self._build_dataset(sequence_length, split, shuffle, int(seed), shard_info,
+                                   num_epochs, shuffle_buffer_size)
+
+    def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
+                       shuffle_buffer_size):
         raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        """DataError naming the provider and its splits when it has no split ``split``."""
+        if split not in self.splits:
+            raise DataError(f"{self.kind} {self.name!r} has no split {split!r}; "
+                            f"it has {list(self.splits)}")
 
 
 # ------------------------------------------------------------------------------------- Task
 class Task(DatasetProvider):
     """A named data pipeline: source -> preprocessors -> output features. See the module doc."""
+
+    kind = "task"
 
     def __init__(
         self,
@@ -216,22 +232,9 @@ class Task(DatasetProvider):
     def __repr__(self):
         return f"Task({self.name!r}, source={self.source.describe()}, features={list(self.output_features)})"
 
-    def get_dataset(
-        self,
-        sequence_length: Mapping[str, int] | None = None,
-        split: str = "train",
-        shuffle: bool = True,
-        seed: int = 0,
-        shard_info=None,
-        num_epochs: int | None = None,
-        shuffle_buffer_size: int | None = None,
-    ):
+    def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
+                       shuffle_buffer_size):
         """Unbatched dataset of preprocessed examples (see the module doc for the order)."""
-        import tensorflow as tf
-
-        if split not in self.splits:
-            raise DataError(f"task {self.name!r} has no split {split!r}; it has {list(self.splits)}")
-        seed = int(seed)
         shard_index = shard_info[0] if shard_info else 0
         dataset = self.source.get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
         # Repeat the *source*, not the preprocessed examples: random preprocessors (denoising)
@@ -317,6 +320,8 @@ class Mixture(DatasetProvider):
     the mixture is used, so a mixture may be registered before its tasks.
     """
 
+    kind = "mixture"
+
     def __init__(self, name: str, tasks: Sequence, default_rate=None):
         self.name = name
         entries = []
@@ -387,16 +392,8 @@ class Mixture(DatasetProvider):
     def __repr__(self):
         return f"Mixture({self.name!r}, {self.rates()})"
 
-    def get_dataset(
-        self,
-        sequence_length: Mapping[str, int] | None = None,
-        split: str = "train",
-        shuffle: bool = True,
-        seed: int = 0,
-        shard_info=None,
-        num_epochs: int | None = None,
-        shuffle_buffer_size: int | None = None,
-    ):
+    def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
+                       shuffle_buffer_size):
         """Sampled mixture of the tasks' datasets (same arguments as :meth:`Task.get_dataset`).
 
         Examples keep only the output features, plus their ``*_pretokenized`` texts when every

@@ -93,8 +93,7 @@ def _jsonable(value):
 
 def load_examples(task, split: str, sequence_length: dict, max_examples: Optional[int] = None):
     """The first ``max_examples`` examples of ``split`` in order (numpy values, raw text kept)."""
-    if split not in task.splits:
-        raise DataError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+    task.check_split(split)
     dataset = task.get_dataset(sequence_length=dict(sequence_length), split=split, shuffle=False,
                                seed=0, num_epochs=1)
     if max_examples is not None:
