@@ -96,8 +96,9 @@ def finetune(run_config, model_dir: str, *, init=None, model_config=None, strate
     values that registered the task) are recorded in finetune.json / best.json, so that
     evaluate finds the task again.
     """
-    from t5pre.evaluation.evaluate import (TaskEvaluator, check_vocabulary,
-                                           get_downstream_task, task_with_vocabulary)
+    from t5pre.data.registry import get_downstream_task
+    from t5pre.data.task_vocabulary import check_vocabulary, task_with_vocabulary
+    from t5pre.evaluation.evaluate import TaskEvaluator
     from t5pre.evaluation.periodic import DecodeEvaluation
     from t5pre.files import atomic_write_json
     from t5pre.models.store import read_init

@@ -270,3 +270,26 @@ def test_warns_when_evaluating_on_the_training_split_and_when_all_steps_are_warm
     assert "training.steps (2) <= optimizer.warmup_steps (10)" in log
     _, _, log = train(tmp_path / "ok", "training.steps=2", "optimizer.warmup_steps=1")
     assert "warm-up" not in log and "both" not in log
+
+
+def test_write_model_files_is_the_one_writer_of_model_config_json(tmp_path):
+    """t5pre.models.store.write_model_files: vocabulary files, then model_config.json, atomic
+    (no temporary file left), readable by read_model_config; save_pretrained goes through it."""
+    from t5pre.data.vocabulary import default_vocabulary
+    from t5pre.models.config import T5Config
+    from t5pre.models.io import read_model_config
+    from t5pre.models.store import MODEL_CONFIG_FILE, model_config_values, write_model_files
+
+    config = T5Config(d_model=8, num_heads=2, d_kv=4, d_ff=16, num_encoder_layers=1,
+                      num_decoder_layers=1, vocab_size=4224)
+    values = write_model_files(tmp_path / "run", config, default_vocabulary())
+    assert sorted(os.listdir(tmp_path / "run")) == [MODEL_CONFIG_FILE, "spiece.model", "vocab.json"]
+    assert values == model_config_values(config) and values["format_version"] == 1
+    assert read_model_config(tmp_path / "run") == config
+
+    class NoConfig:  # a test double without a config: nothing to write
+        config = None
+
+    assert write_model_files(tmp_path / "other", NoConfig()) is None
+    assert os.listdir(tmp_path / "other") == []
+

@@ -14,11 +14,11 @@ T5 directory, or ``random``. The run evaluates the validation split every
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.pretrain import add_run_arguments
+from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
+                              strategy_overrides)
 from t5pre.errors import ConfigError
 
 RANDOM_INIT = "random"
@@ -40,20 +40,6 @@ def register(subparsers):
                              "differs from the task's (e.g. a Hugging Face T5 on a built-in task)")
     add_module_argument(parser)
     parser.set_defaults(func=run)
-
-
-def add_module_argument(parser) -> None:
-    parser.add_argument("--module", action="append", default=[], metavar="PYTHON_MODULE",
-                        help="import this module first (it may register your own tasks); "
-                             "repeatable")
-
-
-def import_modules(names) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"--module {name}: cannot import it ({e})") from None
 
 
 def config_path(value):
@@ -83,19 +69,14 @@ def run(args):
                           f"--init-from {args.init_from}@ckpt-{args.init_checkpoint}")
     import_modules(args.module)
     overrides = list(args.overrides)
-    if args.tpu:
-        overrides.append(f"strategy.tpu={args.tpu}")
-        if not args.strategy:
-            overrides.append("strategy.name=tpu")
-    if args.strategy:
-        overrides.append(f"strategy.name={args.strategy}")
+    overrides += strategy_overrides(args)
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
     run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,
                                       steps=args.steps, model_dir=args.model_dir)
     init = None if args.init_from == RANDOM_INIT else resolve_init(args.init_from)
     if run_config.data.task:
-        from t5pre.evaluation.evaluate import get_downstream_task
+        from t5pre.data.registry import get_downstream_task
 
         get_downstream_task(run_config.data.task)  # reported before TensorFlow loads
 

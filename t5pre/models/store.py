@@ -1,5 +1,6 @@
-"""The model directory's reader: `load_model(path, checkpoint=None)` for inference, `resolve_init`
-/ `read_init` for the weights a run starts from.
+"""The model directory's owner: what a model directory holds, writing its model files
+(`write_model_files`), reading a model back for inference (`load_model(path, checkpoint=None)`)
+and the weights a run starts from (`resolve_init` / `read_init`).
 
 Three on-disk layouts hold a model, and every inference command (predict, evaluate, export)
 accepts all of them:
@@ -34,6 +35,9 @@ from t5pre.errors import CheckpointError, ConfigError
 RUN_CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "model.weights.h5"
+MODEL_CONFIG_FILE = "model_config.json"
+#: The `format_version` field of model_config.json.
+FORMAT_VERSION = 1
 #: Written by fine-tuning: `best.json` in `best/`, `finetune.json` in the run's directory.
 BEST_INFO_FILE = "best.json"
 FINETUNE_INFO_FILE = "finetune.json"
@@ -75,6 +79,36 @@ class LoadedModel:
     def modules(self) -> list:
         """Python modules that registered the model's task (`--module` at fine-tuning)."""
         return list((self.info or {}).get("modules") or [])
+
+
+def model_config_values(model_config_or_model) -> Optional[dict]:
+    """What `model_config.json` holds for a T5Config (or a model with a `.config`): the format
+    version and the config's fields; None for an object without a config (a test double)."""
+    config = getattr(model_config_or_model, "config", model_config_or_model)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    return {"format_version": FORMAT_VERSION, **config.to_dict()}
+
+
+def write_model_files(model_dir, model_config_or_model, vocabulary=None) -> Optional[dict]:
+    """Write the files that say which model a directory holds: the vocabulary (`spiece.model`,
+    `vocab.json`, when `vocabulary` is given) and then `model_config.json`, each atomically
+    (`t5pre.files`); the weights and checkpoints are the caller's. `model_config.json` comes
+    last: it marks the set complete. Returns the values written to it (None when
+    `model_config_or_model` has no config, in which case it is not written).
+
+    The one writer of `model_config.json`: `save_pretrained` (t5pre.models.io) and the
+    trainer's model directory both go through here."""
+    from t5pre.files import atomic_write_json
+
+    model_dir = os.fspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    if vocabulary is not None and hasattr(vocabulary, "save"):
+        vocabulary.save(model_dir)
+    values = model_config_values(model_config_or_model)
+    if values is not None:
+        atomic_write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), values)
+    return values
 
 
 def is_training_dir(path: str) -> bool:

@@ -148,18 +148,11 @@ class Trainer:
             from t5pre.models import seq2seq_loss
             self.loss_fn = seq2seq_loss
 
-    def _model_config_values(self, model):
-        model_config = getattr(model, "config", None)
-        if model_config is None or not hasattr(model_config, "to_dict"):
-            return None
-        from t5pre.models.io import FORMAT_VERSION
-        return {"format_version": FORMAT_VERSION, **model_config.to_dict()}
-
     def _check_model_dir(self, model) -> None:
         """A model directory holds one model: refuse to resume it with another model config."""
-        from t5pre.models.io import MODEL_CONFIG_FILE
+        from t5pre.models.store import MODEL_CONFIG_FILE, model_config_values
 
-        values = self._model_config_values(model)
+        values = model_config_values(model)
         path = os.path.join(self.model_dir, MODEL_CONFIG_FILE)
         if values is None or not os.path.exists(path):
             return
@@ -176,20 +169,16 @@ class Trainer:
                 "overrides); use a new --model-dir or the same model config")
 
     def _prepare_model_dir(self, model) -> None:
-        """Chief writes config.yaml, model_config.json, spiece.model and vocab.json."""
+        """Chief writes config.yaml and the model files (model_config.json, spiece.model,
+        vocab.json; :func:`t5pre.models.store.write_model_files`)."""
         if not self.is_chief:
             return
-        from t5pre.models.io import MODEL_CONFIG_FILE
+        from t5pre.models.store import write_model_files
 
         os.makedirs(self.model_dir, exist_ok=True)
         save_config(self.config, os.path.join(self.model_dir, "config.yaml"))
-        values = self._model_config_values(model)
-        if values is not None:
-            from t5pre.files import atomic_write_json
-
-            atomic_write_json(os.path.join(self.model_dir, MODEL_CONFIG_FILE), values)
-        if self.vocabulary is not None and hasattr(self.vocabulary, "save"):
-            self.vocabulary.save(self.model_dir)
+        vocabulary = self.vocabulary if hasattr(self.vocabulary, "save") else None
+        write_model_files(self.model_dir, model, vocabulary)
 
     def _dataset_fn(self, split, *, shuffle, start_examples=0, take_batches=None,
                     global_batch_size=None, seed=None):
