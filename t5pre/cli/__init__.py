@@ -18,7 +18,7 @@ from t5pre.errors import T5preError
 from t5pre.lazy import lazy_exports
 
 _EXPORTS = dict.fromkeys(["add_run_arguments", "add_module_argument", "import_modules",
-                          "strategy_overrides"], "t5pre.cli.common")
+                          "run_overrides"], "t5pre.cli.common")
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "doc_description", "main", *sorted(_EXPORTS)]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -31,10 +31,12 @@ def add_run_arguments(parser, default_config_help: str) -> None:
                              "training.profile_steps=START:END")
 
 
-def strategy_overrides(args) -> list:
-    """``--tpu`` / ``--strategy`` of :func:`add_run_arguments` as config overrides (``--tpu``
-    alone implies the tpu strategy)."""
+def run_overrides(args) -> list:
+    """``--profile-steps`` / ``--tpu`` / ``--strategy`` of :func:`add_run_arguments` as config
+    overrides (``--tpu`` alone implies the tpu strategy)."""
     overrides = []
+    if getattr(args, "profile_steps", None):
+        overrides.append(f"training.profile_steps='{args.profile_steps}'")
     if args.tpu:
         overrides.append(f"strategy.tpu={args.tpu}")
         if not args.strategy:

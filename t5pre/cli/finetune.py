@@ -18,7 +18,7 @@ import os
 
 from t5pre.cli import doc_description
 from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
-                              strategy_overrides)
+                              run_overrides)
 from t5pre.errors import ConfigError
 
 RANDOM_INIT = "random"
@@ -69,7 +69,7 @@ def run(args):
                           f"--init-from {args.init_from}@ckpt-{args.init_checkpoint}")
     import_modules(args.module)
     overrides = list(args.overrides)
-    overrides += strategy_overrides(args)
+    overrides += run_overrides(args)
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
     run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,

@@ -18,7 +18,7 @@ import os
 
 from t5pre.cli import doc_description
 from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
-                              strategy_overrides)
+                              run_overrides)
 
 
 def register(subparsers):
@@ -38,9 +38,7 @@ def load_run_config(args, packaged: str = "default"):
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"training.steps={args.steps}")
-    if getattr(args, "profile_steps", None):
-        overrides.append(f"training.profile_steps='{args.profile_steps}'")
-    overrides += strategy_overrides(args)
+    overrides += run_overrides(args)
     path = args.config
     if path is None:
         saved = os.path.join(args.model_dir, "config.yaml")
