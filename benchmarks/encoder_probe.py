@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from t5pre.data.registry import TaskRegistry
     from t5pre.models.losses import seq2seq_loss
     from t5pre.models.t5 import T5Model
-    from t5pre.training.finetune import read_init, resolve_init
+    from t5pre.models.store import read_init, resolve_init
 
     transfer._register_debian_pretraining(args.data_dir, args.objective)
     init = read_init(resolve_init(args.model_dir))

@@ -122,7 +122,7 @@ def pretrain_config(args, task: str):
 
 
 def finetune_config(args, task: str, work: str):
-    from t5pre.training.finetune import load_finetune_config
+    from t5pre.training.config import load_finetune_config
 
     overrides = [
         f"data.task={task}", "data.sequence_length.inputs=64", "data.sequence_length.targets=16",
@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     os.environ["T5PRE_DATA_DIR"] = os.path.abspath(args.data_dir)
 
     from t5pre.models.io import read_model_config
-    from t5pre.training.finetune import finetune, resolve_init
+    from t5pre.finetune import finetune
+    from t5pre.models.store import resolve_init
     from t5pre.training.trainer import Trainer
 
     mode = {**MODES[args.mode], "pretrain_task": pretrain_task_name(args.mode, args.objective)}
@@ -195,8 +196,8 @@ def main(argv=None) -> int:
         out = os.path.join(root, ("ft-random" if init is None else f"ft-{args.objective}") + suffix)
         print(f"[{2 if init else 3}/3] fine-tuning {mode['finetune_task']} from {name} for "
               f"{args.finetune_steps} steps -> {out}")
-        cfg, settings = finetune_config(args, mode["finetune_task"], out)
-        r = finetune(cfg, out, init=init, settings=settings,
+        cfg = finetune_config(args, mode["finetune_task"], out)
+        r = finetune(cfg, out, init=init,
                      model_config=read_model_config(pre_dir), log=quiet)
         scores = _final_scores(r, out)
         results[name] = {"scores": scores, "model_dir": out,
@@ -246,7 +247,7 @@ def _final_scores(result, model_dir) -> dict:
     """Scores of the last evaluation (this run's, or read back from best/ when resumed)."""
     if result.eval_history:
         return result.eval_history[-1][1]
-    from t5pre.training.finetune import read_best_info
+    from t5pre.training.actions import read_best_info
 
     info = read_best_info(os.path.join(model_dir, "best")) or {}
     return info.get("scores", {})

@@ -6,17 +6,18 @@ The layout follows the flow of the work:
 * ``t5pre.models``      the T5.1.1 encoder-decoder, loss, decoding, checkpoint conversion
 * ``t5pre.training``    configs, optimizers, the distributed training loop, checkpoints
 * ``t5pre.evaluation``  metrics (ROUGE, SQuAD), evaluation and prediction
+* ``t5pre.finetune``    fine-tuning: the training loop + an init model + decoded evaluation
 * ``t5pre.export``      SavedModel export (strings in, strings out)
 * ``t5pre.tasks``       the registered task catalogue (``tasks/`` in the repository)
 
 Heavy modules (TensorFlow) are imported lazily, so ``import t5pre`` and ``t5pre --help`` are fast.
 """
 
-import importlib
+from t5pre.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_EXPORTS = {
     "TaskRegistry": "t5pre.data.registry",
     "MixtureRegistry": "t5pre.data.registry",
     "Task": "t5pre.data.registry",
@@ -27,13 +28,5 @@ _LAZY = {
     "SentencePieceVocabulary": "t5pre.data.vocabulary",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 't5pre' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__all__ = ["__version__", *sorted(_EXPORTS)]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

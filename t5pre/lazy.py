@@ -1,5 +1,20 @@
 """Heavy imports on first use: ``import t5pre`` and ``t5pre --help`` never load TensorFlow, and
-a wrong flag is reported before TensorFlow's start-up (see ``t5pre.cli``)."""
+a wrong flag is reported before TensorFlow's start-up (see ``t5pre.cli``).
+
+Every package face (``t5pre``, ``t5pre.data``, ``t5pre.models``, ...) declares its public names
+as a ``{name: module}`` map and gets its module ``__getattr__`` / ``__dir__`` from
+:func:`lazy_exports`, so importing a face imports none of the modules behind it::
+
+    _EXPORTS = {"Task": "t5pre.data.registry", ...}
+    __all__ = sorted(_EXPORTS)
+    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Mapping
 
 
 def tensorflow():
@@ -7,3 +22,23 @@ def tensorflow():
     import tensorflow as tf
 
     return tf
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable, Callable]:
+    """``(__getattr__, __dir__)`` for the module ``package`` whose names ``exports`` maps to the
+    modules defining them. A name is imported on first access and then kept in the package, so
+    later accesses cost nothing."""
+    exports = dict(exports)
+
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__

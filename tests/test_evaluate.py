@@ -147,7 +147,7 @@ def test_vocabulary_mismatch_is_a_clear_error(foreign_vocab_dir, capsys):
 
 def test_use_model_vocabulary_retokenizes_the_task(foreign_vocab_dir):
     import t5pre
-    from t5pre.evaluation.evaluate import check_vocabulary
+    from t5pre.data.task_vocabulary import check_vocabulary
     from t5pre.models.io import load_vocabulary_from
 
     vocab = load_vocabulary_from(foreign_vocab_dir)

@@ -1,4 +1,4 @@
-"""`t5pre finetune` and t5pre.training.finetune: end to end on real data from a pretraining dir
+"""`t5pre finetune` and t5pre.finetune: end to end on real data from a pretraining dir
 made here (checkpoints, decoded metrics in TensorBoard, best/), resume, init sources, errors."""
 
 import glob
@@ -121,12 +121,11 @@ def test_init_from_a_chosen_checkpoint_copies_its_weights(pretrain_dir):
     import dataclasses
 
     from t5pre.models import T5Model
-    from t5pre.training.finetune import read_init, resolve_init
-    from t5pre.training.model_dir import load_model
+    from t5pre.models.store import read_init, resolve_init
+    from t5pre.models.store import load_model
 
     init = resolve_init(f"{pretrain_dir}@ckpt-2")
     assert (init.kind, init.checkpoint, init.path) == ("training", 2, str(pretrain_dir))
-    assert resolve_init(str(pretrain_dir), checkpoint=2).checkpoint == 2
     loaded = read_init(init)
     model = T5Model(dataclasses.replace(loaded.config, dropout_rate=0.1))
     assert loaded.load_into(model).endswith("ckpt-2")
@@ -141,8 +140,8 @@ def test_init_from_a_chosen_checkpoint_copies_its_weights(pretrain_dir):
 
 def test_init_sources_are_recognised(pretrain_dir, tmp_path):
     from t5pre.models import save_pretrained
-    from t5pre.training.finetune import read_init, resolve_init
-    from t5pre.training.model_dir import load_model
+    from t5pre.models.store import read_init, resolve_init
+    from t5pre.models.store import load_model
 
     model, vocab, _ = load_model(pretrain_dir)
     save_pretrained(model, vocab, tmp_path / "saved")
@@ -161,8 +160,8 @@ def test_init_sources_are_recognised(pretrain_dir, tmp_path):
 
 
 def test_best_keeper_keeps_the_best_and_recovers(pretrain_dir, tmp_path):
-    from t5pre.training.finetune import BestKeeper, read_best_info
-    from t5pre.training.model_dir import load_model
+    from t5pre.training.actions import BestCheckpoint as BestKeeper, read_best_info
+    from t5pre.models.store import load_model
 
     model, vocab, _ = load_model(pretrain_dir)
     keeper = BestKeeper(str(tmp_path), None, info={"task": "t"})
@@ -227,13 +226,28 @@ def test_config_errors_name_file_and_line(pretrain_dir, tmp_path, capsys):
 
 def test_packaged_configs_load():
     from t5pre.cli.finetune import config_path
-    from t5pre.training.finetune import load_finetune_config
+    from t5pre.training.config import load_finetune_config
 
     tasks = {}
     for name in ("default_summarize", "debian_descriptions", "squad", "cnn_dailymail"):
-        cfg, settings = load_finetune_config(config_path(name))
-        tasks[name] = (cfg.data.task, cfg.model.overrides["dropout_rate"], settings.metric)
+        cfg = load_finetune_config(config_path(name))
+        tasks[name] = (cfg.data.task, cfg.model.overrides["dropout_rate"], cfg.finetune.metric)
     assert tasks["squad"] == ("squad_v1.1_files", 0.1, "f1")
     assert tasks["default_summarize"][0] == "default_summarize"
-    cfg, _ = load_finetune_config(config_path("cnn_dailymail"))
+    cfg = load_finetune_config(config_path("cnn_dailymail"))
     assert (cfg.data.sequence_length.inputs, cfg.data.sequence_length.targets) == (512, 512)
+
+
+def test_one_way_to_name_an_init_checkpoint(pretrain_dir, tmp_path, capsys):
+    """DIR@ckpt-N names an init checkpoint; the old flag and config key say so and stop."""
+    rc = cli(["finetune", "--init-from", str(pretrain_dir), "--init-checkpoint", "2",
+              "--model-dir", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--init-from {pretrain_dir}@ckpt-2" in err and "Traceback" not in err
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  task: default_summarize\nfinetune:\n  init_checkpoint: 2\n")
+    rc = cli(["finetune", "--config", str(old), "--init-from", str(pretrain_dir),
+              "--model-dir", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{old}:4" in err and "DIR@ckpt-N" in err
+    assert not (tmp_path / "x").exists()

@@ -37,3 +37,50 @@ def test_cli_help_runs():
 
     text = build_parser().format_help()
     assert "t5pre" in text
+
+
+FACES = ["t5pre", "t5pre.data", "t5pre.models", "t5pre.training", "t5pre.evaluation",
+         "t5pre.export", "t5pre.cli"]
+
+
+def _check_each_face(body: str) -> None:
+    """Runs ``body`` (indented code using ``name`` and ``face``) for every face, in a fresh
+    interpreter, so that what a face imports is seen from a clean ``sys.modules``."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\n"
+            f"for name in {FACES!r}:\n"
+            "    face = importlib.import_module(name)\n"
+            + body + "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_importing_a_package_face_does_not_import_tensorflow():
+    """Each face declares `__all__` over the shared lazy idiom (t5pre.lazy.lazy_exports), and
+    importing it (and listing it) imports neither TensorFlow nor Keras."""
+    _check_each_face(
+        "    assert face.__all__, name\n"
+        "    missing = [n for n in face.__all__ if n not in dir(face)]\n"
+        "    assert not missing, (name, missing)\n"
+        "    heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "    assert not heavy, (name, heavy)\n")
+
+
+def test_every_name_a_face_declares_resolves():
+    """No stale entry: every name in every face's `__all__` imports (TensorFlow included), and
+    an unknown name is an AttributeError naming the face."""
+    _check_each_face(
+        "    for attr in face.__all__:\n"
+        "        getattr(face, attr)\n"
+        "    try:\n"
+        "        getattr(face, 'no_such_name')\n"
+        "    except AttributeError as e:\n"
+        "        assert repr(name) in str(e), e\n"
+        "    else:\n"
+        "        raise AssertionError(name)\n")

@@ -284,3 +284,62 @@ def test_a_user_task_cannot_silently_take_a_catalogue_name(vocab):
         pytest.skip("the catalogue registers no task")
     with pytest.raises(DataError, match=f"task '{catalogue[0]}' is already registered"):
         TaskRegistry.add(catalogue[0], **_standard(vocab))
+
+
+def test_task_and_mixture_are_dataset_providers(vocab, registered):
+    """Callers may treat a task and a mixture alike: both have the provider's faces."""
+    from t5pre.data.registry import DatasetProvider, Mixture, Task
+
+    add_task, add_mixture = registered
+    task = add_task("t_provider", **_standard(vocab))
+    mixture = add_mixture("m_provider", [("t_provider", 1.0)])
+    assert isinstance(task, Task) and isinstance(mixture, Mixture)
+    for provider in (task, mixture):
+        assert isinstance(provider, DatasetProvider)
+        assert provider.splits == ("train", "validation")
+        assert sorted(provider.output_features) == ["inputs", "targets"]
+        assert provider.vocabulary is vocab
+        dataset = provider.get_dataset({"inputs": 8, "targets": 4}, split="validation",
+                                       shuffle=False, seed=0, shard_info=None, num_epochs=1)
+        assert len(list(dataset.as_numpy_iterator())) == 5
+    assert mixture.metric_fns == ()
+    assert get_task_or_mixture(mixture) is mixture  # providers pass through the lookup
+    for provider in (task, mixture):  # one split check, naming the provider
+        with pytest.raises(DataError, match=rf"{provider.kind} '{provider.name}' has no split 'test'"):
+            provider.get_dataset(split="test")
+
+
+def test_task_replace_returns_a_new_unregistered_task(vocab, registered, shared_data):
+    import dataclasses
+
+    add_task, _ = registered
+    metric = lambda targets, predictions: {"n": len(targets)}  # noqa: E731
+    task = add_task("t_replace", metric_fns=[metric], description="original", **_standard(vocab))
+    other = SentencePieceVocabulary(str(shared_data / "spm" / "seqio_test_sentencepiece.model"),
+                                    extra_ids=20)
+    features = {k: dataclasses.replace(f, vocabulary=other) for k, f in task.output_features.items()}
+    copy = task.replace(output_features=features)
+    assert copy is not task and copy.vocabulary is other and task.vocabulary is vocab
+    # everything else is kept, and the registry still holds the original
+    assert (copy.name, copy.source, copy.preprocessors, copy.metric_fns, copy.description) == \
+        (task.name, task.source, task.preprocessors, task.metric_fns, task.description)
+    assert get_task("t_replace") is task
+    renamed = task.replace(name="t_replace_variant")
+    assert renamed.name == "t_replace_variant" and "t_replace_variant" not in TaskRegistry.names()
+    lengths = {"inputs": 16, "targets": 8}
+    assert _inputs(renamed.get_dataset(lengths, split="validation", shuffle=False, num_epochs=1)) \
+        == _inputs(task.get_dataset(lengths, split="validation", shuffle=False, num_epochs=1))
+    with pytest.raises(DataError, match=r"unknown fields \['vocab'\]"):
+        task.replace(vocab=other)
+    with pytest.raises(DataError, match="non-empty name"):  # validated like a new task
+        task.replace(name="")
+
+
+def test_get_downstream_task_hints(registered):
+    from t5pre.data.registry import get_downstream_task
+    from t5pre.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no task given"):
+        get_downstream_task("")
+    with pytest.raises(DataError, match="--module PYTHON_MODULE"):
+        get_downstream_task("no_such_task_xyz")

@@ -46,6 +46,25 @@ def test_text_lines_skip_blank_lines_and_fix_bytes(tmp_path):
     assert texts == ["first", "zipped one", "bad \ufffd\ufffd bytes", "zipped two", "last line"]
 
 
+def test_text_files_with_bad_bytes_warn_once_per_file_naming_the_first_line(tmp_path, caplog):
+    """As JSON Lines files do: U+FFFD in the text, and one warning per file with file:line."""
+    (tmp_path / "a.txt").write_bytes(b"fine\n\nbad \xff one\nworse \xfe\xfe two\n")
+    (tmp_path / "b.txt").write_bytes(b"clean\nalso clean \xef\xbf\xbd (a real U+FFFD)\n")
+    with gzip.open(tmp_path / "c.txt.gz", "wb") as f:
+        f.write(b"zipped\n" * 3 + b"zipped \x80 bad\n")
+    source = TextLineSource({"train": str(tmp_path / "*.txt*")})
+    with caplog.at_level(logging.WARNING, logger="t5pre.data.sources"):
+        for _ in range(2):  # a second pass over the files says nothing new
+            texts = _texts(source.get_dataset("train", shuffle=False))
+    assert "bad \ufffd one" in texts and "worse \ufffd\ufffd two" in texts
+    assert "zipped \ufffd bad" in texts and "also clean \ufffd (a real U+FFFD)" in texts
+    warnings = sorted(r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage())
+    assert len(warnings) == 2, warnings  # b.txt holds valid UTF-8 only
+    assert warnings[0].startswith(f"{tmp_path / 'a.txt'}:3: ")
+    assert warnings[1].startswith(f"{tmp_path / 'c.txt.gz'}:4: ")
+    assert "replaced by U+FFFD" in warnings[0]
+
+
 def test_missing_patterns_name_split_and_pattern(tmp_path):
     source = TextLineSource({"train": [str(tmp_path / "*.txt")], "validation": str(tmp_path / "val-*.txt")})
     with pytest.raises(DataError, match=r"split 'validation': no file matches '.*val-\*\.txt'"):

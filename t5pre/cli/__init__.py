@@ -3,6 +3,10 @@
 Each sub-command lives in its own module of this package and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a callable taking the parsed ``args``. Heavy imports
 (TensorFlow, Keras) happen inside those callables, so ``t5pre --help`` stays fast.
+
+No command module imports another: what several share lives in :mod:`t5pre.cli.common`
+(``add_run_arguments``, ``add_module_argument``, ``import_modules``; also importable from here)
+and :mod:`t5pre.cli.inference` (the model and decoding flags of predict / evaluate / export).
 """
 
 import argparse
@@ -11,6 +15,13 @@ import os
 import sys
 
 from t5pre.errors import T5preError
+from t5pre.lazy import lazy_exports
+
+_EXPORTS = dict.fromkeys(["add_run_arguments", "add_module_argument", "import_modules",
+                          "run_overrides"], "t5pre.cli.common")
+
+__all__ = ["SUBCOMMAND_MODULES", "build_parser", "doc_description", "main", *sorted(_EXPORTS)]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 # Order here is the order in `t5pre --help`.
 SUBCOMMAND_MODULES = [

@@ -15,7 +15,7 @@ Examples:
 from __future__ import annotations
 
 from t5pre.cli import doc_description
-from t5pre.cli.finetune import add_module_argument, import_modules
+from t5pre.cli.common import add_module_argument, import_modules
 
 
 def register(subparsers):

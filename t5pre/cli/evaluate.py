@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.finetune import add_module_argument, import_modules
+from t5pre.cli.common import add_module_argument, import_modules
 
 
 def register(subparsers):
-    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
-    from t5pre.cli.predict import MODEL_HELP
+    from t5pre.cli.inference import MODEL_HELP, add_decode_arguments, add_model_arguments
 
     parser = subparsers.add_parser(
         "evaluate", help="decode a task's split and score it with the task's metrics",
@@ -77,8 +76,9 @@ def run(args):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     settings = decode_settings(args)
-    from t5pre.evaluation.evaluate import (TaskEvaluator, check_vocabulary, format_scores,
-                                           get_downstream_task, write_results)
+    from t5pre.data.registry import get_downstream_task
+    from t5pre.data.task_vocabulary import check_vocabulary
+    from t5pre.evaluation.evaluate import TaskEvaluator, format_scores, write_results
     from t5pre.models.store import load_for_inference
 
     if args.task:  # an unknown task fails before the (slow) model load

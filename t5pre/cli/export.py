@@ -33,16 +33,11 @@ example:
 
 
 def register(subparsers):
-    import argparse
+    from t5pre.cli.inference import add_inference_parser
 
-    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
-    from t5pre.cli.predict import MODEL_HELP
-
-    parser = subparsers.add_parser(
-        "export", help="export a strings-in/strings-out SavedModel",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser, MODEL_HELP)
-    add_decode_arguments(parser)
+    parser = add_inference_parser(subparsers, "export",
+                                  help="export a strings-in/strings-out SavedModel",
+                                  description=HELP)
     parser.add_argument("--out", required=True, metavar="EXPORT_DIR",
                         help="directory to create (e.g. exports/my_t5/1 for TF Serving)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")

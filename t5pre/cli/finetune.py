@@ -5,7 +5,7 @@
         --task squad_v1.1_files --model-dir runs/squad [--set training.batch_size=64] [--steps N]
 
 ``--init-from`` takes a ``t5pre pretrain`` model directory (latest checkpoint, or ``DIR@ckpt-N``
-/ ``--init-checkpoint N``), a ``save_pretrained`` / ``t5pre convert hf`` directory, a Hugging Face
+for another), a ``save_pretrained`` / ``t5pre convert hf`` directory, a Hugging Face
 T5 directory, or ``random``. The run evaluates the validation split every
 ``training.eval_every`` steps by decoding it and scoring it with the task's metrics (TensorBoard:
 ``DIR/logs/eval``) and keeps the best model in ``DIR/best/``. Re-running the command resumes.
@@ -13,11 +13,12 @@ T5 directory, or ``random``. The run evaluates the validation split every
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import os
 
 from t5pre.cli import doc_description
-from t5pre.cli.pretrain import add_run_arguments
+from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
+                              run_overrides)
 from t5pre.errors import ConfigError
 
 RANDOM_INIT = "random"
@@ -32,28 +33,13 @@ def register(subparsers):
     parser.add_argument("--init-from", required=True, metavar="DIR[@ckpt-N]",
                         help="the model to start from: a pretraining model dir, a save_pretrained "
                              "dir, a Hugging Face T5 dir, or 'random'")
-    parser.add_argument("--init-checkpoint", type=int, metavar="N",
-                        help="checkpoint step of the --init-from model dir (default: latest)")
+    parser.add_argument("--init-checkpoint", type=int, help=argparse.SUPPRESS)  # removed
     parser.add_argument("--task", help="the downstream task (default: the config's data.task)")
     parser.add_argument("--use-model-vocabulary", action="store_true",
                         help="tokenise the task's text with the init model's vocabulary when it "
                              "differs from the task's (e.g. a Hugging Face T5 on a built-in task)")
     add_module_argument(parser)
     parser.set_defaults(func=run)
-
-
-def add_module_argument(parser) -> None:
-    parser.add_argument("--module", action="append", default=[], metavar="PYTHON_MODULE",
-                        help="import this module first (it may register your own tasks); "
-                             "repeatable")
-
-
-def import_modules(names) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigError(f"--module {name}: cannot import it ({e})") from None
 
 
 def config_path(value):
@@ -74,36 +60,39 @@ def config_path(value):
 
 
 def run(args):
-    from t5pre.training.finetune import finetune, load_finetune_config, resolve_init
+    from t5pre.finetune import finetune
+    from t5pre.models.store import resolve_init
+    from t5pre.training.config import load_finetune_config
 
+    if args.init_checkpoint is not None:
+        raise ConfigError(f"--init-checkpoint was removed: name the checkpoint in the init source, "
+                          f"--init-from {args.init_from}@ckpt-{args.init_checkpoint}")
     import_modules(args.module)
     overrides = list(args.overrides)
-    if args.tpu:
-        overrides.append(f"strategy.tpu={args.tpu}")
-        if not args.strategy:
-            overrides.append("strategy.name=tpu")
-    if args.strategy:
-        overrides.append(f"strategy.name={args.strategy}")
+    overrides += run_overrides(args)
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
-    run_config, settings = load_finetune_config(
-        config_path(args.config), overrides, task=args.task, steps=args.steps,
-        model_dir=args.model_dir)
-    init = None
-    checkpoint = args.init_checkpoint if args.init_checkpoint is not None \
-        else settings.init_checkpoint
-    if args.init_from != RANDOM_INIT:
-        init = resolve_init(args.init_from, checkpoint)
-    elif checkpoint is not None:
-        raise ConfigError("--init-checkpoint needs an --init-from model directory, not 'random'")
+    run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,
+                                      steps=args.steps, model_dir=args.model_dir)
+    init = None if args.init_from == RANDOM_INIT else resolve_init(args.init_from)
+    if run_config.data.task:
+        from t5pre.data.registry import get_downstream_task
+
+        get_downstream_task(run_config.data.task)  # reported before TensorFlow loads
 
     from t5pre.cli.pretrain import training_strategy
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs (None on JAX).
     strategy = training_strategy(run_config)
-    result = finetune(run_config, args.model_dir, init=init, settings=settings, strategy=strategy,
+    result = finetune(run_config, args.model_dir, init=init, strategy=strategy,
                       modules=args.module)
     if result.best_score is not None:
         print(f"best {result.best_metric} {result.best_score:.3f} at step {result.best_step}: "
               f"{os.path.join(args.model_dir, 'best')}")
     return 0 if result.train.step >= run_config.training.steps else 1
+
+
+def _keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()

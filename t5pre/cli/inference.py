@@ -14,6 +14,8 @@ import argparse
 
 from t5pre.models.decode_settings import FLAGS
 
+MODEL_HELP = "training model directory, fine-tuning best/ directory or save_pretrained directory"
+
 #: field -> the old spellings still accepted.
 ALIASES = {"beam_size": ("--beam",),
            "max_input_length": ("--max-input-length", "--input-length"),
@@ -35,6 +37,16 @@ def _add(parser, field: str, **kwargs) -> None:
     for alias in ALIASES.get(field, ()):
         parser.add_argument(alias, dest=field, action=_Spelled, type=kwargs.get("type"),
                             default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_inference_parser(subparsers, name: str, help: str, description: str):
+    """The parser of a sub-command that decodes with a model directory (``predict``,
+    ``export``): ``description`` shown as written, then the model and the decoding flags."""
+    parser = subparsers.add_parser(name, help=help, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, MODEL_HELP)
+    add_decode_arguments(parser)
+    return parser
 
 
 def add_model_arguments(parser, model_help: str) -> None:

@@ -27,19 +27,12 @@ example:
   t5pre predict --model-dir runs/ft --beam-size 4 --input-file inputs.txt > outputs.txt
 """
 
-MODEL_HELP = "training model directory, fine-tuning best/ directory or save_pretrained directory"
-
 
 def register(subparsers):
-    import argparse
+    from t5pre.cli.inference import add_inference_parser
 
-    from t5pre.cli.inference import add_decode_arguments, add_model_arguments
-
-    parser = subparsers.add_parser(
-        "predict", help="generate text with a model directory",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser, MODEL_HELP)
-    add_decode_arguments(parser)
+    parser = add_inference_parser(subparsers, "predict",
+                                  help="generate text with a model directory", description=HELP)
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="input texts")
     parser.add_argument("--input-file", default=None, metavar="FILE",
                         help="read one input per line (- reads stdin)")

@@ -17,27 +17,8 @@ from __future__ import annotations
 import os
 
 from t5pre.cli import doc_description
-from t5pre.training.config import STRATEGIES
-
-
-def add_run_arguments(parser, default_config_help: str) -> None:
-    """The arguments ``pretrain`` shares with ``finetune``."""
-    parser.add_argument("--config", help=f"run config YAML ({default_config_help})")
-    parser.add_argument("--model-dir", required=True,
-                        help="where checkpoints, logs and model files go; resumed if it has "
-                             "checkpoints")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set training.batch_size=64 "
-                             "(value parsed as YAML; repeatable)")
-    parser.add_argument("--steps", type=int, help="total training steps (= --set training.steps=N)")
-    parser.add_argument("--strategy", choices=STRATEGIES,
-                        help="tf.distribute strategy (default: the config's, normally auto)")
-    parser.add_argument("--tpu", help="TPU name or grpc:// address (implies --strategy tpu)")
-    parser.add_argument("--profile-steps", metavar="START:END",
-                        help="write a TensorFlow profiler trace of steps START..END to "
-                             "DIR/logs/train (TensorBoard's Profile tab); = --set "
-                             "training.profile_steps=START:END")
+from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
+                              run_overrides)
 
 
 def register(subparsers):
@@ -46,8 +27,6 @@ def register(subparsers):
         **doc_description(__doc__))
     add_run_arguments(parser, "default: DIR/config.yaml when re-running, else the packaged "
                               "configs/pretrain/default.yaml")
-    from t5pre.cli.finetune import add_module_argument
-
     add_module_argument(parser)
     parser.set_defaults(func=run)
 
@@ -59,14 +38,7 @@ def load_run_config(args, packaged: str = "default"):
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"training.steps={args.steps}")
-    if getattr(args, "profile_steps", None):
-        overrides.append(f"training.profile_steps='{args.profile_steps}'")
-    if args.tpu:
-        overrides.append(f"strategy.tpu={args.tpu}")
-        if not args.strategy:
-            overrides.append("strategy.name=tpu")
-    if args.strategy:
-        overrides.append(f"strategy.name={args.strategy}")
+    overrides += run_overrides(args)
     path = args.config
     if path is None:
         saved = os.path.join(args.model_dir, "config.yaml")
@@ -101,8 +73,8 @@ def check_backend() -> str:
 
 def training_strategy(config):
     """The tf.distribute strategy on TensorFlow (created first thing: MultiWorkerMirroredStrategy
-    wants to be TF's first user); None on JAX, where the Trainer builds its keras.distribution
-    (after ``jax.distributed.initialize()`` on several hosts)."""
+    wants to be TF's first user); None on JAX, where the Trainer's JaxBackend builds its
+    keras.distribution (after ``jax.distributed.initialize()`` on several hosts)."""
     if check_backend() == "jax":
         from t5pre.training.distribution_jax import check_strategy_name, initialize_multi_host
 
@@ -115,11 +87,13 @@ def training_strategy(config):
 
 
 def run(args):
-    from t5pre.cli.finetune import import_modules
-
     import_modules(getattr(args, "module", []))
     config = load_run_config(args)
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    check_backend()
+    from t5pre.training.data import get_task_or_mixture
+
+    get_task_or_mixture(config.data)  # an unknown name is reported before TensorFlow loads
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs (None on JAX).
     strategy = training_strategy(config)
     from t5pre.training.trainer import Trainer, TrainingInterrupted
 

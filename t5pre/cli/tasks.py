@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
-from t5pre.cli.finetune import add_module_argument, import_modules
+from t5pre.cli.common import add_module_argument, import_modules
 
 
 def register(subparsers):

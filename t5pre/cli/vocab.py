@@ -25,7 +25,7 @@ Text comes from exactly one of:
 
 
 def register(subparsers):
-    from t5pre.cli.finetune import add_module_argument
+    from t5pre.cli.common import add_module_argument
 
     parser = subparsers.add_parser("vocab", help="train or inspect a SentencePiece vocabulary")
     sub = parser.add_subparsers(dest="vocab_command", metavar="ACTION", required=True)
@@ -128,8 +128,7 @@ def _texts_from_task(name, split, fields):
     from t5pre.data.sources import data_errors
 
     task = get_task(name)
-    if split not in task.splits:
-        raise DataError(f"task {name!r} has no split {split!r}; it has {list(task.splits)}")
+    task.check_split(split)
     dataset = task.source.get_dataset(split=split, shuffle=False, seed=0)
     spec = dataset.element_spec
     text_fields = [k for k, s in spec.items() if s.dtype == tf.string]
@@ -150,7 +149,7 @@ def _texts_from_task(name, split, fields):
 
 
 def run_train(args):
-    from t5pre.cli.finetune import import_modules
+    from t5pre.cli.common import import_modules
     from t5pre.data.vocabulary import train_vocabulary
 
     if args.vocab_size <= args.extra_ids:

@@ -263,8 +263,7 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
     kind, features, stop, separator = _cache_layout(task, sequence_length)
     splits = list(splits or task.splits)
     for split in splits:
-        if split not in task.splits:
-            raise DataError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+        task.check_split(split)
     if os.path.exists(os.path.join(out_dir, MANIFEST)) and not overwrite:
         raise DataError(f"cache {out_dir}: a cache is already there (pass overwrite/--overwrite)")
     vocabulary = task.vocabulary

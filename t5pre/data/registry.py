@@ -16,6 +16,11 @@ as in T5/seqio, while staying a deterministic function of the seed and the strea
 
 A :class:`Mixture` samples from several tasks with normalised rates. Names are looked up with
 :func:`get_task` / :func:`get_mixture`, which import the catalogue (``t5pre.tasks``) on first use.
+
+Both are a :class:`DatasetProvider`: what training, evaluation and the CLI may rely on whichever
+of the two a config names (``name``, ``splits``, ``output_features``, ``vocabulary``,
+``metric_fns``, ``get_dataset(...)``). :meth:`Task.replace` gives a modified copy of a task (e.g.
+over another vocabulary) without registering it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import importlib
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
-from t5pre.errors import DataError
+from t5pre.errors import ConfigError, DataError
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
 
@@ -75,9 +80,71 @@ def _close_matches(name, names):
     return f"; known: {', '.join(sorted(names)[:30])}" if names else "; none is registered"
 
 
+# ------------------------------------------------------------------------ DatasetProvider
+class DatasetProvider:
+    """What a :class:`Task` and a :class:`Mixture` both are: a named provider of examples.
+
+    Subclasses set ``name`` and implement ``splits``, ``output_features`` and
+    :meth:`_build_dataset` (what :meth:`get_dataset` returns once the split is checked);
+    ``vocabulary`` and ``metric_fns`` follow from them by default.
+    """
+
+    name: str = ""
+    kind = "provider"  # "task" / "mixture": how messages name it
+
+    @property
+    def splits(self) -> tuple:
+        raise NotImplementedError
+
+    @property
+    def output_features(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def vocabulary(self):
+        """The vocabulary of ``targets`` (or of the first output feature); None without features."""
+        features = self.output_features
+        feature = features.get("targets") or next(iter(features.values()), None)
+        return feature.vocabulary if feature else None
+
+    @property
+    def metric_fns(self) -> tuple:
+        return ()
+
+    def get_dataset(
+        self,
+        sequence_length: Mapping[str, int] | None = None,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int = 0,
+        shard_info=None,
+        num_epochs: int | None = None,
+        shuffle_buffer_size: int | None = None,
+    ):
+        """An unbatched ``tf.data.Dataset`` of examples holding (at least) the output features.
+
+        ``num_epochs=None`` repeats forever; ``shard_info=(index, count)`` gives one of
+        ``count`` disjoint shards; the same arguments always give the same examples."""
+        self.check_split(split)
+        return self._build_dataset(sequence_length, split, shuffle, int(seed), shard_info,
+                                   num_epochs, shuffle_buffer_size)
+
+    def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
+                       shuffle_buffer_size):
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        """DataError naming the provider and its splits when it has no split ``split``."""
+        if split not in self.splits:
+            raise DataError(f"{self.kind} {self.name!r} has no split {split!r}; "
+                            f"it has {list(self.splits)}")
+
+
 # ------------------------------------------------------------------------------------- Task
-class Task:
+class Task(DatasetProvider):
     """A named data pipeline: source -> preprocessors -> output features. See the module doc."""
+
+    kind = "task"
 
     def __init__(
         self,
@@ -100,24 +167,44 @@ class Task:
         self.name = name
         self.source = source
         self.preprocessors = tuple(preprocessors)
-        self.output_features = dict(output_features or {})
-        for key, feature in self.output_features.items():
+        self._output_features = dict(output_features or {})
+        for key, feature in self._output_features.items():
             if not isinstance(feature, Feature):
                 raise DataError(f"task {name!r}: output feature {key!r} must be a Feature, got {type(feature).__name__}")
-        self.metric_fns = tuple(metric_fns)
+        self._metric_fns = tuple(metric_fns)
         self.postprocess_fn = postprocess_fn
         self.shuffle_buffer_size = shuffle_buffer_size
         self.description = description
+
+    #: The constructor arguments, in order: what :meth:`replace` may change.
+    FIELDS = ("name", "source", "preprocessors", "output_features", "metric_fns",
+              "postprocess_fn", "shuffle_buffer_size", "description")
+
+    @property
+    def output_features(self) -> dict:
+        return self._output_features
+
+    @property
+    def metric_fns(self) -> tuple:
+        return self._metric_fns
 
     @property
     def splits(self) -> tuple:
         return tuple(self.source.splits)
 
-    @property
-    def vocabulary(self):
-        """The vocabulary of ``targets`` (or of the first output feature)."""
-        feature = self.output_features.get("targets") or next(iter(self.output_features.values()), None)
-        return feature.vocabulary if feature else None
+    def replace(self, **changes) -> "Task":
+        """A new task with the given constructor fields changed (see :attr:`FIELDS`), validated
+        as a new task is; it is not registered, and ``self`` is unchanged.
+
+        ``task.replace(output_features=...)`` reads the same text into other token ids;
+        ``task.replace(name="x")`` followed by ``TaskRegistry.add_task`` registers a variant."""
+        unknown = sorted(set(changes) - set(self.FIELDS))
+        if unknown:
+            raise DataError(f"task {self.name!r}: replace() got unknown fields {unknown}; "
+                            f"a task has {list(self.FIELDS)}")
+        values = {field: getattr(self, field) for field in self.FIELDS}
+        values.update(changes)
+        return type(self)(**values)
 
     def postprocess(self, text, example=None, is_target=False):
         """Apply ``postprocess_fn`` (if any) to decoded model output or a target text.
@@ -145,22 +232,9 @@ class Task:
     def __repr__(self):
         return f"Task({self.name!r}, source={self.source.describe()}, features={list(self.output_features)})"
 
-    def get_dataset(
-        self,
-        sequence_length: Mapping[str, int] | None = None,
-        split: str = "train",
-        shuffle: bool = True,
-        seed: int = 0,
-        shard_info=None,
-        num_epochs: int | None = None,
-        shuffle_buffer_size: int | None = None,
-    ):
+    def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
+                       shuffle_buffer_size):
         """Unbatched dataset of preprocessed examples (see the module doc for the order)."""
-        import tensorflow as tf
-
-        if split not in self.splits:
-            raise DataError(f"task {self.name!r} has no split {split!r}; it has {list(self.splits)}")
-        seed = int(seed)
         shard_index = shard_info[0] if shard_info else 0
         dataset = self.source.get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
         # Repeat the *source*, not the preprocessed examples: random preprocessors (denoising)
@@ -239,12 +313,14 @@ class Task:
 
 
 # --------------------------------------------------------------------------------- Mixture
-class Mixture:
+class Mixture(DatasetProvider):
     """Samples examples from several tasks (or mixtures) with rates normalised to sum to 1.
 
     ``rate`` is a number or a callable ``rate(task) -> number``. Task names are resolved when
     the mixture is used, so a mixture may be registered before its tasks.
     """
+
+    kind = "mixture"
 
     def __init__(self, name: str, tasks: Sequence, default_rate=None):
         self.name = name
@@ -313,27 +389,11 @@ class Mixture:
                     )
         return dict(features)
 
-    @property
-    def metric_fns(self) -> tuple:
-        return ()
-
-    @property
-    def vocabulary(self):
-        return self.tasks[0].vocabulary
-
     def __repr__(self):
         return f"Mixture({self.name!r}, {self.rates()})"
 
-    def get_dataset(
-        self,
-        sequence_length: Mapping[str, int] | None = None,
-        split: str = "train",
-        shuffle: bool = True,
-        seed: int = 0,
-        shard_info=None,
-        num_epochs: int | None = None,
-        shuffle_buffer_size: int | None = None,
-    ):
+    def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
+                       shuffle_buffer_size):
         """Sampled mixture of the tasks' datasets (same arguments as :meth:`Task.get_dataset`).
 
         Examples keep only the output features, plus their ``*_pretokenized`` texts when every
@@ -379,7 +439,7 @@ class Mixture:
 
 
 def _resolve(task_or_name, mixture_name):
-    if isinstance(task_or_name, (Task, Mixture)):
+    if isinstance(task_or_name, DatasetProvider):
         return task_or_name
     name = str(task_or_name)
     if name in TaskRegistry._registry:
@@ -520,6 +580,19 @@ def get_task(name: str) -> Task:
     return TaskRegistry.get(name)
 
 
+def get_downstream_task(name: str) -> Task:
+    """The task a command's ``--task NAME`` names: :func:`get_task` with the hints a command-line
+    user needs (ConfigError when no name is given; the DataError says how to list the tasks and
+    how to register one's own)."""
+    if not name:
+        raise ConfigError("no task given (--task NAME; `t5pre tasks list` shows them)")
+    try:
+        return get_task(name)
+    except DataError as e:
+        raise DataError(f"{e} (`t5pre tasks list` shows the registered tasks; a task that "
+                        "your own code registers needs --module PYTHON_MODULE)") from None
+
+
 def get_mixture(name: str) -> Mixture:
     """The registered mixture ``name`` (imports the catalogue first)."""
     return MixtureRegistry.get(name)
@@ -527,7 +600,7 @@ def get_mixture(name: str) -> Mixture:
 
 def get_task_or_mixture(name: str):
     """A task or a mixture by name (what a training config's ``task:`` may name)."""
-    if isinstance(name, (Task, Mixture)):
+    if isinstance(name, DatasetProvider):
         return name
     _import_catalogue()
     if name in TaskRegistry._registry:

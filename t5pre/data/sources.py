@@ -24,7 +24,7 @@ Behaviour that users rely on, fixed here once:
   pattern. Empty files are skipped with a warning; a split whose files are all empty, or hold
   only blank lines, is an error. Blank (empty or whitespace-only) lines are skipped. Bytes that
   are not valid UTF-8 are replaced by U+FFFD (like Python's ``errors="replace"``) instead of
-  failing mid-training (JSON Lines files log a warning naming the first such line). Malformed JSON,
+  failing mid-training, with a warning naming each such file and its first such line. Malformed JSON,
   a missing key or a non-text value is a :class:`DataError` naming ``file:line`` (and the key).
   Errors found while a dataset is being iterated surface from TensorFlow as an ``OpError``; wrap
   the iteration in :func:`data_errors` (the CLI does) to get the plain :class:`DataError` back.
@@ -270,6 +270,17 @@ def fix_utf8(text):
     return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
 
 
+def _warn_not_utf8(warned: set, filename: str, line_number: int, error: UnicodeDecodeError):
+    """Bad bytes are replaced by U+FFFD (text and JSON Lines files alike), but said: once per
+    file (``warned`` holds the files already reported), naming the first bad line."""
+    if filename in warned:
+        return
+    warned.add(filename)
+    logger.warning("%s:%d: bytes that are not valid UTF-8 (%s at byte %d) were replaced by U+FFFD; "
+                   "later ones in this file are not reported", filename, line_number, error.reason,
+                   error.start)
+
+
 def _not_blank(line):
     tf = _tf()
     return tf.strings.length(tf.strings.strip(line)) > 0
@@ -283,16 +294,39 @@ class TextLineSource(FileSource):
     def __init__(self, split_to_filepattern, *, field: str = "text", num_parallel_files: int = DEFAULT_PARALLEL_FILES):
         super().__init__(split_to_filepattern, num_parallel_files=num_parallel_files)
         self.field = field
+        self._files_not_utf8: set = set()
+
+    def _warn_line(self, filename, number, line):
+        """Python side, called only for a block holding bad bytes: warn about its first one."""
+        filename = filename.numpy().decode("utf-8", errors="replace")
+        raw = line.numpy()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _warn_not_utf8(self._files_not_utf8, filename, int(number.numpy()), e)
+        return True
 
     def read_file(self, filename):
         tf = _tf()
         field = self.field
 
-        def clean(lines):  # vectorised over a block of lines: per-element ops cost ~20 us each
-            lines = fix_utf8(lines)
-            return {field: tf.boolean_mask(lines, _not_blank(lines))}
+        def clean(numbers, lines):  # vectorised over a block: per-element ops cost ~20 us each
+            fixed = fix_utf8(lines)
+            # Replacing a bad byte changes the line; a valid one comes back byte for byte.
+            bad = tf.not_equal(fixed, lines)
 
-        return _text_lines(filename).batch(_LINE_BLOCK).map(clean).unbatch()
+            def warn():
+                first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
+                return tf.py_function(self._warn_line, [filename, numbers[first], lines[first]],
+                                      tf.bool)
+
+            warned = tf.cond(tf.reduce_any(bad), warn, lambda: tf.constant(False))
+            with tf.control_dependencies([warned]):
+                kept = tf.boolean_mask(fixed, _not_blank(fixed))
+            return {field: kept}
+
+        numbered = _text_lines(filename).enumerate(start=1)
+        return numbered.batch(_LINE_BLOCK).map(clean).unbatch()
 
     @property
     def output_keys(self):
@@ -346,14 +380,6 @@ class JSONLSource(FileSource):
     def output_keys(self):
         return tuple(self._fields)
 
-    def _warn_not_utf8(self, filename, where, error):
-        """Bad bytes are replaced (like text files), but said once per file, with the line."""
-        if filename in self._files_not_utf8:
-            return
-        self._files_not_utf8.add(filename)
-        logger.warning("%s: bytes that are not valid UTF-8 (%s at byte %d) were replaced by U+FFFD; "
-                       "later ones in this file are not reported", where, error.reason, error.start)
-
     def _parse_lines(self, filename, line_numbers, lines):
         """Python side: parse a batch of lines; returns one tensor per scalar field and
         (flat values, lengths) per list field."""
@@ -366,7 +392,7 @@ class JSONLSource(FileSource):
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 text = raw.decode("utf-8", errors="replace")
-                self._warn_not_utf8(filename, where, e)
+                _warn_not_utf8(self._files_not_utf8, filename, int(number), e)
             try:
                 record = json.loads(text)
             except ValueError as e:

@@ -20,114 +20,26 @@ one :class:`~t5pre.models.decode_settings.DecodeSettings`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from typing import Optional
 
-from t5pre.errors import CheckpointError, ConfigError, DataError
+from t5pre.errors import ConfigError, DataError
 from t5pre.models.decode_settings import DecodeSettings
+from t5pre.training.actions import main_metric_name
 
 DEFAULT_EVAL_BATCH_SIZE = 32
 
-#: Which score a task is judged by when none is named, in order of preference: ROUGE-Lsum for
-#: summarization (T5 reports it with ROUGE-1/2; it moves earlier than ROUGE-2 for small models),
-#: F1 for SQuAD, then exact match.
-MAIN_METRIC_PREFERENCE = ("rougeLsum", "rouge2", "rougeL", "rouge1", "f1", "em", "exact_match")
 
 #: Raw example fields that are not model inputs but may matter for scoring (kept in the rows).
 _TOKEN_FEATURES = ("inputs", "targets")
 
 
-# ------------------------------------------------------------------------------ vocabularies
-def describe_vocabulary(vocabulary) -> str:
-    """``4100 ids, spiece sha1 1a2b3c4d`` (enough to tell two vocabularies apart in a message)."""
-    if vocabulary is None:
-        return "no vocabulary"
-    size = getattr(vocabulary, "vocab_size", "?")
-    data = getattr(vocabulary, "serialized_model", None)
-    digest = hashlib.sha1(data).hexdigest()[:8] if isinstance(data, (bytes, bytearray)) else "?"
-    return f"{size} ids, spiece.model sha1 {digest}"
+# ------------------------------------------------------------------------------ aliases
+# The vocabulary checks and the --task lookup are data concerns: t5pre.data.task_vocabulary and
+# t5pre.data.registry own them.
 
-
-def vocabularies_match(a, b) -> bool:
-    if a is None or b is None:
-        return a is b
-    if a == b:
-        return True
-    # Two objects over the same SentencePiece bytes and sentinel count are the same vocabulary.
-    return (getattr(a, "serialized_model", None) is not None
-            and getattr(a, "serialized_model", None) == getattr(b, "serialized_model", None)
-            and getattr(a, "extra_ids", None) == getattr(b, "extra_ids", None))
-
-
-def task_with_vocabulary(task, vocabulary):
-    """A copy of ``task`` that tokenises its text with ``vocabulary`` (not registered).
-
-    For a model whose vocabulary differs from the one the task was registered with (e.g. a
-    converted Hugging Face T5 on a built-in task): the task's text, preprocessors, metrics and
-    postprocessing stay; only the token ids change."""
-    from t5pre.data.registry import Feature, Task
-
-    features = {key: Feature(vocabulary, add_eos=f.add_eos, required=f.required)
-                for key, f in task.output_features.items()}
-    return Task(task.name, task.source, preprocessors=task.preprocessors,
-                output_features=features, metric_fns=task.metric_fns,
-                postprocess_fn=task.postprocess_fn,
-                shuffle_buffer_size=getattr(task, "shuffle_buffer_size", 10_000),
-                description=getattr(task, "description", ""))
-
-
-def check_vocabulary(model_vocabulary, task, where: str, *, use_model_vocabulary: bool = False,
-                     flag: str = "--use-model-vocabulary"):
-    """The task to use with a model whose vocabulary is ``model_vocabulary``.
-
-    Returns ``task`` when the vocabularies match, a re-tokenising copy when
-    ``use_model_vocabulary``; raises CheckpointError otherwise: a model reading ids of another
-    vocabulary would train or score silently on garbage."""
-    task_vocabulary = getattr(task, "vocabulary", None)
-    if model_vocabulary is None:
-        return task
-    if vocabularies_match(model_vocabulary, task_vocabulary):
-        # The same vocabulary: read the task through the model's own vocabulary object.
-        return task_with_vocabulary(task, model_vocabulary)
-    if use_model_vocabulary:
-        return task_with_vocabulary(task, model_vocabulary)
-    raise CheckpointError(
-        f"{where}: the checkpoint's vocabulary ({describe_vocabulary(model_vocabulary)}) does not "
-        f"match task {task.name!r}'s vocabulary ({describe_vocabulary(task_vocabulary)}); use a "
-        f"checkpoint trained with the task's vocabulary, register the task over the model's "
-        f"vocabulary (vocabulary=MODEL_DIR), or pass {flag} to tokenise the task's text with the "
-        f"model's vocabulary")
-
-
-def get_downstream_task(name: str):
-    """The registered task ``name`` (DataError listing close names when unknown)."""
-    from t5pre.data.registry import get_task
-
-    if not name:
-        raise ConfigError("no task given (--task NAME; `t5pre tasks list` shows them)")
-    try:
-        return get_task(name)
-    except DataError as e:
-        raise DataError(f"{e} (`t5pre tasks list` shows the registered tasks; a task that "
-                        "your own code registers needs --module PYTHON_MODULE)") from None
-
-
-def main_metric_name(scores: dict, preferred: Optional[str] = None) -> Optional[str]:
-    """The key of ``scores`` that ranks checkpoints: ``preferred`` if given, else the first of
-    :data:`MAIN_METRIC_PREFERENCE` present, else the first key that is not an interval bound."""
-    if preferred:
-        if preferred not in scores:
-            raise ConfigError(f"metric {preferred!r} is not among the task's scores "
-                              f"({', '.join(sorted(scores)) or 'none'})")
-        return preferred
-    for key in MAIN_METRIC_PREFERENCE:
-        if key in scores:
-            return key
-    plain = [k for k in scores if not k.endswith(("_low", "_high"))]
-    return plain[0] if plain else None
 
 
 # ------------------------------------------------------------------------------ examples
@@ -158,8 +70,7 @@ def _jsonable(value):
 
 def load_examples(task, split: str, sequence_length: dict, max_examples: Optional[int] = None):
     """The first ``max_examples`` examples of ``split`` in order (numpy values, raw text kept)."""
-    if split not in task.splits:
-        raise DataError(f"task {task.name!r} has no split {split!r}; it has {list(task.splits)}")
+    task.check_split(split)
     dataset = task.get_dataset(sequence_length=dict(sequence_length), split=split, shuffle=False,
                                seed=0, num_epochs=1)
     if max_examples is not None:

@@ -5,11 +5,10 @@
 `t5pre.export.serving`. `t5pre export` is the command-line front end.
 """
 
-from t5pre.export.saved_model import (  # noqa: F401
-    METADATA_DIR,
-    METADATA_FILE,
-    export_saved_model,
-    read_export_metadata,
-)
+from t5pre.lazy import lazy_exports
 
-__all__ = ["export_saved_model", "read_export_metadata", "METADATA_DIR", "METADATA_FILE"]
+_EXPORTS = dict.fromkeys(["export_saved_model", "read_export_metadata", "METADATA_DIR",
+                          "METADATA_FILE"], "t5pre.export.saved_model")
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,7 @@ Heavy imports (keras, tensorflow) happen on first attribute access, so importing
 `T5Config` alone stays cheap.
 """
 
-import importlib
+from t5pre.lazy import lazy_exports
 
 _EXPORTS = {
     "T5Config": "t5pre.models.config",
@@ -24,14 +24,10 @@ _EXPORTS = {
     "Seq2SeqPreprocessor": "t5pre.models.preprocessing",
     "load_model": "t5pre.models.store",
     "load_for_inference": "t5pre.models.store",
+    "write_model_files": "t5pre.models.store",
     "parameter_counts": "t5pre.models.info",
     "training_flops_per_token": "t5pre.models.info",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 't5pre.models' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

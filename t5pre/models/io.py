@@ -22,18 +22,15 @@ import tempfile
 
 from t5pre.errors import CheckpointError, T5preError
 from t5pre.models.config import T5Config
-
-MODEL_CONFIG_FILE = "model_config.json"
-WEIGHTS_FILE = "model.weights.h5"
-FORMAT_VERSION = 1
+# The model directory's file names and format belong to t5pre.models.store; kept here as names
+# for the callers that import them from this module.
+from t5pre.models.store import FORMAT_VERSION, MODEL_CONFIG_FILE, WEIGHTS_FILE  # noqa: F401
+from t5pre.models.store import write_model_files
 
 
 def _write_into(model, vocabulary, directory: pathlib.Path):
-    values = {"format_version": FORMAT_VERSION, **model.config.to_dict()}
-    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n")
     model.save_weights(str(directory / WEIGHTS_FILE))
-    if vocabulary is not None:
-        vocabulary.save(str(directory))
+    write_model_files(directory, model, vocabulary)
 
 
 def save_pretrained(model, vocabulary, directory) -> pathlib.Path:

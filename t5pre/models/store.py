@@ -1,4 +1,6 @@
-"""Reading a model back from disk for inference: `load_model(path, checkpoint=None)`.
+"""The model directory's owner: what a model directory holds, writing its model files
+(`write_model_files`), reading a model back for inference (`load_model(path, checkpoint=None)`)
+and the weights a run starts from (`resolve_init` / `read_init`).
 
 Three on-disk layouts hold a model, and every inference command (predict, evaluate, export)
 accepts all of them:
@@ -25,13 +27,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+import re
+from typing import Callable, Optional
 
-from t5pre.errors import CheckpointError
+from t5pre.errors import CheckpointError, ConfigError
 
 RUN_CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "model.weights.h5"
+MODEL_CONFIG_FILE = "model_config.json"
+#: The `format_version` field of model_config.json.
+FORMAT_VERSION = 1
 #: Written by fine-tuning: `best.json` in `best/`, `finetune.json` in the run's directory.
 BEST_INFO_FILE = "best.json"
 FINETUNE_INFO_FILE = "finetune.json"
@@ -73,6 +79,36 @@ class LoadedModel:
     def modules(self) -> list:
         """Python modules that registered the model's task (`--module` at fine-tuning)."""
         return list((self.info or {}).get("modules") or [])
+
+
+def model_config_values(model_config_or_model) -> Optional[dict]:
+    """What `model_config.json` holds for a T5Config (or a model with a `.config`): the format
+    version and the config's fields; None for an object without a config (a test double)."""
+    config = getattr(model_config_or_model, "config", model_config_or_model)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    return {"format_version": FORMAT_VERSION, **config.to_dict()}
+
+
+def write_model_files(model_dir, model_config_or_model, vocabulary=None) -> Optional[dict]:
+    """Write the files that say which model a directory holds: the vocabulary (`spiece.model`,
+    `vocab.json`, when `vocabulary` is given) and then `model_config.json`, each atomically
+    (`t5pre.files`); the weights and checkpoints are the caller's. `model_config.json` comes
+    last: it marks the set complete. Returns the values written to it (None when
+    `model_config_or_model` has no config, in which case it is not written).
+
+    The one writer of `model_config.json`: `save_pretrained` (t5pre.models.io) and the
+    trainer's model directory both go through here."""
+    from t5pre.files import atomic_write_json
+
+    model_dir = os.fspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    if vocabulary is not None and hasattr(vocabulary, "save"):
+        vocabulary.save(model_dir)
+    values = model_config_values(model_config_or_model)
+    if values is not None:
+        atomic_write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), values)
+    return values
 
 
 def is_training_dir(path: str) -> bool:
@@ -196,3 +232,140 @@ def load_model(path, checkpoint=None):
     """`(model, vocabulary, run_config or None)` from any layout (see `load_for_inference`)."""
     loaded = load_for_inference(path, checkpoint)
     return loaded.model, loaded.vocabulary, loaded.run_config
+
+
+# ------------------------------------------------------------------------------ init sources
+# Where a run's weights start (`model.init_from`, `t5pre finetune --init-from`): every layout of
+# the module docstring, plus a Hugging Face T5 directory. One reader for pretraining's and
+# fine-tuning's starting point.
+@dataclasses.dataclass
+class InitSource:
+    """Where fine-tuning starts: ``kind`` is ``training`` (a t5pre model dir with checkpoints),
+    ``pretrained`` (``save_pretrained`` layout) or ``hf`` (a Hugging Face T5 directory)."""
+
+    spec: str
+    path: str
+    kind: str
+    checkpoint: Optional[int] = None  # training dirs only; None = latest
+
+    def describe(self) -> str:
+        at = f" (checkpoint {self.checkpoint})" if self.checkpoint is not None else ""
+        return f"{self.kind} model {self.path}{at}"
+
+
+_AT_CHECKPOINT = re.compile(r"^(?P<path>.+)@(?:ckpt-)?(?P<step>\d+)$")
+
+
+def resolve_init(spec: str, *, where: str = "--init-from") -> InitSource:
+    """Parses ``DIR``, ``DIR@ckpt-N`` or ``DIR@N`` and tells what kind of model ``DIR`` holds.
+
+    ``DIR@ckpt-N`` is the one way to name a checkpoint of a training directory (``where`` names
+    the flag or config key in messages)."""
+    from t5pre.models.io import MODEL_CONFIG_FILE, WEIGHTS_FILE
+    from t5pre.training.checkpointing import checkpoint_dir
+
+    if not spec:
+        raise ConfigError(f"{where} is empty")
+    spec = os.fspath(spec)
+    path, step = spec, None
+    match = _AT_CHECKPOINT.match(spec)
+    if match and not os.path.exists(spec):
+        path, step = match.group("path"), int(match.group("step"))
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{where} {path}: directory not found")
+    has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
+    if os.path.isfile(os.path.join(checkpoint_dir(path), "checkpoint")):
+        kind = "training"
+    elif has(MODEL_CONFIG_FILE) and has(WEIGHTS_FILE):
+        kind = "pretrained"
+    elif has("config.json") and (has("model.safetensors") or has("pytorch_model.bin")
+                                 or has("model.safetensors.index.json")
+                                 or has("pytorch_model.bin.index.json")):
+        kind = "hf"
+    elif has("config.yaml") or has("checkpoints"):
+        raise CheckpointError(f"{where} {path}: this model directory has no checkpoint yet "
+                              f"(nothing in {checkpoint_dir(path)})")
+    else:
+        raise CheckpointError(
+            f"{where} {path}: not a model directory (expected checkpoints/ from `t5pre "
+            f"pretrain`, {MODEL_CONFIG_FILE} + {WEIGHTS_FILE} from save_pretrained / `t5pre "
+            "convert hf`, or a Hugging Face T5 directory with config.json and weights)")
+    if step is not None and kind != "training":
+        raise ConfigError(f"{where} {spec}: a checkpoint step applies only to a training "
+                          f"model directory, and {path} is a {kind} directory")
+    return InitSource(spec=spec, path=path, kind=kind, checkpoint=step)
+
+
+@dataclasses.dataclass
+class InitModel:
+    """The init model's architecture and vocabulary, and how to put its weights into a model."""
+
+    source: InitSource
+    config: object  # T5Config
+    vocabulary: object
+    load_into: Callable  # (model) -> description of what was loaded
+
+
+def copy_weights(source_model, target_model, where: str) -> int:
+    """Copies every weight of ``target_model`` from the ``source_model`` weight at the same path.
+
+    Why not restore the checkpoint (or the .h5 file) straight into the fine-tuning model: both
+    match weights by the model's object structure, and a model with dropout (fine-tuning) has
+    more sub-layers than the same architecture without (pretraining), so the structures differ
+    while the weights (named by path) are the same. Returns the number of arrays copied."""
+    by_path = {w.path: w for w in source_model.weights}
+    copied, missing = 0, []
+    for weight in target_model.weights:
+        src = by_path.get(weight.path)
+        if src is None or tuple(src.shape) != tuple(weight.shape):
+            if weight.trainable:
+                missing.append(weight.path if src is None else
+                               f"{weight.path} {tuple(src.shape)} vs {tuple(weight.shape)}")
+            continue
+        weight.assign(src.numpy() if hasattr(src, "numpy") else src.value)
+        copied += 1
+    if missing:
+        raise CheckpointError(f"{where}: the init model does not fit the fine-tuning model "
+                              f"({len(missing)} weights missing or of another shape: "
+                              f"{', '.join(missing[:5])})")
+    return copied
+
+
+def read_init(source: InitSource) -> InitModel:
+    """Reads what fine-tuning needs to know before building its model: the architecture and the
+    vocabulary; the weights are read later (only when the run starts, not on resume), except
+    for Hugging Face directories, where the output-head tying is only known from the tensors."""
+    from t5pre.models.io import (WEIGHTS_FILE, load_pretrained, load_vocabulary_from,
+                                 read_model_config)
+    from t5pre.training import checkpointing
+
+    if source.kind == "training":
+        path = checkpointing.find_checkpoint(source.path, source.checkpoint)
+        config = read_model_config(source.path)
+
+        def load_into(model):
+            from t5pre.models import T5Model
+
+            twin = T5Model(config)
+            checkpointing.restore_model_weights(twin, source.path, path)
+            copy_weights(twin, model, path)
+            return path
+
+        return InitModel(source, config, load_vocabulary_from(source.path), load_into)
+    if source.kind == "pretrained":
+        def load_into(model):
+            twin, _ = load_pretrained(source.path)
+            copy_weights(twin, model, source.path)
+            return os.path.join(source.path, WEIGHTS_FILE)
+
+        return InitModel(source, read_model_config(source.path),
+                         load_vocabulary_from(source.path), load_into)
+    from t5pre.models import from_hf
+
+    hf_model, vocabulary = from_hf(source.path)
+
+    def load_into(model):
+        copy_weights(hf_model, model, source.path)
+        return f"{source.path} (Hugging Face T5, converted)"
+
+    return InitModel(source, hf_model.config, vocabulary, load_into)

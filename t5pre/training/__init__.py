@@ -1,32 +1,35 @@
-"""t5pre.training: run configs, optimizers, the tf.distribute training loop, checkpoints, logs.
+"""t5pre.training: run configs, optimizers, the one training loop, checkpoints, logs.
 
-* ``config``        ``load_config(path, overrides)`` -> validated, resolved ``RunConfig``
+* ``config``        ``load_config(path, overrides)`` / ``load_finetune_config`` -> validated,
+  resolved ``RunConfig`` (one schema for pretraining and fine-tuning)
 * ``schedules``     T5's inverse-square-root, warmup + cosine/linear/constant
-* ``optimizers``    Adafactor (t5x recipe) / AdamW (nanoT5), loss scaling for float16
+* ``optimizers``    Adafactor (T5/t5x, factored) / AdamW (nanoT5), loss scaling for float16
 * ``strategy``      ``create_strategy(auto|one_device|mirrored|multi_worker|tpu)``
 * ``data``          sharded, step-addressable input pipelines (exact resume)
-* ``trainer``       ``Trainer(config, model_dir).train()`` -- used by pretrain and finetune
-* ``checkpointing`` atomic checkpoints, chief-only writes
-* ``summaries``     TensorBoard scalars/text and the progress line
-* ``model_dir``     ``load_model(DIR, checkpoint=None) -> (model, vocabulary, run_config)``
+* ``trainer``       ``Trainer(config, model_dir, init=..., actions=...).train()``: the one loop
+* ``step_tf``       the TensorFlow backend (tf.distribute step); ``step_jax`` the JAX one
+* ``actions``       what runs at each evaluation: TextSamples, BestCheckpoint
+* ``signals``       SIGTERM / Ctrl-C -> checkpoint -> ``TrainingInterrupted``
+* ``checkpointing`` atomic checkpoints, chief-only writes, fallback past damaged ones
+* ``summaries``     TensorBoard scalars/text/HParams and the progress line
+
+Fine-tuning (the Trainer + an init model + decoded evaluation) is :mod:`t5pre.finetune`; the
+model directory's reader is :mod:`t5pre.models.store`.
 
 Imports are lazy: ``from t5pre.training import Trainer`` pulls in TensorFlow only then.
 """
 
-import importlib
+from t5pre.lazy import lazy_exports
 
-_LAZY = {
+_EXPORTS = {
     "RunConfig": "t5pre.training.config",
     "load_config": "t5pre.training.config",
+    "load_finetune_config": "t5pre.training.config",
     "Trainer": "t5pre.training.trainer",
     "TrainingDivergedError": "t5pre.training.trainer",
+    "TrainingInterrupted": "t5pre.training.signals",
     "create_strategy": "t5pre.training.strategy",
-    "load_model": "t5pre.training.model_dir",
 }
 
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 't5pre.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,9 @@
 """Run configs for pretraining and fine-tuning: YAML in, a validated, resolved ``RunConfig`` out.
 
-A run config has five sections (``model``, ``data``, ``training``, ``optimizer``, ``strategy``).
+A run config has six sections (``model``, ``data``, ``training``, ``optimizer``, ``strategy``,
+and ``finetune``, which only fine-tuning reads). Pretraining and fine-tuning share this one
+schema and loader; :func:`load_finetune_config` only starts from other defaults
+(:data:`FINETUNE_RUN_DEFAULTS`) and forbids architecture changes.
 Every key has a default, a type and a range, declared once in the dataclasses below; loading
 checks a YAML file and any ``--set a.b=value`` overrides against them and raises
 :class:`~t5pre.errors.ConfigError` naming the file, the line, the dotted key and the bad value
@@ -168,12 +171,38 @@ def data_stream_changes(old: "RunConfig", new: "RunConfig") -> list[tuple[str, o
 
 
 @dataclasses.dataclass
+class FinetuneSection:
+    """What fine-tuning adds: decoded evaluation and the best checkpoint (ignored by pretrain)."""
+
+    metric: Optional[str] = _field(None, doc="score that picks DIR/best (default: the task's "
+                                   "main score, e.g. rougeLsum or f1)")
+    eval_examples: Optional[int] = _field(64, min=1, doc="validation examples decoded per "
+                                          "evaluation; null = all")
+    eval_batch_size: int = _field(32, min=1)
+    beam: int = _field(1, min=1, doc="beam size of the periodic decode (1 = greedy)")
+    length_penalty: float = _field(0.6, min=0.0)
+    decode_length: Optional[int] = _field(None, min=1,
+                                          doc="null -> data.sequence_length.targets")
+    use_model_vocabulary: bool = _field(False, doc="re-tokenise the task's text with the init "
+                                        "model's vocabulary when it differs from the task's")
+
+    def decode_settings(self, sequence_length: "SequenceLength"):
+        """The periodic evaluation's decoding, as the one decode-settings type."""
+        from t5pre.models.decode_settings import DecodeSettings
+
+        return DecodeSettings(beam_size=self.beam, length_penalty=self.length_penalty,
+                              max_decode_length=self.decode_length or sequence_length.targets,
+                              max_input_length=sequence_length.inputs)
+
+
+@dataclasses.dataclass
 class RunConfig:
     model: ModelSection = _field(factory=ModelSection)
     data: DataSection = _field(factory=DataSection)
     training: TrainingSection = _field(factory=TrainingSection)
     optimizer: OptimizerSection = _field(factory=OptimizerSection)
     strategy: StrategySection = _field(factory=StrategySection)
+    finetune: FinetuneSection = _field(factory=FinetuneSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -279,6 +308,13 @@ def _suggest(name: str, candidates) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+#: Keys that existed once, with what replaces them.
+REMOVED_KEYS = {
+    "finetune.init_checkpoint": "name the checkpoint in the init source instead: "
+                                "--init-from DIR@ckpt-N (model.init_from: DIR@ckpt-N)",
+}
+
+
 def _build(cls, data, path: str, where: _Where):
     if data is None:
         data = {}
@@ -289,6 +325,9 @@ def _build(cls, data, path: str, where: _Where):
     for key in data:
         if key not in fields:
             full = f"{path}.{key}" if path else str(key)
+            if full in REMOVED_KEYS:
+                raise ConfigError(f"{where(full)}: {full} is no longer a config key: "
+                                  f"{REMOVED_KEYS[full]}")
             raise ConfigError(f"{where(full)}: unknown key {full!r}{_suggest(str(key), fields)}"
                               f"; known keys{' of ' + path if path else ''}: "
                               f"{', '.join(fields)}")
@@ -363,11 +402,23 @@ def resolve(cfg: RunConfig, previous: RunConfig | None = None) -> RunConfig:
 
 
 def from_dict(data: dict, origin: str = "<config>", lines: dict | None = None,
-              resolve_auto: bool = True, flags: dict | None = None) -> RunConfig:
+              resolve_auto: bool = True, flags: dict | None = None,
+              finetune: bool = False) -> RunConfig:
     where = _Where(origin, lines, flags)
     cfg = _build(RunConfig, data, "", where)
     _check_cross_fields(cfg, where)
+    if finetune:
+        _check_finetune_model(cfg, where)
     return resolve(cfg) if resolve_auto else cfg
+
+
+def _check_finetune_model(cfg: RunConfig, where: _Where) -> None:
+    for key in cfg.model.overrides:
+        if key not in CHANGEABLE_MODEL_FIELDS:
+            full = f"model.overrides.{key}"
+            raise ConfigError(f"{where(full)}: {full} cannot change in fine-tuning (the "
+                              f"architecture is the init model's); only "
+                              f"{', '.join(CHANGEABLE_MODEL_FIELDS)} can")
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +506,8 @@ def packaged_config_path(name: str = "default") -> str:
 
 
 def load_config(path: str | None = None, overrides=(), *, defaults: dict | None = None,
-                resolve_auto: bool = True, model_dir: str | None = None) -> RunConfig:
+                resolve_auto: bool = True, model_dir: str | None = None,
+                finetune: bool = False) -> RunConfig:
     """Loads a run config: ``defaults`` < YAML file < ``overrides`` (``"a.b=v"`` strings).
 
     With ``model_dir`` holding a previous run's ``config.yaml``, choices that must stay fixed
@@ -477,7 +529,8 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
         _set_path(data, key, value, origin=f"--set {item}")
         flags[key] = item
     # An error in an overridden key names the flag, one in the file names file:line.
-    cfg = from_dict(data, origin=origin, lines=lines, resolve_auto=False, flags=flags)
+    cfg = from_dict(data, origin=origin, lines=lines, resolve_auto=False, flags=flags,
+                    finetune=finetune)
     if not resolve_auto:
         return cfg
     previous = None
@@ -486,6 +539,34 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
         if os.path.isfile(stored):
             previous = load_config(stored)
     return resolve(cfg, previous)
+
+
+DEFAULT_FINETUNE_DROPOUT = 0.1
+#: Model fields a fine-tune may change: anything else would not fit the init weights.
+CHANGEABLE_MODEL_FIELDS = ("dropout_rate",)
+
+#: Defaults under a fine-tune config (a file overrides them, ``--set`` overrides the file).
+FINETUNE_RUN_DEFAULTS = {
+    "model": {"overrides": {"dropout_rate": DEFAULT_FINETUNE_DROPOUT}},
+    "data": {"pack": False, "eval_split": "validation"},
+    "training": {"eval_every": 100, "eval_steps": 4, "text_samples": 0},
+}
+
+
+def load_finetune_config(path: str | None = None, overrides=(), *, task: str | None = None,
+                         steps: int | None = None, model_dir: str | None = None) -> RunConfig:
+    """A fine-tune run config: :func:`load_config` over :data:`FINETUNE_RUN_DEFAULTS`.
+
+    ``task`` / ``steps`` (the CLI's ``--task`` / ``--steps``) come last; ``--task`` replaces
+    whatever the file trains on. ``model.overrides`` may only change
+    :data:`CHANGEABLE_MODEL_FIELDS` (the architecture is the init model's)."""
+    items = list(overrides)
+    if task:
+        items += [f"data.task={task}", "data.mixture=null"]
+    if steps is not None:
+        items.append(f"training.steps={steps}")
+    return load_config(path, items, defaults=FINETUNE_RUN_DEFAULTS, model_dir=model_dir,
+                       finetune=True)
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

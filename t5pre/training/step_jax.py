@@ -349,6 +349,23 @@ class JaxBackend:
         dataset = dataset_fn(self.input_context())
         return _Prefetcher(dataset, self.place, depth=2)
 
+    def worker_lost_errors(self) -> tuple:
+        """What a lost peer process raises in a multi-process JAX run (XLA's runtime errors)."""
+        import jax
+
+        errors = tuple(e for e in (getattr(jax.errors, "JaxRuntimeError", None),) if e)
+        return errors or (RuntimeError,)
+
+    def start_profiler(self, log_dir: str) -> None:
+        import jax
+
+        jax.profiler.start_trace(log_dir)
+
+    def stop_profiler(self) -> None:
+        import jax
+
+        jax.profiler.stop_trace()
+
     def describe(self) -> str:
         import jax
 

@@ -179,7 +179,9 @@ def _main(argv=None):
 
     run(args.model_dir, args.dump)
     if args.also_keras_all_reduce:
-        trainer_module._no_second_all_reduce = lambda optimizer: None
+        from t5pre.training import step_tf
+
+        step_tf._no_second_all_reduce = lambda optimizer: None
         run(args.also_keras_all_reduce + ".dir", args.also_keras_all_reduce)
     return 0
 

@@ -1,31 +1,29 @@
-"""The training loop: a custom tf.distribute step, exact resume, TensorBoard, NaN skipping.
+"""The one training loop: pretraining and fine-tuning, on TensorFlow or JAX, exact resume.
 
-Why a custom loop and not ``model.fit``: Keras 3's ``fit`` fails under
-MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329), its ``BackupAndRestore`` does not
-save the data position, and Keras clips gradients per replica before the all-reduce. Here one
-``tf.function`` step, run with ``strategy.run`` on every replica:
+``Trainer(config, model_dir).train()`` trains to ``training.steps``. What differs between runs is
+given to it, not subclassed:
 
-1. splits the replica's batch into ``grad_accum_steps`` micro-batches and sums their gradients;
-   each micro-batch's loss is weighted by its share of the GLOBAL number of target tokens, so the
-   summed gradient is exactly the gradient of the global token-mean loss whatever the number of
-   replicas or micro-batches (MirroredStrategy on 2 devices == one device, tested);
-2. all-reduces the gradients once (SUM), measures the global norm, clips by it;
-3. applies them only when the loss and the norm are finite -- otherwise the update is skipped
-   (optimizer state and ``iterations`` untouched) and counted; more than
-   ``nonfinite_skip_limit`` consecutive skips stop the run, keeping the last good checkpoint.
+* the **backend** (``backend=``; default by ``keras.backend.backend()``): the compiled step, the
+  distribution of the input and the TF/JAX patches -- :class:`t5pre.training.step_tf.TFBackend`
+  (tf.distribute) or :class:`t5pre.training.step_jax.JaxBackend` (``keras.distribution``);
+* the **init source** (``init=``, or ``model.init_from``): the weights a new run starts from,
+  read through the model-directory owner :mod:`t5pre.models.store`; never used on resume;
+* the **actions** (``actions=``): what happens at each evaluation besides the token loss
+  (decoded scores, the best-checkpoint keeper, text samples), see :mod:`t5pre.training.actions`.
 
-Keras 3's TF optimizer would all-reduce (sum) the gradients a second time when applied in a
-replica context; we switch that off on our optimizer instance (``_no_second_all_reduce``), and a
-test checks that the multi-replica update equals the single-device one.
+The loop is short and reads top-down (nanoT5-style ``_maybe_*`` pieces): ``_start`` (lock held by
+``train``; build, resume or init, model files), then per step ``_step``, ``_maybe_log``,
+``_maybe_checkpoint``, ``_maybe_evaluate``, ``_maybe_stop``.
+
+Steps whose loss or gradient is not finite are skipped by the backend (optimizer state and
+``iterations`` untouched) and counted here; more than ``nonfinite_skip_limit`` in a row stop the
+run, naming the last checkpoint from before the streak (none is written during a streak).
 
 SIGTERM (a preempted VM, ``kill``, a cluster manager) and Ctrl-C stop the run between two steps
-after saving a checkpoint of the current step (see ``_StopRequests``): nothing is lost and the
-same command resumes. ``train`` then raises ``TrainingInterrupted`` (a KeyboardInterrupt; the
-CLI exits with 130). Under MultiWorkerMirroredStrategy every worker must receive the signal, as
-every worker takes part in the save.
-
-The Trainer is generic: any task/mixture, any feature lengths, and an optional ``eval_hook`` for
-downstream metrics, so ``t5pre finetune`` reuses it with a pretrained starting point.
+after saving a checkpoint of the current step (:mod:`t5pre.training.signals`): nothing is lost
+and the same command resumes. ``train`` then raises ``TrainingInterrupted`` (a
+KeyboardInterrupt; the CLI exits with 130). With several workers every worker must receive the
+signal, as every worker takes part in the save.
 """
 
 from __future__ import annotations
@@ -34,134 +32,35 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from t5pre.errors import CheckpointError, ConfigError, StorageError, T5preError, WorkerLostError
 from t5pre.training import checkpointing, summaries
+from t5pre.training.actions import Action, TextSamples
 from t5pre.training.config import RunConfig, profile_range, save_config
 from t5pre.training.data import feature_spec, make_dataset_fn, zeros_like_spec
 from t5pre.training.optimizers import inner_optimizer, make_optimizer
+from t5pre.training.signals import StopRequests, TrainingInterrupted
 
 
 class TrainingDivergedError(T5preError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGTERM or Ctrl-C stopped training after a checkpoint of the current step was saved.
-
-    A KeyboardInterrupt, so every caller that already treats Ctrl-C as "stop" (the CLI maps it
-    to exit code 130) does the right thing; ``step`` and ``checkpoint`` say where it stopped."""
-
-    def __init__(self, message: str, step: int, checkpoint: str | None):
-        super().__init__(message)
-        self.step = step
-        self.checkpoint = checkpoint
-
-
-class _StopRequests:
-    """Turns SIGTERM and the first Ctrl-C into a flag the loop checks between steps.
-
-    A signal must not interrupt a step half-way: a KeyboardInterrupt raised by Python's default
-    handler lands after the compiled step has updated the weights but before the step counter
-    moved, so a checkpoint saved then would not resume exactly. A second Ctrl-C aborts at once
-    (no save), for a save that hangs. Handlers are installed only in the main thread (Python
-    allows no other) and the previous ones are restored on exit."""
-
-    def __init__(self):
-        self.signal_name = None
-        self._previous = {}
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except (ValueError, OSError):  # e.g. not allowed in an embedded interpreter
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        import signal
-
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: the user wants out now
-        self.signal_name = signal.Signals(signum).name
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
-        return False
-
-
-from t5pre.lazy import tensorflow as _tf  # noqa: E402
-
-
-def _no_second_all_reduce(optimizer) -> None:
-    """We all-reduce gradients ourselves (global-norm clipping and the finite check need the
-    reduced gradient), so the Keras optimizer must apply them as they are."""
-    opt = inner_optimizer(optimizer)
-    if hasattr(opt, "_all_reduce_sum_gradients"):
-        opt._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
-
-
-def _apply_if_finite(optimizer, grads, variables, finite):
-    """Applies ``grads`` only when ``finite`` (identical on all replicas); replica context.
-
-    A ``tf.cond`` whose branch calls ``merge_call`` (as the optimizer does) is not allowed in a
-    replica context, so -- like Keras' LossScaleOptimizer -- we move to the cross-replica
-    context, branch there and go back to each replica to apply."""
-    tf = _tf()
-
-    def apply():
-        optimizer.apply_gradients(zip(grads, variables))
-        return tf.constant(True)
-
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return
-
-    def cross_replica(distribution, grads, finite):
-        finite_0 = distribution.experimental_local_results(finite)[0]
-
-        def apply_all():
-            distribution.extended.call_for_each_replica(
-                lambda g: optimizer.apply_gradients(zip(g, variables)), args=(grads,))
-            return tf.constant(True)
-
-        tf.cond(finite_0, apply_all, lambda: tf.constant(False))
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, finite))
-
-
-def seed_keras(seed: int) -> None:
-    """Seeds Keras (initialisers, dropout), Python and NumPy, but not TensorFlow's global seed.
-
-    ``tf.random.set_seed`` (which ``keras.utils.set_random_seed`` calls) clears TF's eager
-    kernel cache, and that destroys resources held by earlier kernels: a SentencePiece tokenizer
-    used before training starts then fails inside tf.data with "Resource ...SentencepieceOp does
-    not exist". Nothing here needs the TF global seed: Keras draws from its own seed generator
-    and the data pipelines seed their random ops explicitly."""
+def make_backend(strategy_section=None, *, strategy=None):
+    """The backend piece for the Keras backend in use (``KERAS_BACKEND``)."""
     import keras
 
-    tf = _tf()
-    original = tf.random.set_seed
-    tf.random.set_seed = lambda _seed: None
-    try:
-        keras.utils.set_random_seed(seed)
-    finally:
-        tf.random.set_seed = original
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        from t5pre.training.step_tf import TFBackend
+        return TFBackend(strategy_section, strategy=strategy)
+    if name == "jax":
+        if strategy is not None:
+            raise ConfigError("a tf.distribute strategy was given, but Keras runs on JAX")
+        from t5pre.training.step_jax import JaxBackend
+        return JaxBackend(strategy_section)
+    raise ConfigError(f"KERAS_BACKEND={name}: t5pre trains on the tensorflow or jax backend")
 
 
 @dataclasses.dataclass
@@ -188,51 +87,45 @@ def build_t5_model(run_config: RunConfig, vocabulary):
 
 
 class Trainer:
-    """Trains a model on a task or mixture under a tf.distribute strategy.
+    """Trains a model on a task or mixture; pretraining and fine-tuning alike.
 
     Args:
       run_config: a resolved RunConfig.
       model_dir: where checkpoints, logs and the model files go (and are resumed from).
-      strategy: a tf.distribute strategy (default: created from ``run_config.strategy``).
+      backend: the backend piece (default: :func:`make_backend` for the Keras backend in use).
+      strategy: a tf.distribute strategy for the TensorFlow backend (default: from
+        ``run_config.strategy``).
       task: the task/mixture object (default: looked up by ``run_config.data`` names).
       model_fn: ``(run_config, vocabulary) -> keras.Model`` (default: T5 from config.model).
       vocabulary: default: the task's ``targets`` vocabulary.
       feature_converter: default: ``EncDecFeatureConverter(pack=data.pack)``.
       loss_fn: default: ``t5pre.models.seq2seq_loss``.
-      eval_hook: ``(trainer, step) -> {name: value}``, extra metrics at each evaluation
-        (e.g. ROUGE from decoding), written to the eval logs.
+      init: an ``InitModel`` (:func:`t5pre.models.store.read_init`) whose weights start a new run
+        (default: ``model.init_from``, when set).
+      actions: :class:`~t5pre.training.actions.Action` s run at each evaluation, in order
+        (``training.text_samples`` adds a TextSamples action).
       log: a ``print``-like function for the progress lines.
     """
 
-    def __init__(self, run_config: RunConfig, model_dir: str, *, strategy=None, task=None,
-                 model_fn: Callable | None = None, vocabulary=None, feature_converter=None,
-                 loss_fn: Callable | None = None, eval_hook: Callable | None = None,
-                 log: Callable = summaries.console):
-        from t5pre.training.distribution_jax import keras_backend_name
-
+    def __init__(self, run_config: RunConfig, model_dir: str, *, backend=None, strategy=None,
+                 task=None, model_fn: Callable | None = None, vocabulary=None,
+                 feature_converter=None, loss_fn: Callable | None = None, init=None,
+                 actions: Sequence[Action] = (), log: Callable = summaries.console):
         self.config = run_config
         self.model_dir = os.fspath(model_dir)
-        # The backend-specific piece: None = the TensorFlow step below (tf.distribute);
-        # on KERAS_BACKEND=jax, t5pre.training.step_jax.JaxBackend (keras.distribution).
-        self.backend = None
-        if strategy is None and keras_backend_name() == "jax":
-            from t5pre.training.step_jax import JaxBackend
-
-            self.backend = JaxBackend(run_config.strategy)
-            self.strategy = None
-            self.worker = self.backend.worker
-        else:
-            from t5pre.training.strategy import strategy_for, worker_info
-
-            self.strategy = strategy or strategy_for(run_config.strategy)
-            self.worker = worker_info(self.strategy)
+        self.backend = backend or make_backend(run_config.strategy, strategy=strategy)
+        self.strategy = getattr(self.backend, "strategy", None)
+        self.worker = self.backend.worker
         self.is_chief = self.worker.is_chief
         self.task = task
         self.model_fn = model_fn or build_t5_model
         self.vocabulary = vocabulary
         self.feature_converter = feature_converter
         self.loss_fn = loss_fn
-        self.eval_hook = eval_hook
+        self.init = init
+        self.actions = list(actions)
+        if run_config.training.text_samples:
+            self.actions.append(TextSamples(run_config.training.text_samples))
         self._log = log if self.is_chief else (lambda *a, **k: None)
         self.model = None
         self.optimizer = None
@@ -241,20 +134,6 @@ class Trainer:
     # ---------------------------------------------------------------------------- setup
     def log(self, msg: str) -> None:
         self._log(msg)
-
-    def _setup_numerics(self) -> None:
-        import keras
-
-        t = self.config.training
-        if self.backend is not None:
-            self.backend.setup_numerics(t)
-            return
-        tf = _tf()
-        if t.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        seed_keras(t.seed)
-        keras.mixed_precision.set_global_policy(
-            "float32" if t.precision == "float32" else t.precision)
 
     def _resolve_task_and_vocabulary(self) -> None:
         from t5pre.training.data import get_task_or_mixture
@@ -269,18 +148,11 @@ class Trainer:
             from t5pre.models import seq2seq_loss
             self.loss_fn = seq2seq_loss
 
-    def _model_config_values(self, model):
-        model_config = getattr(model, "config", None)
-        if model_config is None or not hasattr(model_config, "to_dict"):
-            return None
-        from t5pre.models.io import FORMAT_VERSION
-        return {"format_version": FORMAT_VERSION, **model_config.to_dict()}
-
     def _check_model_dir(self, model) -> None:
         """A model directory holds one model: refuse to resume it with another model config."""
-        from t5pre.models.io import MODEL_CONFIG_FILE
+        from t5pre.models.store import MODEL_CONFIG_FILE, model_config_values
 
-        values = self._model_config_values(model)
+        values = model_config_values(model)
         path = os.path.join(self.model_dir, MODEL_CONFIG_FILE)
         if values is None or not os.path.exists(path):
             return
@@ -297,20 +169,16 @@ class Trainer:
                 "overrides); use a new --model-dir or the same model config")
 
     def _prepare_model_dir(self, model) -> None:
-        """Chief writes config.yaml, model_config.json, spiece.model and vocab.json."""
+        """Chief writes config.yaml and the model files (model_config.json, spiece.model,
+        vocab.json; :func:`t5pre.models.store.write_model_files`)."""
         if not self.is_chief:
             return
-        from t5pre.models.io import MODEL_CONFIG_FILE
+        from t5pre.models.store import write_model_files
 
         os.makedirs(self.model_dir, exist_ok=True)
         save_config(self.config, os.path.join(self.model_dir, "config.yaml"))
-        values = self._model_config_values(model)
-        if values is not None:
-            from t5pre.files import atomic_write_json
-
-            atomic_write_json(os.path.join(self.model_dir, MODEL_CONFIG_FILE), values)
-        if self.vocabulary is not None and hasattr(self.vocabulary, "save"):
-            self.vocabulary.save(self.model_dir)
+        vocabulary = self.vocabulary if hasattr(self.vocabulary, "save") else None
+        write_model_files(self.model_dir, model, vocabulary)
 
     def _dataset_fn(self, split, *, shuffle, start_examples=0, take_batches=None,
                     global_batch_size=None, seed=None):
@@ -323,19 +191,14 @@ class Trainer:
             feature_converter=self.feature_converter,
             cache=d.cache_dir if split == d.train_split else None)
 
-    def build(self) -> None:
-        """Creates model, optimizer and checkpoint state (idempotent)."""
-        if self.model is not None:
-            return
-        self._setup_numerics()
-        self._resolve_task_and_vocabulary()
-        t = self.config.training
-        replicas = self._num_replicas()
+    def _check_run(self) -> None:
+        """Checks and warnings that need the task (splits) and the backend (replicas)."""
+        t, d, o = self.config.training, self.config.data, self.config.optimizer
+        replicas = self.backend.num_replicas
         if t.batch_size % (replicas * t.grad_accum_steps):
             raise ConfigError(
                 f"training.batch_size ({t.batch_size}) must be divisible by the number of "
                 f"replicas ({replicas}) x training.grad_accum_steps ({t.grad_accum_steps})")
-        d = self.config.data
         splits = getattr(self.task, "splits", None)
         if splits is not None and d.train_split not in splits:
             raise ConfigError(f"data.train_split = {d.train_split!r}: task {self.config.task_name!r}"
@@ -348,141 +211,35 @@ class Trainer:
         if self._eval_enabled and d.eval_split == d.train_split:
             self.log(f"warning: data.eval_split and data.train_split are both {d.train_split!r}: "
                      "the evaluation measures examples the model trains on")
-        o = self.config.optimizer
         if 0 < t.steps <= o.warmup_steps and o.warmup_steps:
             self.log(f"warning: training.steps ({t.steps}) <= optimizer.warmup_steps "
                      f"({o.warmup_steps}): the whole run is warm-up and the learning rate never "
                      "reaches its peak")
-        spec = feature_spec(self._dataset_fn(d.train_split, shuffle=False))
+
+    def build(self) -> None:
+        """Creates model, optimizer and checkpoint state (idempotent)."""
+        if self.model is not None:
+            return
+        t = self.config.training
+        self.backend.setup_numerics(t)
+        self._resolve_task_and_vocabulary()
+        self._check_run()
+        spec = feature_spec(self._dataset_fn(self.config.data.train_split, shuffle=False))
         self._spec = spec
-        scope = self.backend.scope() if self.backend is not None else self.strategy.scope()
-        with scope:
+        with self.backend.scope():
             self.model = self.model_fn(self.config, self.vocabulary)
-            dummy = zeros_like_spec(spec)
-            if self.backend is not None:
-                dummy = {k: v.numpy() for k, v in dummy.items()}
-            self.model(dummy, training=False)
+            self.model(zeros_like_spec(spec), training=False)
             self.optimizer = make_optimizer(self.config.optimizer, t.precision)
             self.optimizer.build(self.model.trainable_variables)
-        if self.backend is not None:
-            self.backend.prepare(self.model, self.optimizer)
-        else:
-            _no_second_all_reduce(self.optimizer)
+        self.backend.prepare(self.model, self.optimizer)
         self.keeper = checkpointing.CheckpointKeeper(
             self.model_dir, model=self.model, optimizer=self.optimizer,
             is_chief=self.is_chief, max_to_keep=t.keep_checkpoints, log=self.log,
-            format=self.backend.checkpoint_format if self.backend is not None else "tf")
+            **self._checkpoint_format())
 
-    def _num_replicas(self) -> int:
-        if self.backend is not None:
-            return self.backend.num_replicas
-        return self.strategy.num_replicas_in_sync
-
-    def _sync(self) -> None:
-        """Makes the Keras variables hold the current state (the JAX step keeps it apart)."""
-        if self.backend is not None:
-            self.backend.sync()
-
-    def _distribute(self, dataset_fn):
-        if self.backend is not None:
-            return self.backend.distribute(dataset_fn)
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
-
-    # ---------------------------------------------------------------------------- steps
-    def _make_train_step(self):
-        if self.backend is not None:
-            return self.backend.train_step_fn(self.model, self.optimizer, self.loss_fn,
-                                              self.config.training)
-        tf = _tf()
-        t = self.config.training
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        loss_fn = self.loss_fn
-        accum = t.grad_accum_steps
-        fp16 = t.precision == "mixed_float16"
-        clip_norm = t.clip_norm
-        z_loss = t.z_loss
-
-        def replica_step(batch):
-            ctx = tf.distribute.get_replica_context()
-            variables = model.trainable_variables
-            weights = tf.cast(batch["decoder_loss_weights"], tf.float32)
-            global_tokens = ctx.all_reduce("SUM", tf.reduce_sum(weights))
-            denom = tf.maximum(global_tokens, 1.0)
-
-            def micro_grads(mb):
-                with tf.GradientTape() as tape:
-                    logits = model(mb, training=True)
-                    loss, m = loss_fn(mb["decoder_target_ids"], logits,
-                                      mb["decoder_loss_weights"], z_loss=z_loss)
-                    share = tf.cast(m["num_tokens"], tf.float32) / denom
-                    objective = loss * share
-                    scaled = optimizer.scale_loss(objective) if fp16 else objective
-                grads = tape.gradient(scaled, variables)
-                grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                         for g, v in zip(grads, variables)]
-                sums = tf.stack([objective, m["z_loss"] * share, m["accuracy"] * share])
-                return grads, sums
-
-            if accum == 1:
-                grads, sums = micro_grads(batch)
-            else:
-                size = tf.shape(batch["decoder_target_ids"])[0] // accum
-                grads = [tf.zeros_like(v) for v in variables]
-                sums = tf.zeros([3], tf.float32)
-                for i in tf.range(accum):
-                    mb = {k: v[i * size:(i + 1) * size] for k, v in batch.items()}
-                    g, s = micro_grads(mb)
-                    grads = [a + b for a, b in zip(grads, g)]
-                    sums = sums + s
-            grads = ctx.all_reduce("SUM", grads)
-            global_loss = ctx.all_reduce("SUM", sums[0])
-            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if fp16 else 1.0
-            grad_norm = tf.linalg.global_norm(grads) / scale
-            finite = tf.math.is_finite(global_loss)
-            if not fp16:
-                finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
-            if clip_norm is not None:
-                grads, _ = tf.clip_by_global_norm(grads, clip_norm * scale,
-                                                  use_norm=grad_norm * scale)
-            if fp16:
-                optimizer.apply(grads, variables)  # LossScaleOptimizer: skips non-finite itself
-            else:
-                _apply_if_finite(optimizer, grads, variables, finite)
-            enc_tokens = tf.reduce_sum(tf.cast(batch["encoder_padding_mask"], tf.float32)) \
-                if "encoder_padding_mask" in batch else tf.constant(0.0)
-            summed = {"loss": sums[0], "z_loss": sums[1], "accuracy": sums[2],
-                      "target_tokens": tf.reduce_sum(weights), "input_tokens": enc_tokens,
-                      "examples": tf.cast(tf.shape(weights)[0], tf.float32)}
-            same = {"grad_norm": grad_norm, "finite": finite, "global_loss": global_loss}
-            return summed, same
-
-        def step_fn(batch):
-            summed, same = strategy.run(replica_step, args=(batch,))
-            out = {k: strategy.reduce("SUM", v, axis=None) for k, v in summed.items()}
-            for k, v in same.items():
-                out[k] = strategy.experimental_local_results(v)[0]
-            return out
-
-        return tf.function(step_fn, jit_compile=t.jit_compile or None, reduce_retracing=True)
-
-    def _make_eval_step(self):
-        if self.backend is not None:
-            return self.backend.eval_step_fn(self.model, self.loss_fn)
-        tf = _tf()
-        model, strategy, loss_fn = self.model, self.strategy, self.loss_fn
-
-        def replica_eval(batch):
-            logits = model(batch, training=False)
-            loss, m = loss_fn(batch["decoder_target_ids"], logits, batch["decoder_loss_weights"],
-                              z_loss=0.0)
-            n = tf.cast(m["num_tokens"], tf.float32)
-            return {"loss": loss * n, "accuracy": m["accuracy"] * n, "tokens": n}
-
-        def eval_fn(batch):
-            out = strategy.run(replica_eval, args=(batch,))
-            return {k: strategy.reduce("SUM", v, axis=None) for k, v in out.items()}
-
-        return tf.function(eval_fn, reduce_retracing=True)
+    def _checkpoint_format(self) -> dict:
+        fmt = getattr(self.backend, "checkpoint_format", "tf")
+        return {} if fmt == "tf" else {"format": fmt}
 
     # ---------------------------------------------------------------------------- helpers
     def _learning_rate_at(self, update_index: int) -> float:
@@ -493,6 +250,11 @@ class Trainer:
         if callable(schedule):
             return float(keras.ops.convert_to_numpy(schedule(max(update_index, 0))))
         return float(keras.ops.convert_to_numpy(opt.learning_rate))
+
+    def _updates_applied(self) -> int:
+        import keras
+
+        return int(keras.ops.convert_to_numpy(inner_optimizer(self.optimizer).iterations))
 
     def _flops_per_token(self):
         try:
@@ -508,33 +270,28 @@ class Trainer:
         except Exception:  # an unknown signature must not stop training; MFU is optional
             return None
 
-    def _init_from_pretrained(self) -> None:
-        src = self.config.model.init_from
-        if not src:
-            return
-        from t5pre.models.io import WEIGHTS_FILE, load_weights_into
+    def _init_weights(self) -> None:
+        """A new run's starting weights: ``init``, else ``model.init_from``, else random."""
+        init = self.init
+        if init is None and self.config.model.init_from:
+            from t5pre.models.store import read_init, resolve_init
 
-        if checkpointing.latest_checkpoint(src):
-            path = checkpointing.restore_model_weights(self.model, src)
-        elif os.path.isfile(os.path.join(src, WEIGHTS_FILE)):
-            path = os.path.join(src, WEIGHTS_FILE)
-            load_weights_into(self.model, path)
-        else:
-            raise CheckpointError(f"model.init_from = {src!r}: neither checkpoints/ nor "
-                                  f"{WEIGHTS_FILE} found there")
-        self.log(f"initialised weights from {path}")
+            init = read_init(resolve_init(self.config.model.init_from,
+                                          where="model.init_from"))
+        if init is None:
+            return
+        self.log(f"initialised weights from {init.load_into(self.model)}")
 
     def evaluate(self, steps: int | None = None) -> dict:
         """Token loss/accuracy over the first ``steps`` batches of the eval split."""
         d, t = self.config.data, self.config.training
         steps = steps or t.eval_steps
         if not hasattr(self, "_eval_step"):
-            self._eval_step = self._make_eval_step()
-        self._sync()
-        dist = self._distribute(
+            self._eval_step = self.backend.eval_step_fn(self.model, self.loss_fn)
+        batches = self.backend.distribute(
             self._dataset_fn(d.eval_split, shuffle=False, take_batches=steps))
         total = {"loss": 0.0, "accuracy": 0.0, "tokens": 0.0}
-        for batch in dist:
+        for batch in batches:
             out = self._eval_step(batch)
             for k in total:
                 total[k] += float(out[k])
@@ -550,12 +307,11 @@ class Trainer:
             return ""
         fn = self._dataset_fn(self.config.data.eval_split, shuffle=False, take_batches=1,
                               global_batch_size=n)
-        batch = next(iter(fn()))
-        self._sync()
-        if self.backend is not None:
-            batch = {k: v.numpy() for k, v in batch.items()}
+        batch = {k: np.asarray(v) for k, v in next(iter(fn())).items()}
         logits = self.model(batch, training=False)
-        pred = np.argmax(np.asarray(logits), axis=-1)
+        import keras
+
+        pred = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
         rows = ["| input | target | prediction (teacher-forced argmax) |", "|---|---|---|"]
 
         def first_segment(ids, key):
@@ -579,16 +335,11 @@ class Trainer:
         return "\n".join(rows)
 
     def _run_eval(self, step: int, writer) -> dict:
+        self.backend.sync()
         metrics = self.evaluate()
-        if self.eval_hook is not None:
-            metrics.update(self.eval_hook(self, step) or {})
+        for action in self.actions:
+            metrics.update(action.on_eval(self, step, dict(metrics), writer) or {})
         writer.scalars("eval", step, metrics)
-        if self.is_chief and self.config.training.text_samples:
-            try:
-                writer.text("eval", step, "samples",
-                            self.text_samples(self.config.training.text_samples))
-            except Exception as e:  # samples are a convenience; never stop training for them
-                self.log(f"(text samples skipped: {type(e).__name__}: {e})")
         writer.flush()
         self.log(f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
@@ -602,12 +353,11 @@ class Trainer:
         from t5pre.models.dir_lock import ModelDirLock
 
         with ModelDirLock(self.model_dir, enabled=self.is_chief):
-            tf = _tf()
             try:
                 return self._train()
             except OSError as e:  # disk full, read-only or unwritable directory
                 raise StorageError.from_os_error(e, self.model_dir) from None
-            except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+            except self.backend.worker_lost_errors() as e:
                 if self.worker.num_workers <= 1:
                     raise
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -626,8 +376,8 @@ class Trainer:
         if latest is None:
             return 0, 0, None, None
         self._check_resumed_config()
-        data_examples, data_pipelines = self.keeper.restored_position()
-        return step, data_examples, data_pipelines, latest
+        examples, pipelines = self.keeper.restored_position()
+        return step, examples, pipelines, latest
 
     def _check_resumed_config(self) -> None:
         """A resumed run must read the same data stream: refuse changed task, lengths, batch size,
@@ -655,168 +405,195 @@ class Trainer:
                  "so the run continues from the same count of consumed examples in the new "
                  "stream (not the same examples)")
 
-    def _train(self) -> TrainResult:
+    def _start(self) -> "_Run":
+        """Build, resume (or initialise), write the model files and open the logs."""
         self.build()
         t, d = self.config.training, self.config.data
-        # Resume (or start) -------------------------------------------------------------
         self._check_model_dir(self.model)
         step, data_examples, old_pipelines, latest = self._resume()
         if latest:
             self.log(f"resumed from {latest} (step {step})")
         else:
-            self._init_from_pretrained()
+            self._init_weights()
+        for action in self.actions:
+            action.on_start(self)
         self._prepare_model_dir(self.model)
         writer = summaries.Summaries(self.model_dir, enabled=self.is_chief)
-        self.log(f"model directory {self.model_dir}; strategy "
-                 f"{self._describe_strategy()}")
+        self.log(f"model directory {self.model_dir}; strategy {self.backend.describe()} "
+                 f"({self.backend.name} backend)")
         self.log(f"TensorBoard: tensorboard --logdir {summaries.log_dir(self.model_dir)}")
         if step == 0:
             writer.text("train", 0, "config", "```\n" + self.config.to_yaml() + "\n```")
             writer.hparams(self.config.to_dict(), run_name=os.path.basename(
                 os.path.abspath(self.model_dir)))
-        if step >= t.steps:
-            self.log(f"already at step {step} >= training.steps {t.steps}; nothing to do "
-                     f"(pass a larger --steps to continue)")
-            writer.close()
-            return TrainResult(step, {}, 0, latest, [])
-
-        dataset_fn = self._dataset_fn(d.train_split, shuffle=d.shuffle,
-                                      start_examples=data_examples)
-        dist = self._distribute(dataset_fn)
         pipelines = self.worker.num_workers
-        if old_pipelines is not None and old_pipelines != pipelines and not d.cache_dir:
+        if (step < t.steps and old_pipelines is not None and old_pipelines != pipelines
+                and not d.cache_dir):
             self.log(f"warning: the checkpoint's data was read by {old_pipelines} input "
                      f"pipelines, now {pipelines}: shards differ, so the data position is "
                      "approximate")
-        iterator = iter(dist)
-        train_step = self._make_train_step()
-        flops_per_token = self._flops_per_token() if t.peak_flops else None
+        return _Run(step=step, start_step=step, saved_step=step, data_examples=data_examples,
+                    pipelines=pipelines, last_ckpt=latest, writer=writer)
 
-        window = _Window()
-        history, skipped_total, consecutive_bad = [], 0, 0
-        last_ckpt, last_metrics = latest, {}
-        start_step = saved_step = step
-        step_times = []
-        stop = _StopRequests()
+    def _train(self) -> TrainResult:
+        run = self._start()
+        t, d = self.config.training, self.config.data
+        if run.step >= t.steps:
+            self.log(f"already at step {run.step} >= training.steps {t.steps}; nothing to do "
+                     f"(pass a larger --steps to continue)")
+            run.writer.close()
+            return TrainResult(run.step, {}, 0, run.last_ckpt, [])
+        batches = iter(self.backend.distribute(self._dataset_fn(
+            d.train_split, shuffle=d.shuffle, start_examples=run.data_examples)))
+        train_step = self.backend.train_step_fn(self.model, self.optimizer, self.loss_fn, t)
+        self._flops = self._flops_per_token() if t.peak_flops else None
+        stop = StopRequests()
         profiler = _Profiler(profile_range(t.profile_steps), summaries.log_dir(self.model_dir),
-                             enabled=self.is_chief, log=self.log,
-                             jax=self.backend is not None)
+                             enabled=self.is_chief, log=self.log, backend=self.backend)
         try:
             stop.__enter__()
-            while step < t.steps:
-                profiler.before_step(step + 1)
-                t0 = time.perf_counter()
-                batch = next(iterator)
-                t1 = time.perf_counter()
-                out = train_step(batch)
-                out = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in out.items()}
-                t2 = time.perf_counter()
-                step += 1
-                profiler.after_step(step)
-                data_examples += t.batch_size
-                finite = bool(out["finite"])
-                if finite:
-                    consecutive_bad = 0
-                else:
-                    consecutive_bad += 1
-                    skipped_total += 1
-                    self.log(f"step {step}: non-finite loss/gradient (loss "
-                             f"{float(out['global_loss'])}, grad norm {float(out['grad_norm'])}"
-                             f"); update skipped ({consecutive_bad} in a row, limit "
-                             f"{t.nonfinite_skip_limit})")
-                    if consecutive_bad > t.nonfinite_skip_limit:
-                        raise TrainingDivergedError(
-                            f"training diverged: {consecutive_bad} consecutive steps with a "
-                            f"non-finite loss or gradient at step {step} (limit "
-                            f"training.nonfinite_skip_limit = {t.nonfinite_skip_limit}); the "
-                            f"last good checkpoint is {last_ckpt or 'none'}. Lower the "
-                            "learning rate, use float32 or raise the limit.")
-                window.add(out, t1 - t0, t2 - t0, finite)
-                step_times.append(t2 - t0)
-                if step % t.log_every == 0 or step == t.steps:
-                    metrics = window.summary(self)
-                    self._sync()
-                    updates = int(inner_optimizer(self.optimizer).iterations.numpy())
-                    metrics["learning_rate"] = self._learning_rate_at(updates - 1)
-                    if flops_per_token and t.peak_flops:
-                        # Hardware FLOPs: every position of the padded example is computed.
-                        seq = d.sequence_length.inputs + d.sequence_length.targets
-                        peak = t.peak_flops * self._num_replicas()
-                        metrics["mfu"] = (flops_per_token * seq * metrics["examples_per_sec"]
-                                          / peak)
-                    metrics["skipped_steps"] = skipped_total
-                    recent = step_times[-t.log_every:]
-                    eta = (t.steps - step) * (sum(recent) / max(len(recent), 1))
-                    self.log(summaries.progress_line(step, t.steps, metrics, eta))
-                    writer.scalars("train", step, metrics)
-                    writer.flush()
-                    history.append((step, metrics.get("loss")))
-                    last_metrics = metrics
-                    window = _Window()
-                if step % t.checkpoint_every == 0 or step == t.steps:
-                    if consecutive_bad:
-                        # The weights may already be blowing up: keep the last checkpoint from
-                        # before the streak as the newest one (and out of rotation's reach).
-                        self.log(f"step {step}: checkpoint not written during a streak of "
-                                 f"non-finite steps (last good: {last_ckpt or 'none'})")
-                    else:
-                        self._sync()
-                        path = self.keeper.save(step, data_examples, pipelines)
-                        last_ckpt, saved_step = path or last_ckpt, step
-                if self._eval_enabled and (step % t.eval_every == 0 or step == t.steps):
-                    last_metrics.update({f"eval_{k}": v
-                                         for k, v in self._run_eval(step, writer).items()})
-                if stop.requested and step < t.steps:
-                    # Every worker gets the signal (a cluster manager stops them all) and
-                    # every worker must take part in the save; the chief's copy is kept.
-                    if saved_step != step and not consecutive_bad:
-                        self._sync()
-                        path = self.keeper.save(step, data_examples, pipelines)
-                        last_ckpt, saved_step = path or last_ckpt, step
-                    writer.flush()
-                    message = (f"{stop.signal_name}: stopped at step {step}; checkpoint saved "
-                               f"to {last_ckpt}; re-run the same command to resume")
-                    self.log(message)
-                    raise TrainingInterrupted(message, step, last_ckpt)
-            self._sync()
+            while run.step < t.steps:
+                self._step(run, batches, train_step, profiler)
+                self._maybe_log(run)
+                self._maybe_checkpoint(run)
+                self._maybe_evaluate(run)
+                self._maybe_stop(run, stop)
         finally:
             stop.__exit__(None, None, None)
             profiler.stop()
-            writer.close()
+            run.writer.close()
             self.keeper.close()
-        done = step - start_step
+        done = run.step - run.start_step
         if done:
-            self.log(f"done: step {step}, {done} steps in {sum(step_times):.1f}s"
-                     f"{f', {skipped_total} skipped' if skipped_total else ''}; "
-                     f"checkpoint {last_ckpt}")
-        return TrainResult(step, last_metrics, skipped_total, last_ckpt, history)
+            self.log(f"done: step {run.step}, {done} steps in {sum(run.step_times):.1f}s"
+                     f"{f', {run.skipped} skipped' if run.skipped else ''}; "
+                     f"checkpoint {run.last_ckpt}")
+        return TrainResult(run.step, run.last_metrics, run.skipped, run.last_ckpt, run.history)
 
-    def _describe_strategy(self) -> str:
-        if self.backend is not None:
-            return self.backend.describe()
-        from t5pre.training.strategy import describe
-        return describe(self.strategy)
+    def _step(self, run: "_Run", batches, train_step, profiler) -> None:
+        """One optimizer step; counts a non-finite one and stops after too many in a row."""
+        t = self.config.training
+        profiler.before_step(run.step + 1)
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        out = train_step(batch)
+        t2 = time.perf_counter()
+        run.step += 1
+        profiler.after_step(run.step)
+        run.data_examples += t.batch_size
+        finite = bool(out["finite"])
+        if finite:
+            run.bad_streak = 0
+        else:
+            run.bad_streak += 1
+            run.skipped += 1
+            self.log(f"step {run.step}: non-finite loss/gradient (loss "
+                     f"{float(out['global_loss'])}, grad norm {float(out['grad_norm'])}); "
+                     f"update skipped ({run.bad_streak} in a row, limit "
+                     f"{t.nonfinite_skip_limit})")
+            if run.bad_streak > t.nonfinite_skip_limit:
+                raise TrainingDivergedError(
+                    f"training diverged: {run.bad_streak} consecutive steps with a non-finite "
+                    f"loss or gradient at step {run.step} (limit training.nonfinite_skip_limit"
+                    f" = {t.nonfinite_skip_limit}); the last good checkpoint is "
+                    f"{run.last_ckpt or 'none'}. Lower the learning rate, use float32 or "
+                    "raise the limit.")
+        run.window.add(out, t1 - t0, t2 - t0, finite)
+        run.step_times.append(t2 - t0)
+
+    def _maybe_log(self, run: "_Run") -> None:
+        t, d = self.config.training, self.config.data
+        if not (run.step % t.log_every == 0 or run.step == t.steps):
+            return
+        self.backend.sync()
+        metrics = run.window.summary(self)
+        metrics["learning_rate"] = self._learning_rate_at(self._updates_applied() - 1)
+        if self._flops and t.peak_flops:
+            # Hardware FLOPs: every position of the padded example is computed.
+            seq = d.sequence_length.inputs + d.sequence_length.targets
+            peak = t.peak_flops * self.backend.num_replicas
+            metrics["mfu"] = self._flops * seq * metrics["examples_per_sec"] / peak
+        metrics["skipped_steps"] = run.skipped
+        recent = run.step_times[-t.log_every:]
+        eta = (t.steps - run.step) * (sum(recent) / max(len(recent), 1))
+        self.log(summaries.progress_line(run.step, t.steps, metrics, eta))
+        run.writer.scalars("train", run.step, metrics)
+        run.writer.flush()
+        run.history.append((run.step, metrics.get("loss")))
+        run.last_metrics = metrics
+        run.window = _Window()
+
+    def _save(self, run: "_Run") -> None:
+        self.backend.sync()
+        path = self.keeper.save(run.step, run.data_examples, run.pipelines)
+        run.last_ckpt, run.saved_step = path or run.last_ckpt, run.step
+
+    def _maybe_checkpoint(self, run: "_Run") -> None:
+        t = self.config.training
+        if not (run.step % t.checkpoint_every == 0 or run.step == t.steps):
+            return
+        if run.bad_streak:
+            # The weights may already be blowing up: keep the last checkpoint from before the
+            # streak as the newest one (and out of rotation's reach).
+            self.log(f"step {run.step}: checkpoint not written during a streak of non-finite "
+                     f"steps (last good: {run.last_ckpt or 'none'})")
+            return
+        self._save(run)
+
+    def _maybe_evaluate(self, run: "_Run") -> None:
+        t = self.config.training
+        if self._eval_enabled and (run.step % t.eval_every == 0 or run.step == t.steps):
+            run.last_metrics.update({f"eval_{k}": v
+                                     for k, v in self._run_eval(run.step, run.writer).items()})
+
+    def _maybe_stop(self, run: "_Run", stop: StopRequests) -> None:
+        if not stop.requested or run.step >= self.config.training.steps:
+            return
+        # Every worker gets the signal (a cluster manager stops them all) and every worker
+        # must take part in the save; the chief's copy is kept.
+        if run.saved_step != run.step and not run.bad_streak:
+            self._save(run)
+        run.writer.flush()
+        message = (f"{stop.signal_name}: stopped at step {run.step}; checkpoint saved to "
+                   f"{run.last_ckpt}; re-run the same command to resume")
+        self.log(message)
+        raise TrainingInterrupted(message, run.step, run.last_ckpt)
+
+
+@dataclasses.dataclass
+class _Run:
+    """The loop's state between steps."""
+
+    step: int
+    start_step: int
+    saved_step: int
+    data_examples: int
+    pipelines: int
+    last_ckpt: str | None
+    writer: object
+    bad_streak: int = 0
+    skipped: int = 0
+    window: "_Window" = dataclasses.field(default_factory=lambda: _Window())
+    history: list = dataclasses.field(default_factory=list)
+    last_metrics: dict = dataclasses.field(default_factory=dict)
+    step_times: list = dataclasses.field(default_factory=list)
 
 
 class _Profiler:
-    """A TensorFlow profiler trace of steps START..END (``training.profile_steps``), written to
+    """A profiler trace (TensorFlow's or JAX's) of steps START..END (``training.profile_steps``), written to
     ``DIR/logs/train`` for TensorBoard's Profile tab; stopped on any exit from the loop."""
 
-    def __init__(self, steps, log_dir: str, *, enabled: bool, log, jax: bool = False):
-        self.jax = jax  # jax.profiler writes the same TensorBoard profile plugin files
+    def __init__(self, steps, log_dir: str, *, enabled: bool, log, backend):
         self.steps = steps if enabled else None
+        self.backend = backend
         self.log_dir = os.path.join(log_dir, "train")
         self.active = False
         self._log = log
 
     def before_step(self, step: int) -> None:
         if self.steps and step == self.steps[0] and not self.active:
-            if self.jax:
-                import jax
-
-                jax.profiler.start_trace(self.log_dir)
-            else:
-                _tf().profiler.experimental.start(self.log_dir)
+            self.backend.start_profiler(self.log_dir)
             self.active = True
 
     def after_step(self, step: int) -> None:
@@ -828,12 +605,7 @@ class _Profiler:
     def stop(self) -> None:
         if self.active:
             self.active = False
-            if self.jax:
-                import jax
-
-                jax.profiler.stop_trace()
-            else:
-                _tf().profiler.experimental.stop()
+            self.backend.stop_profiler()
 
 
 class _Window:
