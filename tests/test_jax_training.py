@@ -148,11 +148,11 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory):
     """Initial weights both backends start from (Keras' initialisers draw other numbers on
-    TensorFlow and JAX for the same seed): model.init_from=DIR (DIR/model.weights.h5)."""
-    from t5pre.models.io import WEIGHTS_FILE
+    TensorFlow and JAX for the same seed): model.init_from=DIR (a save_pretrained directory)."""
+    from t5pre.models.io import save_pretrained
 
-    directory = tmp_path_factory.mktemp("init")
-    tiny_model().save_weights(str(directory / WEIGHTS_FILE))
+    directory = tmp_path_factory.mktemp("init") / "model"
+    save_pretrained(tiny_model(), None, directory)
     return f"model.init_from={directory}"
 
 
@@ -232,7 +232,7 @@ def test_jax_loss_curve_and_model_dir_match_tensorflow(jax_reference, init_dir, 
 def test_cli_pretrain_on_jax_and_load_on_tensorflow(tmp_path):
     """`KERAS_BACKEND=jax t5pre pretrain` on the packaged default task, then `load_model` of the
     directory on TensorFlow; a TensorFlow strategy name on JAX is one clear error."""
-    from t5pre.training.model_dir import load_model
+    from t5pre.models.store import load_model
 
     run = tmp_path / "default"
     cmd = [sys.executable, "-m", "t5pre", "pretrain", "--model-dir", str(run), "--steps", "3",

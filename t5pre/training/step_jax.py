@@ -43,9 +43,16 @@ def seed_keras_jax(seed: int) -> None:
     """``keras.utils.set_random_seed`` without TensorFlow's global seed (see the TF backend's
     ``seed_keras``: ``tf.random.set_seed`` clears TF's kernel cache and kills the resources of
     SentencePiece ops the data pipeline already built)."""
+    import importlib.util
+
     import keras
 
+    # Keras sets TF's global seed whenever TensorFlow is installed (importing it if need be);
+    # that would also re-seed the tf.data shuffles of the input pipeline, so that a JAX run
+    # would read other batches than the same run on TensorFlow. Import it first, to patch it.
     tf = sys.modules.get("tensorflow")
+    if tf is None and importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow as tf
     original = getattr(getattr(tf, "random", None), "set_seed", None)
     if original is not None:
         tf.random.set_seed = lambda _seed: None
