@@ -44,7 +44,7 @@ def batches(n=3, seed=0):
     return out
 
 
-def build(strategy, accum, optimizer_name, clip_norm=1.0, seed=1):
+def build(strategy, accum, optimizer_name, clip_norm=1.0, seed=1, precision="float32"):
     from t5pre.training.optimizers import make_optimizer
     from t5pre.training.step_jax import JaxBackend
     from t5pre.training.testing import tiny_config
@@ -54,6 +54,7 @@ def build(strategy, accum, optimizer_name, clip_norm=1.0, seed=1):
                       f"optimizer.name={optimizer_name}", "optimizer.learning_rate=1e-2",
                       f"training.clip_norm={'null' if clip_norm is None else clip_norm}",
                       "training.z_loss=1e-4", f"training.seed={seed}",
+                      f"training.precision={precision}",
                       f"training.batch_size={BATCH}",
                       f"data.sequence_length.inputs={INPUTS}",
                       f"data.sequence_length.targets={TARGETS}")

@@ -189,7 +189,14 @@ class JaxBackend:
         return m.trainable_variables, m.non_trainable_variables, o.variables
 
     def _read_state(self):
-        return tuple([v.value for v in group] for group in self._variables())
+        """The variables' arrays, committed to their devices: a step's outputs are committed,
+        and a first call with uncommitted inputs (one device, no layout) would compile twice."""
+        import jax
+
+        def committed(x):
+            return x if getattr(x, "committed", True) else jax.device_put(x, x.sharding)
+
+        return tuple([committed(v.value) for v in group] for group in self._variables())
 
     def reload(self) -> None:
         """Takes the state from the Keras variables again (after assigning them directly)."""
