@@ -23,8 +23,9 @@ def add_run_arguments(parser, default_config_help: str) -> None:
                              "(value parsed as YAML; repeatable)")
     parser.add_argument("--steps", type=int, help="total training steps (= --set training.steps=N)")
     parser.add_argument("--strategy", choices=STRATEGIES,
-                        help="tf.distribute strategy on TensorFlow (auto, one_device, mirrored, multi_worker, tpu), "
-                             "keras.distribution on JAX (auto, data_parallel, fsdp, one_device); "
+                        help="tf.distribute strategy on TensorFlow (auto, one_device, mirrored, "
+                             "multi_worker, tpu), keras.distribution on JAX (auto, "
+                             "data_parallel, fsdp, one_device); "
                              "default: the config's, normally auto")
     parser.add_argument("--tpu", help="TPU name or grpc:// address (implies --strategy tpu)")
     parser.add_argument("--profile-steps", metavar="START:END",
