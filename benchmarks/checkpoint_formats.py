@@ -59,7 +59,7 @@ def nbytes(variables) -> int:
 
 
 def time_arrays(model, optimizer, root, repeats):
-    from t5pre.training.checkpointing import CheckpointKeeper
+    from t5pre.models.checkpoints import CheckpointKeeper
 
     saves, restores = [], []
     for i in range(repeats):

@@ -113,7 +113,7 @@ def run_case(case):
 def run_checkpoint_case(model_dir):
     """Arrays-format round trip, exact resume, corrupt-checkpoint fallback, TF-free save."""
     from t5pre.models import seq2seq_loss
-    from t5pre.training.checkpointing import CheckpointKeeper, latest_checkpoint
+    from t5pre.models.checkpoints import CheckpointKeeper, latest_checkpoint
 
     data = batches(4)
     cfg, backend, model, optimizer = build("fsdp", 1, "adafactor")

@@ -79,7 +79,7 @@ def write_training_dir(model, vocabulary, directory, step=3):
     """A training model directory the way the trainer lays it out, via H6's public helpers."""
     import keras
 
-    from t5pre.training.checkpointing import CheckpointKeeper
+    from t5pre.models.checkpoints import CheckpointKeeper
     from t5pre.training.config import load_config, save_config
 
     directory = pathlib.Path(directory)

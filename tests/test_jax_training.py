@@ -169,7 +169,7 @@ def test_sigkill_inside_a_checkpoint_save_then_resume_equals_an_uninterrupted_ru
     killed = drive(run, jax_env(), "strategy.name=data_parallel", init_dir,
                    extra=("--die-in-save-at", "10"), check=False)
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
-    from t5pre.training.checkpointing import all_checkpoint_steps
+    from t5pre.models.checkpoints import all_checkpoint_steps
 
     assert all_checkpoint_steps(str(run)) == [5]  # ckpt-10 written, state file not yet
     weights, history, out = drive(run, jax_env(), "strategy.name=data_parallel", init_dir)
@@ -219,7 +219,7 @@ def test_jax_loss_curve_and_model_dir_match_tensorflow(jax_reference, init_dir, 
     assert (ref_run / "checkpoints" / "ckpt-20" / "manifest.json").is_file()
 
     # weights are portable by path: the JAX-trained directory restores on TensorFlow
-    from t5pre.training.checkpointing import restore_model_weights
+    from t5pre.models.checkpoints import restore_model_weights
     from t5pre.training.testing import weights_of
 
     model = tiny_model()

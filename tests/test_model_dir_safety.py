@@ -47,7 +47,7 @@ def copy_of(finished, tmp_path):
 def test_missing_index_of_newest_falls_back_and_keeps_the_good_one(finished, tmp_path):
     """F1: the newest .index is gone -> resume from ckpt-8, never restart at step 1, and the
     good checkpoint is only deleted once newer readable ones supersede it."""
-    from t5pre.training.checkpointing import all_checkpoint_steps
+    from t5pre.models.checkpoints import all_checkpoint_steps
 
     run = copy_of(finished, tmp_path)
     os.remove(run / "checkpoints" / "ckpt-12.index")
@@ -71,7 +71,7 @@ def test_every_checkpoint_damaged_is_an_error_not_a_restart(finished, tmp_path):
 
 def test_unparsable_state_file_recovers_from_the_files_on_disk(finished, tmp_path):
     """F2: a garbled `checkpoint` file -> the ckpt-N.index files on disk are used."""
-    from t5pre.training.checkpointing import latest_checkpoint
+    from t5pre.models.checkpoints import latest_checkpoint
 
     run = copy_of(finished, tmp_path)
     (run / "checkpoints" / "checkpoint").write_bytes(b"\x00\xffnot a {{ proto")
@@ -84,7 +84,7 @@ def test_unparsable_state_file_recovers_from_the_files_on_disk(finished, tmp_pat
 
 def test_zeroed_data_file_is_called_corrupt_and_falls_back(finished, tmp_path):
     """F7: a zeroed .data file is 'corrupt', not 'another model config', and F1 applies."""
-    from t5pre.training.checkpointing import restore_model_weights
+    from t5pre.models.checkpoints import restore_model_weights
 
     run = copy_of(finished, tmp_path)
     data = run / "checkpoints" / "ckpt-12.data-00000-of-00001"
@@ -157,7 +157,7 @@ def test_cli_second_process_exits_2_with_one_line(tmp_path, capsys):
 
 def test_no_checkpoint_during_a_nonfinite_streak(tmp_path):
     """F4: the checkpoint named by the divergence error is from before the streak."""
-    from t5pre.training.checkpointing import all_checkpoint_steps
+    from t5pre.models.checkpoints import all_checkpoint_steps
     from t5pre.training.trainer import Trainer, TrainingDivergedError
 
     from tests.test_trainer import _poisoned_loss
@@ -199,7 +199,7 @@ def test_failing_checkpoint_write_is_one_clear_error_with_its_own_exit_code(fini
     """F6: disk full while saving -> StorageError (exit 3), earlier checkpoints intact."""
     import tensorflow as tf
 
-    from t5pre.training.checkpointing import all_checkpoint_steps, latest_checkpoint
+    from t5pre.models.checkpoints import all_checkpoint_steps, latest_checkpoint
 
     run = copy_of(finished, tmp_path)
     original = tf.train.Checkpoint.write
@@ -224,7 +224,7 @@ def test_resumed_steps_are_written_to_tensorboard_once(tmp_path):
     run = tmp_path / "run"
     train(run, "training.steps=6")
     # As if killed after logging step 6 but before a checkpoint of it: drop ckpt-6 from state.
-    from t5pre.training.checkpointing import _write_state
+    from t5pre.models.checkpoints import _write_state
 
     _write_state(str(run / "checkpoints"), str(run / "checkpoints" / "ckpt-4"),
                  [str(run / "checkpoints" / "ckpt-4")])

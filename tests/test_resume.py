@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from t5pre.training.checkpointing import all_checkpoint_steps, latest_checkpoint
+from t5pre.models.checkpoints import all_checkpoint_steps, latest_checkpoint
 from t5pre.training.testing import SyntheticTask
 
 # Adafactor with T5's rsqrt schedule: the rate depends on the step and on nothing else, so a

@@ -83,7 +83,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_p
               "training.nonfinite_skip_limit=2", loss_fn=_poisoned_loss(set(range(5, 100))))
     msg = str(e.value)
     assert "3 consecutive steps" in msg and "at step 8" in msg and "ckpt-4" in msg
-    from t5pre.training.checkpointing import latest_checkpoint
+    from t5pre.models.checkpoints import latest_checkpoint
     assert latest_checkpoint(str(tmp_path / "div")).endswith("ckpt-4")
     model, _, _ = load_model(tmp_path / "div")
     assert all(np.isfinite(w).all() for w in weights_of(model))
@@ -180,7 +180,7 @@ def _truncated_copy(run, dest):
     """A copy of a model directory whose latest checkpoint's .data file is cut in half."""
     import shutil
 
-    from t5pre.training.checkpointing import latest_checkpoint
+    from t5pre.models.checkpoints import latest_checkpoint
 
     shutil.copytree(run, dest)
     prefix = latest_checkpoint(str(dest))
@@ -190,7 +190,7 @@ def _truncated_copy(run, dest):
 
 
 def test_truncated_checkpoint_is_a_clear_error(short_run, tmp_path):
-    from t5pre.training.checkpointing import restore_model_weights
+    from t5pre.models.checkpoints import restore_model_weights
 
     run, trainer, _ = short_run
     prefix = _truncated_copy(run, tmp_path / "cut")
@@ -229,7 +229,7 @@ def test_cli_module_task_rerun_keeps_the_run_config_and_sigterm_saves(tmp_path, 
 
     from t5pre.cli import main
     from t5pre.training import summaries
-    from t5pre.training.checkpointing import all_checkpoint_steps, latest_checkpoint
+    from t5pre.models.checkpoints import all_checkpoint_steps, latest_checkpoint
 
     text = tmp_path / "notes.txt"
     text.write_text("".join(f"note {i}: the quick brown fox jumps over {i} lazy dogs\n"

@@ -16,10 +16,10 @@ accepts all of them:
 The vocabulary (`spiece.model`) is required: without it no text can be encoded, so its absence is
 a `CheckpointError` here rather than a crash later.
 
-Layering note: restoring a training checkpoint needs `t5pre.training.checkpointing` and reading
-`config.yaml` needs `t5pre.training.config`; both are imported inside the functions that need
-them (the model layer does not import training at module level). The model-directory owner that
-replaces this module will take those readers over.
+Checkpoints (both formats, rotation, fallback) are `t5pre.models.checkpoints`, in this layer.
+Reading `config.yaml` needs the run-config schema, `t5pre.training.config` (plain Python, no
+TensorFlow), imported inside the functions that need it: the model layer does not import
+training at module level.
 """
 
 from __future__ import annotations
@@ -158,12 +158,12 @@ def load_training_dir(model_dir, checkpoint=None):
     """
     from t5pre.models.io import load_vocabulary_from, read_model_config
     from t5pre.models.t5 import T5Model
-    from t5pre.training import checkpointing  # lazy: see the module docstring
+    from t5pre.models import checkpoints
 
     model_dir = os.fspath(model_dir)
     if not os.path.isdir(model_dir):
         raise CheckpointError(f"{model_dir}: model directory not found")
-    path = checkpointing.find_checkpoint(model_dir, checkpoint)
+    path = checkpoints.find_checkpoint(model_dir, checkpoint)
     run_config = load_run_config(model_dir)
     model_config = read_model_config(model_dir)
     vocabulary = load_vocabulary_from(model_dir)
@@ -172,7 +172,7 @@ def load_training_dir(model_dir, checkpoint=None):
                               f"the model has {model_config.vocab_size} embedding rows")
     model = T5Model(model_config)
     model(_dummy_features(run_config), training=False)
-    checkpointing.restore_model_weights(model, model_dir, path)
+    checkpoints.restore_model_weights(model, model_dir, path)
     return model, vocabulary, run_config, path
 
 
@@ -262,7 +262,7 @@ def resolve_init(spec: str, *, where: str = "--init-from") -> InitSource:
     ``DIR@ckpt-N`` is the one way to name a checkpoint of a training directory (``where`` names
     the flag or config key in messages)."""
     from t5pre.models.io import MODEL_CONFIG_FILE, WEIGHTS_FILE
-    from t5pre.training.checkpointing import checkpoint_dir
+    from t5pre.models.checkpoints import checkpoint_dir
 
     if not spec:
         raise ConfigError(f"{where} is empty")
@@ -337,17 +337,17 @@ def read_init(source: InitSource) -> InitModel:
     for Hugging Face directories, where the output-head tying is only known from the tensors."""
     from t5pre.models.io import (WEIGHTS_FILE, load_pretrained, load_vocabulary_from,
                                  read_model_config)
-    from t5pre.training import checkpointing
+    from t5pre.models import checkpoints
 
     if source.kind == "training":
-        path = checkpointing.find_checkpoint(source.path, source.checkpoint)
+        path = checkpoints.find_checkpoint(source.path, source.checkpoint)
         config = read_model_config(source.path)
 
         def load_into(model):
             from t5pre.models import T5Model
 
             twin = T5Model(config)
-            checkpointing.restore_model_weights(twin, source.path, path)
+            checkpoints.restore_model_weights(twin, source.path, path)
             copy_weights(twin, model, path)
             return path
 

@@ -10,7 +10,6 @@
 * ``step_tf``       the TensorFlow backend (tf.distribute step); ``step_jax`` the JAX one
 * ``actions``       what runs at each evaluation: TextSamples, BestCheckpoint
 * ``signals``       SIGTERM / Ctrl-C -> checkpoint -> ``TrainingInterrupted``
-* ``checkpointing`` atomic checkpoints, chief-only writes, fallback past damaged ones
 * ``summaries``     TensorBoard scalars/text/HParams and the progress line
 
 Fine-tuning (the Trainer + an init model + decoded evaluation) is :mod:`t5pre.finetune`; the

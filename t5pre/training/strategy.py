@@ -17,7 +17,7 @@ multi_worker when the step has more than one task.
 
 Which worker writes what: only the *chief* (task type ``chief``, or ``worker`` 0 when the cluster
 has no chief) writes checkpoints, TensorBoard logs and the model-directory files; every worker
-still takes part in the checkpoint save (see ``checkpointing.py``).
+still takes part in the checkpoint save (see ``t5pre/models/checkpoints.py``).
 """
 
 from __future__ import annotations

@@ -146,8 +146,8 @@ def _main(argv=None):
         strategy = strategy_for(cfg.strategy)  # first: MultiWorkerMirroredStrategy's rule
 
     if args.die_in_save_at:
-        from t5pre.training import checkpointing
-        original = checkpointing._write_state
+        from t5pre.models import checkpoints
+        original = checkpoints._write_state
 
         def dying_update(directory, latest, *a, **k):
             if str(latest).rstrip("/").endswith(f"ckpt-{args.die_in_save_at}"):
@@ -155,7 +155,7 @@ def _main(argv=None):
                 os.kill(os.getpid(), 9)
             return original(directory, latest, *a, **k)
 
-        checkpointing._write_state = dying_update
+        checkpoints._write_state = dying_update
 
     log = print
     if args.slow:

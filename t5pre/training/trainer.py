@@ -35,7 +35,8 @@ import time
 from typing import Callable, Sequence
 
 from t5pre.errors import CheckpointError, ConfigError, StorageError, T5preError, WorkerLostError
-from t5pre.training import checkpointing, summaries
+from t5pre.models import checkpoints
+from t5pre.training import summaries
 from t5pre.training.actions import Action, TextSamples
 from t5pre.training.config import RunConfig, profile_range, save_config
 from t5pre.training.data import feature_spec, make_dataset_fn, zeros_like_spec
@@ -232,7 +233,7 @@ class Trainer:
             self.optimizer = make_optimizer(self.config.optimizer, t.precision)
             self.optimizer.build(self.model.trainable_variables)
         self.backend.prepare(self.model, self.optimizer)
-        self.keeper = checkpointing.CheckpointKeeper(
+        self.keeper = checkpoints.CheckpointKeeper(
             self.model_dir, model=self.model, optimizer=self.optimizer,
             is_chief=self.is_chief, max_to_keep=t.keep_checkpoints, log=self.log,
             **self._checkpoint_format())
