@@ -25,42 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import sys
 import threading
 from typing import Callable, Iterable
 
 import numpy as np
 
 from t5pre.errors import ConfigError
+from t5pre.training.seeding import seed_keras
 from t5pre.training.distribution_jax import (BATCH_AXIS, check_strategy_name, create_distribution,
                                              initialize_multi_host)
 
 OUTPUT_KEYS = ("loss", "z_loss", "accuracy", "target_tokens", "input_tokens", "examples",
                "grad_norm", "finite", "global_loss")
-
-
-def seed_keras_jax(seed: int) -> None:
-    """``keras.utils.set_random_seed`` without TensorFlow's global seed (see the TF backend's
-    ``seed_keras``: ``tf.random.set_seed`` clears TF's kernel cache and kills the resources of
-    SentencePiece ops the data pipeline already built)."""
-    import importlib.util
-
-    import keras
-
-    # Keras sets TF's global seed whenever TensorFlow is installed (importing it if need be);
-    # that would also re-seed the tf.data shuffles of the input pipeline, so that a JAX run
-    # would read other batches than the same run on TensorFlow. Import it first, to patch it.
-    tf = sys.modules.get("tensorflow")
-    if tf is None and importlib.util.find_spec("tensorflow") is not None:
-        import tensorflow as tf
-    original = getattr(getattr(tf, "random", None), "set_seed", None)
-    if original is not None:
-        tf.random.set_seed = lambda _seed: None
-    try:
-        keras.utils.set_random_seed(seed)
-    finally:
-        if original is not None:
-            tf.random.set_seed = original
 
 
 class _Prefetcher:
@@ -78,26 +54,21 @@ class _Prefetcher:
     def _run(self, dataset, place):
         try:
             for batch in dataset.as_numpy_iterator():
-                item = place(batch)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(place(batch)):
                     return
             self._put(self._END)
         except BaseException as e:  # handed to the consumer
             self._put(e)
 
-    def _put(self, item):
+    def _put(self, item) -> bool:
+        """Queues ``item`` unless the consumer closed the prefetcher; returns whether."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def __iter__(self):
         return self
@@ -161,7 +132,7 @@ class JaxBackend:
                 "needs dynamic loss scaling); use mixed_bfloat16 or float32")
         if t.deterministic:
             self._deterministic_xla()
-        seed_keras_jax(t.seed)
+        seed_keras(t.seed)
         keras.mixed_precision.set_global_policy(
             "float32" if t.precision == "float32" else t.precision)
 
@@ -405,4 +376,4 @@ def no_distribution():
         keras.distribution.set_distribution(old)
 
 
-__all__ = ["JaxBackend", "seed_keras_jax", "OUTPUT_KEYS"]
+__all__ = ["JaxBackend", "OUTPUT_KEYS"]

@@ -17,7 +17,8 @@ Keras 3's TF optimizer would all-reduce (sum) the gradients a second time when a
 replica context; we switch that off on our optimizer instance (``_no_second_all_reduce``), and a
 test checks that the multi-replica update equals the single-device one.
 
-Every TensorFlow-specific patch of the training path lives in this module; the Trainer talks to
+Every TensorFlow-specific patch of the training path lives in this module (the seeding both
+backends share is :mod:`t5pre.training.seeding`); the Trainer talks to
 it through the backend interface it shares with :mod:`t5pre.training.step_jax`:
 ``setup_numerics``, ``scope``, ``prepare``, ``train_step_fn``, ``eval_step_fn``, ``distribute``,
 ``sync``, ``describe`` and ``worker_lost_errors``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from t5pre.lazy import tensorflow as _tf
 from t5pre.training.optimizers import inner_optimizer
+from t5pre.training.seeding import seed_keras
 
 
 def _no_second_all_reduce(optimizer) -> None:
@@ -64,25 +66,6 @@ def _apply_if_finite(optimizer, grads, variables, finite):
         tf.cond(finite_0, apply_all, lambda: tf.constant(False))
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, finite))
-
-
-def seed_keras(seed: int) -> None:
-    """Seeds Keras (initialisers, dropout), Python and NumPy, but not TensorFlow's global seed.
-
-    ``tf.random.set_seed`` (which ``keras.utils.set_random_seed`` calls) clears TF's eager
-    kernel cache, and that destroys resources held by earlier kernels: a SentencePiece tokenizer
-    used before training starts then fails inside tf.data with "Resource ...SentencepieceOp does
-    not exist". Nothing here needs the TF global seed: Keras draws from its own seed generator
-    and the data pipelines seed their random ops explicitly."""
-    import keras
-
-    tf = _tf()
-    original = tf.random.set_seed
-    tf.random.set_seed = lambda _seed: None
-    try:
-        keras.utils.set_random_seed(seed)
-    finally:
-        tf.random.set_seed = original
 
 
 class TFBackend:
