@@ -24,6 +24,32 @@ def tensorflow():
     return tf
 
 
+def hide_accelerators_from_tensorflow() -> bool:
+    """Makes TensorFlow see no GPU or TPU; returns False when it was too late to do so.
+
+    On the JAX backend TensorFlow only runs the input pipeline (tf.data on the host), but a
+    TensorFlow that sees a GPU reserves most of its memory on its first op, leaving JAX the
+    rest. Device visibility can only be set before TensorFlow's runtime starts (its first op),
+    so the JAX backend calls this before it builds anything. When the runtime has already
+    started and sees an accelerator, a warning says so."""
+    import logging
+
+    tf = tensorflow()
+    hidden = True
+    for kind in ("GPU", "TPU"):
+        try:
+            if tf.config.list_physical_devices(kind):
+                tf.config.set_visible_devices([], kind)
+        except RuntimeError:  # "Visible devices cannot be modified after being initialized"
+            if tf.config.get_visible_devices(kind):
+                hidden = False
+                logging.getLogger("t5pre").warning(
+                    "TensorFlow started before the JAX backend could hide the %ss from it; it "
+                    "may hold most of their memory. Build the JAX trainer before any TensorFlow "
+                    "op runs", kind)
+    return hidden
+
+
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable, Callable]:
     """``(__getattr__, __dir__)`` for the module ``package`` whose names ``exports`` maps to the
     modules defining them. A name is imported on first access and then kept in the package, so

@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from t5pre.errors import ConfigError
+from t5pre.lazy import hide_accelerators_from_tensorflow
 from t5pre.training.seeding import seed_keras
 from t5pre.training.distribution_jax import (BATCH_AXIS, check_strategy_name, create_distribution,
                                              initialize_multi_host)
@@ -101,6 +102,7 @@ class JaxBackend:
         if keras.backend.backend() != "jax":
             raise ConfigError(f"JaxBackend needs KERAS_BACKEND=jax (Keras runs on "
                               f"{keras.backend.backend()!r})")
+        hide_accelerators_from_tensorflow()  # TF only feeds tf.data here: JAX owns the chips
         initialize_multi_host()
         import jax
 
