@@ -26,7 +26,7 @@ transformers 5.x and 4.57, seqio's ``vocabularies.py``):
 So here: **encoding** is Hugging Face's rule: the text is cut at every ``<extra_id_i>`` with
 ``i < extra_ids`` (exactly that spelling: ``<extra_id_007>`` or ``<extra_id_100>`` with 100 extra
 ids are plain text), each stretch of text between them is encoded by SentencePiece on its own (its
-leading and trailing spaces vanish as SentencePiece strips them) and each sentinel becomes its id.
+leading and trailing spaces vanish: T5's normaliser strips them) and each sentinel becomes its id.
 Text without sentinels encodes exactly as before. **Decoding** is SentencePiece's over seqio's
 model (sentinel pieces ``▁<extra_id_i>``): a sentinel reads as " <extra_id_i>", with a space before
 it unless it starts the text: ``▁the ▁do g <extra_id_0> ▁in`` -> "the dog <extra_id_0> in", as
@@ -299,7 +299,7 @@ class SentencePieceVocabulary:
         the module docstring)."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
-        if self._sentinel_re is None:
+        if self._sentinel_re is None or "<extra_id_" not in text:
             return list(self._sp.EncodeAsIds(text))
         ids, start = [], 0
         for match in self._sentinel_re.finditer(text):
