@@ -119,7 +119,7 @@ def test_tasks_show_decodes_examples_with_sentinels_visible(shown_task, capsys):
     out = capsys.readouterr().out
     assert out.count("--- example") == 2
     assert "inputs (12 tokens / 12, 2 sentinels, ends with EOS):" in out
-    assert "<extra_id_0><extra_id_1>" in out
+    assert "<extra_id_0> <extra_id_1>" in out  # sentinels decode as seqio's "▁<extra_id_i>"
     assert "targets (" in out and "inputs_pretokenized (" in out and "this is test 0 at the wheel" in out
     # the mixture shows the same way
     assert main(["tasks", "show", "cli_show_mixture", "-n", "1", "--inputs-length", "12"]) == 0

@@ -76,9 +76,9 @@ def test_decode_stops_at_eos_and_drops_padding(tiny):
 
     a, s = tiny.encode("test"), tiny.sentinel(2)
     ids = [0] + a + [s] + [1] + tiny.encode("what") + [0, 0]
-    assert tiny.decode(ids) == "test<extra_id_2>"
+    assert tiny.decode(ids) == "test <extra_id_2>"  # a sentinel reads as seqio's "▁<extra_id_2>"
     batch = tf.constant([ids, [0] * len(ids)])
-    assert tiny.decode_tf(batch).numpy().tolist() == [b"test<extra_id_2>", b""]
+    assert tiny.decode_tf(batch).numpy().tolist() == [b"test <extra_id_2>", b""]
     # ids beyond the vocabulary (a padded embedding) decode as unk in both worlds
     assert tiny.decode(a + [40]) == tiny.decode(a + [tiny.unk_id])
     assert tiny.decode_tf(tf.constant(a + [40])).numpy().decode() == tiny.decode(a + [40])

@@ -4,15 +4,48 @@ T5 layout: ``pad=0``, ``eos=1``, ``unk=2``, no BOS. On top of the SentencePiece 
 ``extra_ids`` sentinels, ``<extra_id_0>`` being the *last* id (``vocab_size - 1``) and
 ``<extra_id_i>`` = ``vocab_size - 1 - i``. Span corruption writes these into inputs and targets.
 
-Why the sentinels are written into the SentencePiece model itself: a vocabulary that only maps
-sentinel ids "by hand" in Python cannot be used by ``tensorflow_text.SentencepieceTokenizer`` (the
-tokenizer inside tf.data and inside an exported SavedModel), and decoding ``<extra_id_3>`` would
-produce garbage in one of the two worlds. So when the model file lacks ``<extra_id_*>`` pieces
-(real T5's ``spiece.model`` does: 32000 pieces, the 100 sentinels live only in the HF/seqio code),
-they are appended to the model proto in memory as *user-defined* pieces, in reverse order so that
-``<extra_id_0>`` lands on the last id. Both tokenizers then encode the literal text ``<extra_id_3>``
-to its id and decode the id back to that text. A model that already contains the sentinels (e.g.
-one saved by :meth:`SentencePieceVocabulary.save`) is used as is.
+Text with sentinels (what a user types for fill-in-the-blank) is encoded as Hugging Face's T5
+tokenizer does, and decoded as seqio and SentencePiece do. Facts this rests on (checked with
+transformers 5.x and 4.57, seqio's ``vocabularies.py``):
+
+* seqio (and t5) append the sentinels to the SentencePiece model as user-defined pieces
+  ``▁<extra_id_i>``, *with* the word-boundary mark. SentencePiece then matches one only at a
+  word start: "the dog <extra_id_0> in" -> ``▁the ▁do g ▁<extra_id_0> ▁in``, but
+  "dog<extra_id_0>in" spells the sentinel out in characters (``< extra _ id ...``), and so does
+  the second of two adjacent sentinels (seqio documents the word-start limitation).
+* Hugging Face's T5 tokenizer (transformers 5's ``T5Tokenizer``, 4.x's sentencepiece
+  ``T5Tokenizer`` with ``legacy=True``, the default) splits every ``<extra_id_i>`` off the text
+  first, drops the whitespace around it and encodes each piece of text between sentinels as a
+  sentence of its own (with its dummy-prefix ``▁``): "dog<extra_id_0>in" ->
+  ``▁do g <extra_id_0> ▁in``, "Hello <extra_id_0>." -> ``▁Hello <extra_id_0> ▁ .``. Where a
+  sentinel stands between spaces or at either end of the text (how fill-in-the-blank prompts and
+  T5's own examples are written) this gives exactly seqio's ids. (4.x's ``legacy=False`` drops the
+  ``▁`` of the word after a sentinel even after a space, "... <extra_id_0> in" -> ``in``, and
+  differs from both; it is not followed.)
+
+So here: **encoding** is Hugging Face's rule: the text is cut at every ``<extra_id_i>`` with
+``i < extra_ids`` (exactly that spelling: ``<extra_id_007>`` or ``<extra_id_100>`` with 100 extra
+ids are plain text), each stretch of text between them is encoded by SentencePiece on its own (its
+leading and trailing spaces vanish: T5's normaliser strips them) and each sentinel becomes its id.
+Text without sentinels encodes exactly as before. **Decoding** is SentencePiece's over seqio's
+model (sentinel pieces ``▁<extra_id_i>``): a sentinel reads as " <extra_id_i>", with a space before
+it unless it starts the text: ``▁the ▁do g <extra_id_0> ▁in`` -> "the dog <extra_id_0> in", as
+seqio and transformers 4.x's sentencepiece ``T5Tokenizer`` decode it (transformers 5 and the
+``tokenizers``-based 4.x tokenizer write no space before a sentinel: "the dog<extra_id_0> in").
+:meth:`encode` / :meth:`decode` (Python) and :meth:`encode_tf` / :meth:`decode_tf` (tensorflow-text,
+used by tf.data and inside the exported SavedModel) give identical ids and strings, and so does
+the ``tokenizer.json`` of the Hugging Face export (``t5pre.models.hf_export``).
+
+Where the sentinels live. A vocabulary that only mapped sentinel ids "by hand" in Python could not
+decode them inside ``tensorflow_text.SentencepieceTokenizer``, so the SentencePiece model that
+both tokenizers load holds them as user-defined pieces ``▁<extra_id_i>`` at the top ids, in reverse
+order (seqio's model, byte for byte, for a model file without sentinels such as real T5's
+``spiece.model``: 32000 pieces, the 100 sentinels live only in the HF/seqio code). The model
+*file* t5pre writes (:meth:`SentencePieceVocabulary.save`, :func:`train_vocabulary`, model
+directories) keeps the pieces spelt ``<extra_id_i>`` as earlier t5pre wrote them, so older model
+directories, data caches (keyed on :attr:`~SentencePieceVocabulary.serialized_model`) and older
+t5pre releases all read the same file; a file holding either spelling is accepted and used with
+the same ids.
 """
 
 from __future__ import annotations
@@ -33,12 +66,38 @@ DEFAULT_EXTRA_IDS = 100
 VOCAB_METADATA_FILE = "vocab.json"
 SPM_MODEL_FILE = "spiece.model"
 
-_EXTRA_ID_RE = re.compile(r"^<extra_id_(\d+)>$")
+# A sentinel piece as t5pre's model files spell it (``<extra_id_i>``) or as seqio's model does
+# (``▁<extra_id_i>``); both are recognised in a model file.
+_EXTRA_ID_RE = re.compile(r"^\u2581?<extra_id_(\d+)>$")
+WORD_BOUNDARY = "\u2581"  # SentencePiece's "▁"
 
 
 def extra_id_piece(i: int) -> str:
     """The text of sentinel ``i``: ``<extra_id_i>``."""
     return f"<extra_id_{i}>"
+
+
+def sentinel_pattern(extra_ids: int) -> str:
+    """A regular expression (Python ``re`` and RE2 alike) matching exactly the sentinel texts
+    ``<extra_id_0>`` .. ``<extra_id_{extra_ids - 1}>``; "" when there are none."""
+    return "|".join(extra_id_piece(i) for i in range(extra_ids))
+
+
+def _with_sentinel_pieces(proto, extra_ids: int, prefix: str):
+    """``proto`` (a copy) whose last ``extra_ids`` pieces are the sentinels spelt
+    ``prefix + <extra_id_i>``, user-defined, ``<extra_id_0>`` last; appended when ``proto`` has no
+    sentinels, renamed in place when it has them (in either spelling)."""
+    pb = _model_proto_module()
+    out = pb.ModelProto()
+    out.CopyFrom(proto)
+    size = len(out.pieces)
+    has = bool(extra_ids) and _EXTRA_ID_RE.match(out.pieces[size - 1].piece) is not None
+    for i in reversed(range(extra_ids)):
+        piece = out.pieces[size - 1 - i] if has else out.pieces.add()
+        piece.piece = prefix + extra_id_piece(i)
+        piece.score = 0.0
+        piece.type = pb.ModelProto.SentencePiece.USER_DEFINED
+    return out
 
 
 def _model_proto_module():
@@ -104,31 +163,31 @@ class SentencePieceVocabulary:
         self._origin = origin
         self._check_special_ids(proto, origin)
         existing = self._existing_sentinels(proto, origin)
-        if existing:
-            if existing != extra_ids:
-                raise DataError(
-                    f"{origin}: the model already contains {existing} <extra_id_*> sentinels but "
-                    f"extra_ids={extra_ids} was asked for; pass extra_ids={existing}"
-                )
-            self._serialized = data
+        if existing and existing != extra_ids:
+            raise DataError(
+                f"{origin}: the model already contains {existing} <extra_id_*> sentinels but "
+                f"extra_ids={extra_ids} was asked for; pass extra_ids={existing}"
+            )
+        # The file form (what save() writes, spelt <extra_id_i>) and the form both tokenizers
+        # load (seqio's, spelt ▁<extra_id_i>): see the module docstring.
+        if existing and all(not p.piece.startswith(WORD_BOUNDARY) for p in proto.pieces[-existing:]):
+            self._serialized = data  # t5pre's own file: its bytes as they are
         else:
-            pb = _model_proto_module()
-            for i in reversed(range(extra_ids)):
-                piece = proto.pieces.add()
-                piece.piece = extra_id_piece(i)
-                piece.score = 0.0
-                piece.type = pb.ModelProto.SentencePiece.USER_DEFINED
-            self._serialized = proto.SerializeToString()
+            self._serialized = _with_sentinel_pieces(proto, extra_ids, "").SerializeToString()
+        self._processor_model = _with_sentinel_pieces(proto, extra_ids, WORD_BOUNDARY).SerializeToString()
         self._extra_ids = extra_ids
-        self._vocab_size = len(proto.pieces)
+        self._vocab_size = len(proto.pieces) + (0 if existing else extra_ids)
         self._num_base_pieces = self._vocab_size - extra_ids
         self._byte_fallback = bool(proto.trainer_spec.byte_fallback)
+        pattern = sentinel_pattern(extra_ids)
+        self._sentinel_pattern = pattern
+        self._sentinel_re = re.compile(pattern) if pattern else None
 
         import sentencepiece as spm
 
         self._sp = spm.SentencePieceProcessor()
         try:
-            self._sp.LoadFromSerializedProto(self._serialized)
+            self._sp.LoadFromSerializedProto(self._processor_model)
         except Exception as e:
             raise DataError(f"{origin}: SentencePiece could not load the model ({e})") from None
         self._tf_tokenizer = None
@@ -191,8 +250,15 @@ class SentencePieceVocabulary:
 
     @property
     def serialized_model(self) -> bytes:
-        """The SentencePiece model bytes, sentinels included (what export and save embed)."""
+        """The SentencePiece model file's bytes, sentinels included and spelt ``<extra_id_i>``
+        (what :meth:`save` writes; what identifies the vocabulary)."""
         return self._serialized
+
+    @property
+    def tokenizer_model(self) -> bytes:
+        """The SentencePiece model both tokenizers load: sentinels spelt ``▁<extra_id_i>``, as
+        seqio builds it (what the Hugging Face export writes as ``spiece.model``)."""
+        return self._processor_model
 
     def sentinel(self, i: int) -> int:
         """Id of ``<extra_id_i>``: ``vocab_size - 1 - i``."""
@@ -204,7 +270,11 @@ class SentencePieceVocabulary:
         return self._vocab_size - self._extra_ids <= token_id < self._vocab_size
 
     def id_to_piece(self, token_id: int) -> str:
-        return self._sp.IdToPiece(int(token_id))
+        """The piece of ``token_id``; ``<extra_id_i>`` for sentinel ``i``."""
+        token_id = int(token_id)
+        if self.is_sentinel(token_id):
+            return extra_id_piece(self._vocab_size - 1 - token_id)
+        return self._sp.IdToPiece(token_id)
 
     def __repr__(self):
         return (
@@ -224,10 +294,20 @@ class SentencePieceVocabulary:
 
     # ------------------------------------------------------------------------- python encode
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no EOS added). Sentinel text ``<extra_id_i>`` maps to its id."""
+        """Token ids of ``text`` (no EOS added). Each ``<extra_id_i>`` becomes its id and the
+        text between sentinels is encoded on its own, as Hugging Face's T5 tokenizer does (see
+        the module docstring)."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
-        return list(self._sp.EncodeAsIds(text))
+        if self._sentinel_re is None or "<extra_id_" not in text:
+            return list(self._sp.EncodeAsIds(text))
+        ids, start = [], 0
+        for match in self._sentinel_re.finditer(text):
+            ids.extend(self._sp.EncodeAsIds(text[start:match.start()]))
+            ids.append(self._vocab_size - 1 - int(match.group()[len("<extra_id_"):-1]))
+            start = match.end()
+        ids.extend(self._sp.EncodeAsIds(text[start:]))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``: stops at the first EOS, drops padding; ids beyond the vocabulary
@@ -247,22 +327,59 @@ class SentencePieceVocabulary:
     # ----------------------------------------------------------------------------- tf encode
     @property
     def tf_tokenizer(self):
-        """The ``tensorflow_text.SentencepieceTokenizer`` over :attr:`serialized_model`."""
+        """The ``tensorflow_text.SentencepieceTokenizer`` over :attr:`tokenizer_model`.
+
+        Its own ``tokenize`` does not split sentinels off: encode with :meth:`encode_tf`."""
         if self._tf_tokenizer is None:
             import tensorflow as tf
             import tensorflow_text as tf_text
 
             with tf.init_scope():  # the tokenizer's resource must outlive any tf.function
                 tokenizer = tf_text.SentencepieceTokenizer(
-                    model=self._serialized, out_type=tf.int32, add_bos=False, add_eos=False
+                    model=self._processor_model, out_type=tf.int32, add_bos=False, add_eos=False
                 )
-                tokenizer._model_resource = _shared_model_resource(self._serialized)
+                tokenizer._model_resource = _shared_model_resource(self._processor_model)
                 self._tf_tokenizer = tokenizer
         return self._tf_tokenizer
 
     def encode_tf(self, text):
-        """Tokenize inside TensorFlow: scalar string -> int32 1-D; 1-D strings -> int32 Ragged."""
-        return self.tf_tokenizer.tokenize(text)
+        """Tokenize inside TensorFlow, as :meth:`encode`: a scalar string -> int32 1-D; strings
+        of rank r >= 1 -> int32 Ragged of rank r + 1."""
+        import tensorflow as tf
+
+        if self._sentinel_re is None:
+            return self.tf_tokenizer.tokenize(text)
+        text = tf.convert_to_tensor(text, tf.string)
+        rank = text.shape.rank
+        if rank is None:
+            raise ValueError("encode_tf needs strings of known rank")
+        ids = self._encode_flat_tf(tf.reshape(text, [-1]))
+        if rank == 0:
+            return ids[0]
+        if rank > 1:
+            dims = tf.shape(text, out_type=tf.int64)
+            for axis in range(rank - 1, 0, -1):
+                ids = tf.RaggedTensor.from_uniform_row_length(ids, dims[axis])
+        return ids
+
+    def _encode_flat_tf(self, texts):
+        """1-D strings -> int32 Ragged [B, None]: every text cut into sentinels and the stretches
+        between them (tensorflow-text's RE2 regex split, the pattern of :meth:`encode`); the
+        stretches are tokenized, the sentinels looked up, and each row joined back in order."""
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+
+        pattern = self._sentinel_pattern
+        parts = tf_text.regex_split(texts, pattern, keep_delim_regex_pattern=pattern)  # [B, P]
+        flat = parts.flat_values
+        is_sentinel = tf.strings.regex_full_match(flat, pattern)
+        pieces = self.tf_tokenizer.tokenize(tf.where(is_sentinel, "", flat))  # [P, None]
+        number = tf.strings.to_number(
+            tf.strings.regex_replace(tf.boolean_mask(flat, is_sentinel), "[^0-9]", ""), tf.int32)
+        sentinels = tf.RaggedTensor.from_row_lengths(
+            self._vocab_size - 1 - number, tf.cast(is_sentinel, pieces.row_splits.dtype))
+        per_part = tf.concat([pieces, sentinels], axis=1)  # a part is text or one sentinel
+        return parts.with_flat_values(per_part).merge_dims(1, 2)
 
     def decode_tf(self, ids):
         """Detokenize inside TensorFlow: 1-D ids -> scalar string; 2-D (dense or ragged) ->

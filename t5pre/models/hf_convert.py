@@ -308,8 +308,10 @@ def _read_vocabulary(directory: pathlib.Path, config: T5Config, extra_ids):
     from t5pre.errors import T5preError
 
     if extra_ids is None:
-        # A t5pre export keeps its sentinels inside spiece.model (tokenizer_config says 0 then);
-        # HF's T5 adds tokenizer_config.json's extra_ids (default 100) on top of the pieces.
+        # A t5pre export keeps its sentinels inside spiece.model, spelt "▁<extra_id_i>" as seqio
+        # does (tokenizer_config says 0 then); HF's T5 adds tokenizer_config.json's extra_ids
+        # (default 100) on top of the pieces. Text with sentinels then encodes as HF's T5
+        # tokenizer encodes it either way (t5pre.data.vocabulary).
         extra_ids = _sentinels_in(spm_path)
         if not extra_ids:
             extra_ids = 100
@@ -333,7 +335,8 @@ def _read_vocabulary(directory: pathlib.Path, config: T5Config, extra_ids):
 
 
 def _sentinels_in(spm_path: pathlib.Path) -> int:
-    """How many <extra_id_*> pieces the SentencePiece model itself holds (0 for HF's T5)."""
+    """How many sentinel pieces (spelt "<extra_id_i>" or seqio's "▁<extra_id_i>") the
+    SentencePiece model itself holds (0 for HF's T5)."""
     from t5pre.data.vocabulary import SentencePieceVocabulary, _parse_model
     from t5pre.errors import T5preError
 

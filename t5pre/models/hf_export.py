@@ -3,7 +3,7 @@
     OUT/config.json            transformers' T5Config (T5.1.1: untied, "gated-gelu"; T5 1.0: tied)
     OUT/model.safetensors      the weights, float32, written with the `safetensors` library
     OUT/generation_config.json decoder_start_token_id 0, eos 1, pad 0
-    OUT/spiece.model           t5pre's SentencePiece model (sentinels included)
+    OUT/spiece.model           t5pre's SentencePiece model (sentinels included, seqio's spelling)
     OUT/tokenizer.json         the same tokenizer for the `tokenizers` library (see below)
     OUT/tokenizer_config.json, OUT/special_tokens_map.json
 
@@ -11,16 +11,22 @@ so that, offline, `T5ForConditionalGeneration.from_pretrained(OUT)` gives t5pre'
 `AutoTokenizer.from_pretrained(OUT)` t5pre's token ids. The weight names come from the same table
 as the import (`hf_convert._weight_plan`), so import and export cannot drift apart.
 
-Why a hand-built tokenizer.json rather than `T5Tokenizer(spiece.model)`: t5pre's SentencePiece
-model already holds the sentinels as user-defined pieces, which SentencePiece matches inside the
-text ("a <extra_id_0> b" -> "▁a", "▁", "<extra_id_0>", "▁b"). HF's T5 tokenizer instead adds
-`extra_ids` sentinels of its own as special tokens split off before normalisation, which drops
-the "▁" around them and, with `extra_ids` > 0, appends 100 more ids. Here the sentinels stay
-ordinary pieces of the Unigram model, isolated by a pre-tokenizer, and `extra_ids` is 0; the
-normaliser follows the SentencePiece model's own spec (its precompiled NFKC map, whitespace
-stripping and collapsing, the "▁" dummy prefix) and byte fallback is kept. The ids then equal
-`vocabulary.encode(text) + [EOS]` (tests/test_hf_export.py checks it on text with sentinels,
-multiple spaces, unknown characters and byte-fallback characters). One known difference: the
+Why a hand-built tokenizer.json rather than `T5Tokenizer(spiece.model)`: transformers 5's
+`T5Tokenizer` builds its Unigram model without byte fallback (characters outside the pieces become
+<unk>, where SentencePiece spells them in bytes) and ignores the model's own normaliser flags, so
+the ids would differ from t5pre's on such text. Here the normaliser follows the SentencePiece
+model's spec (its precompiled NFKC map, whitespace stripping and collapsing, the "▁" dummy prefix),
+byte fallback is kept, and the sentinels are what Hugging Face's T5 makes them: special added
+tokens `<extra_id_i>` at ids `vocab_size - 1 - i`, split off the text before normalisation, so the
+text between two sentinels is encoded on its own ("a <extra_id_0> b" -> "▁a", "<extra_id_0>",
+"▁b", no stray "▁"; the rule of `t5pre.data.vocabulary`). The decoder writes a sentinel as
+" <extra_id_i>" (a space before it unless it starts the text), as t5pre, seqio and SentencePiece
+decode it; `skip_special_tokens=True` drops sentinels, like Hugging Face's T5. The ids then equal
+`vocabulary.encode(text) + [EOS]` and the decoded strings `vocabulary.decode(ids)`
+(tests/test_hf_export.py, tests/test_sentinels.py check it on text with sentinels glued to words
+or between spaces, multiple spaces, unknown characters and byte-fallback characters).
+`spiece.model` is the model t5pre's tokenizers load: seqio's, sentinels spelt `▁<extra_id_i>`
+(`extra_ids` 0 in tokenizer_config.json: they are already in it). One known difference: the
 literal text "</s>", "<pad>" or "<unk>" becomes that special token in HF, characters in t5pre.
 """
 
@@ -91,15 +97,16 @@ def keras_value(variable):
 
 # --------------------------------------------------------------------------------- tokenizer
 def hf_tokenizer(vocabulary):
-    """A `tokenizers.Tokenizer` that encodes like `vocabulary` (+ EOS) (see the module docstring)."""
+    """A `tokenizers.Tokenizer` that encodes like `vocabulary` (+ EOS) and decodes like it
+    (see the module docstring). Returns (tokenizer, [pad, eos, unk] pieces, sentinel pieces)."""
     tokenizers = require("tokenizers", PURPOSE)
-    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
 
-    from t5pre.data.vocabulary import _model_proto_module
+    from t5pre.data.vocabulary import _model_proto_module, extra_id_piece
 
     proto = _model_proto_module().ModelProto()
-    proto.ParseFromString(vocabulary.serialized_model)
+    proto.ParseFromString(vocabulary.serialized_model)  # sentinels spelt <extra_id_i>
     if proto.trainer_spec.model_type != proto.trainer_spec.UNIGRAM:
         raise CheckpointError(
             "exporting the tokenizer needs a unigram SentencePiece model (t5pre's default); this "
@@ -118,11 +125,15 @@ def hf_tokenizer(vocabulary):
     if spec.add_dummy_prefix:  # in the normaliser: a pre-tokenizer would miss it after a strip
         steps.append(normalizers.Prepend("▁"))
     tokenizer.normalizer = normalizers.Sequence(steps)
-    user_defined = [p.piece for p in proto.pieces if p.type == p.USER_DEFINED]
-    if user_defined:  # sentinels (and any other user-defined piece) are emitted whole
+    sentinels = [extra_id_piece(i) for i in range(vocabulary.extra_ids)]
+    user_defined = [p.piece for p in proto.pieces[: vocabulary.num_base_pieces]
+                    if p.type == p.USER_DEFINED]
+    if user_defined:  # any user-defined piece of the base model is emitted whole
         pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    tail = [decoders.Replace("▁", " ")]
+    # a sentinel decodes as SentencePiece decodes seqio's piece "▁<extra_id_i>"
+    tail = [decoders.Replace("<extra_id_", "▁<extra_id_")] if sentinels else []
+    tail.append(decoders.Replace("▁", " "))
     if proto.trainer_spec.byte_fallback:
         tail.append(decoders.ByteFallback())
     tail.append(decoders.Fuse())
@@ -131,21 +142,27 @@ def hf_tokenizer(vocabulary):
     tokenizer.decoder = decoders.Sequence(tail)
     specials = [proto.pieces[i].piece for i in (vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id)]
     tokenizer.add_special_tokens(specials)
+    # Hugging Face's T5: sentinels are special tokens matched in the raw text (before the
+    # normaliser), so the text on each side is encoded as a sentence of its own.
+    tokenizer.add_special_tokens([AddedToken(s, special=True, normalized=False, lstrip=False,
+                                             rstrip=False, single_word=False) for s in sentinels])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=["$A", specials[1]], pair=["$A", specials[1], "$B", specials[1]],
         special_tokens=[(specials[1], vocabulary.eos_id)])
-    return tokenizer, specials
+    return tokenizer, specials, sentinels
 
 
 def _write_tokenizer(vocabulary, directory: pathlib.Path, max_length: int):
-    tokenizer, (pad, eos, unk) = hf_tokenizer(vocabulary)
+    tokenizer, (pad, eos, unk), sentinels = hf_tokenizer(vocabulary)
     tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "spiece.model").write_bytes(vocabulary.serialized_model)
+    (directory / "spiece.model").write_bytes(vocabulary.tokenizer_model)
     special = {"pad_token": pad, "eos_token": eos, "unk_token": unk}
+    if sentinels:
+        special["additional_special_tokens"] = sentinels
     _write_json(directory / "special_tokens_map.json", special)
     _write_json(directory / "tokenizer_config.json", {
         # the generic fast tokenizer loads tokenizer.json as written; T5Tokenizer would rebuild
-        # the pipeline (and the sentinels) its own way
+        # the pipeline its own way (without byte fallback)
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,
         "extra_ids": 0,  # the sentinels are already in spiece.model / tokenizer.json
