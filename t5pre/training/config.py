@@ -103,6 +103,17 @@ class DataSection:
     modules: list = _field(
         factory=list, doc="Python modules imported before the task is looked up (they may "
                           "register it); `--module` adds to them and the run records them")
+
+    def files_spec(self) -> Optional[dict]:
+        """The ``data.files`` keys that rebuild the run's files task (fine-tuning records them
+        for evaluate; :func:`t5pre.tasks.files.files_task` reads them), or None when the run
+        trains on a registered task."""
+        if not self.files:
+            return None
+        return {"task": self.task, "files": copy.deepcopy(self.files), "format": self.format,
+                "text_field": self.text_field, "input_field": self.input_field,
+                "target_field": self.target_field, "prefix": self.prefix,
+                "vocabulary": self.vocabulary}
     sequence_length: SequenceLength = _field(factory=SequenceLength)
     pack: bool = _field(False, doc="pack several examples into each row (T5 pretraining: true)")
     shuffle: bool = _field(True)
@@ -254,16 +265,6 @@ class RunConfig:
     def replace(self, path: str, value) -> "RunConfig":
         """A copy with one dotted key changed (validated like an override)."""
         return from_dict(_set_path(self.to_dict(), path, value, origin="replace"), origin="replace")
-
-    def files_spec(self) -> Optional[dict]:
-        """The ``data.files`` keys that rebuild the run's files task (recorded by fine-tuning
-        for evaluate), or None when the run trains on a registered task."""
-        d = self.data
-        if not d.files:
-            return None
-        return {"task": d.task, "files": copy.deepcopy(d.files), "format": d.format,
-                "text_field": d.text_field, "input_field": d.input_field,
-                "target_field": d.target_field, "prefix": d.prefix, "vocabulary": d.vocabulary}
 
     @property
     def data_seed(self) -> int:
@@ -429,12 +430,14 @@ def _files_by_split(value, where: _Where) -> dict:
     return out
 
 
-def files_kind(data: "DataSection") -> str:
-    """What a ``data.files`` run trains: ``pretraining`` (span corruption over text),
-    ``seq2seq`` (input_field -> target_field, ROUGE) or ``qa`` (SQuAD JSON)."""
-    if data.format == "squad":
+def files_kind(data) -> str:
+    """What a ``data.files`` run trains (``data``: a DataSection or its ``files_spec()``):
+    ``pretraining`` (span corruption over text), ``seq2seq`` (input_field -> target_field,
+    ROUGE) or ``qa`` (SQuAD JSON)."""
+    get = data.get if isinstance(data, dict) else (lambda key: getattr(data, key))
+    if get("format") == "squad":
         return "qa"
-    return "seq2seq" if data.input_field or data.target_field else "pretraining"
+    return "seq2seq" if get("input_field") or get("target_field") else "pretraining"
 
 
 def _check_files(cfg: RunConfig, where: _Where) -> None:
