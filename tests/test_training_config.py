@@ -115,6 +115,11 @@ def test_continued_run_stretches_a_derived_decay_and_keeps_an_explicit_one(tmp_p
     lr_old = float(make_schedule(first.optimizer)(150))
     lr_new = float(make_schedule(more.optimizer)(150))
     assert lr_old == pytest.approx(1e-5, rel=1e-4) and lr_new > 10 * lr_old
+    # a re-run from the saved config.yaml (no --config) stretches the same way
+    saved = str(tmp_path / "config.yaml")
+    rerun = C.load_config(saved, ["training.steps=300"], model_dir=str(tmp_path), log=notes.append)
+    assert rerun.optimizer.decay_steps == 300 and len(notes) == 2
+    assert C.load_config(saved, [], model_dir=str(tmp_path)) == first
     explicit = C.load_config(None, base + ["training.steps=300", "optimizer.decay_steps=100"],
                              model_dir=str(tmp_path))
     assert explicit.optimizer.decay_steps == 100

@@ -535,8 +535,7 @@ def resolve(cfg: RunConfig, previous: RunConfig | None = None, log=None) -> RunC
     if (previous is not None and o.decay_steps is None
             and previous.optimizer.decay_steps is not None):
         p = previous.optimizer
-        derived = p.decay_steps == max(previous.training.steps, p.warmup_steps, 1)
-        if derived:
+        if _derived_decay(previous):
             old_end = p.decay_steps
         else:
             o.decay_steps = p.decay_steps
@@ -698,7 +697,19 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
         stored = os.path.join(model_dir, "config.yaml")
         if os.path.isfile(stored):
             previous = load_config(stored)
+            if (path is not None and os.path.abspath(path) == os.path.abspath(stored)
+                    and "optimizer.decay_steps" not in flags and _derived_decay(previous)):
+                # A re-run from the saved config: its decay_steps is the one resolve derived
+                # from training.steps, not a choice; derive it again from the new steps.
+                cfg.optimizer.decay_steps = None
     return resolve(cfg, previous, log=log)
+
+
+def _derived_decay(cfg: RunConfig) -> bool:
+    """Whether a resolved config's decay end is the one derived from training.steps."""
+    o = cfg.optimizer
+    return (o.schedule in ("cosine", "linear") and o.decay_steps is not None
+            and o.decay_steps == max(cfg.training.steps, o.warmup_steps, 1))
 
 
 DEFAULT_FINETUNE_DROPOUT = 0.1
