@@ -106,6 +106,20 @@ def test_files_task_formats_and_errors(tmp_path):
         files_task(cfg.data)
 
 
+def test_a_files_task_goes_through_the_token_cache(tmp_path):
+    from t5pre.data.cache import build_cache, in_memory_store, open_cache
+    from t5pre.tasks.files import files_task
+
+    (tmp_path / "book.txt").write_text((BOOK + "\n") * 5)
+    cfg = C.load_config(None, [f"data.files={tmp_path / 'book.txt'}", "data.format=paragraphs"])
+    build_cache(files_task(cfg.data), str(tmp_path / "cache"))
+    # a later process rebuilds the same task from the recorded keys and opens the cache
+    cached = open_cache(str(tmp_path / "cache"), task=files_task(cfg.data)).split("train")
+    memory = in_memory_store(files_task(cfg.data), "train")
+    assert cached.num_documents == memory.num_documents == 15  # 3 paragraphs x 5
+    assert cached.document(1).tolist() == memory.document(1).tolist()
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data.task=x", "data.format=paragraphs"], "data.format applies to data.files"),
     (["data.files=[a.txt, b.jsonl]"], "mix JSON Lines"),
