@@ -106,6 +106,16 @@ def test_files_task_formats_and_errors(tmp_path):
         files_task(cfg.data)
 
 
+def test_files_task_vocabulary(shared_data, tmp_path):
+    from t5pre.tasks.files import files_task
+
+    (tmp_path / "a.txt").write_text("some text\n")
+    model = shared_data / "spm" / "seqio_test_sentencepiece.model"
+    cfg = C.load_config(None, [f"data.files={tmp_path / 'a.txt'}", f"data.vocabulary={model}"])
+    assert files_task(cfg.data).vocabulary.vocab_size == 126
+    assert files_task(cfg.data.files_spec()).vocabulary.vocab_size == 126  # the recorded form
+
+
 def test_a_files_task_goes_through_the_token_cache(tmp_path):
     from t5pre.data.cache import build_cache, in_memory_store, open_cache
     from t5pre.tasks.files import files_task
