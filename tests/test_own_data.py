@@ -172,52 +172,45 @@ def pretrained(tmp_path_factory):
     return root
 
 
-def test_pretrain_on_files_resumes_and_extends_the_schedule(pretrained, capsys):
+def test_pretrain_on_files_resumes_and_extends_the_schedule(pretrained, capsys, monkeypatch):
+    from t5pre.data.registry import TaskRegistry
+    from t5pre.training.schedules import make_schedule
+
+    # --module is recorded too: this one registers a task (a fresh process would lack it)
+    (pretrained / "own_data_tasks_mod.py").write_text(
+        "from t5pre.tasks.pretraining import register_text_pretraining_task\n"
+        "register_text_pretraining_task('own_data_mod_task', "
+        f"{str(pretrained / 'corpus' / '*.txt')!r})\n")
+    monkeypatch.syspath_prepend(str(pretrained))
     run = pretrained / "run"
     code, out, err = run_cli(capsys, "pretrain", "--model-dir", run, "--files",
                              pretrained / "corpus" / "*.txt", "--format", "paragraphs",
-                             "--steps", "3", *PRETRAIN)
+                             "--module", "own_data_tasks_mod", "--steps", "3", *PRETRAIN)
     assert code == 0, err
     saved = C.load_config(str(run / "config.yaml"))
     assert saved.data.files == {"train": [str(pretrained / "corpus" / "*.txt")]}
     assert saved.data.format == "paragraphs" and saved.data.task == "files_span_corruption"
-    from t5pre.training.schedules import make_schedule
-
+    assert saved.data.modules == ["own_data_tasks_mod"]
     # the decay ends at step 3: the rate of a 4th update would be the floor
     assert float(make_schedule(saved.optimizer)(3)) == pytest.approx(1e-6, rel=1e-3)
 
-    # the same directory, --steps 6, nothing else: files, format and tiny settings are kept
+    # the same directory, --steps 6, nothing else: files, format, module, settings are kept
+    TaskRegistry.remove("own_data_mod_task")
+    monkeypatch.delitem(sys.modules, "own_data_tasks_mod")
     code, out, err = run_cli(capsys, "pretrain", "--model-dir", run, "--steps", "6")
     assert code == 0, err
+    assert "own_data_mod_task" in TaskRegistry.names()  # the recorded module was imported
     assert "resumed from" in out and "step 6/6" in out
     assert "decay now ends at step 6" in out and "optimizer.decay_steps=3" in out
     lr_at = dict(re.findall(r"step (\d+)/\d+ .*?\| lr ([0-9.e+-]+)", out))
     assert float(lr_at["4"]) > 1e-3  # not at the floor for the new steps
 
 
-def test_pretrain_records_module(tmp_path, capsys, monkeypatch):
-    from t5pre.data.registry import TaskRegistry
-
-    (tmp_path / "corpus.txt").write_text("some words of text to pretrain on\n" * 40)
-    (tmp_path / "own_data_tasks_mod.py").write_text(
-        "from t5pre.tasks.pretraining import register_text_pretraining_task\n"
-        f"register_text_pretraining_task('own_data_mod_task', {str(tmp_path / 'corpus.txt')!r})\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "pretrain", "--model-dir", run, "--steps", "1",
-                           "--set", "data.task=own_data_mod_task", *PRETRAIN)
-    assert code == 2 and "--module PYTHON_MODULE" in err and "unknown task" in err
-    code, _, err = run_cli(capsys, "pretrain", "--model-dir", run, "--steps", "1",
-                           "--module", "own_data_tasks_mod",
-                           "--set", "data.task=own_data_mod_task", *PRETRAIN)
-    assert code == 0, err
-    assert C.load_config(str(run / "config.yaml")).data.modules == ["own_data_tasks_mod"]
-    # a fresh process would not know the task: forget it, then resume without --module
-    TaskRegistry.remove("own_data_mod_task")
-    monkeypatch.delitem(sys.modules, "own_data_tasks_mod")
-    code, out, err = run_cli(capsys, "pretrain", "--model-dir", run, "--steps", "2")
-    assert code == 0, err
-    assert "resumed from" in out and "step 2/2" in out
+def test_an_unknown_task_hints_at_module(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "pretrain", "--model-dir", tmp_path / "run", "--steps", "1",
+                           "--set", "data.task=own_data_nosuch_task", *PRETRAIN)
+    assert code == 2 and "unknown task" in err and "--module PYTHON_MODULE" in err
+    assert "--files GLOB" in err and "Traceback" not in err
 
 
 def test_finetune_from_jsonl_then_evaluate_and_predict_with_nothing_repeated(
