@@ -85,6 +85,20 @@ def _record_architecture(run_config, model_config, init):
     return run_config
 
 
+def _files_task(run_config, init_model):
+    """The task of ``data.files`` (JSON Lines fields or SQuAD JSON), over the init model's
+    vocabulary unless ``data.vocabulary`` names one."""
+    from t5pre.tasks.files import files_task
+    from t5pre.training.config import files_kind
+
+    if files_kind(run_config.data) == "pretraining":
+        raise ConfigError("fine-tuning on data.files needs an input and a target: "
+                          "--input-field and --target-field (data.input_field / "
+                          "target_field, JSON Lines) or --format squad (SQuAD JSON)")
+    vocabulary = init_model.vocabulary if init_model is not None else None
+    return files_task(run_config.data, vocabulary)
+
+
 def finetune(run_config, model_dir: str, *, init=None, model_config=None, strategy=None,
              backend=None, task=None, log: Optional[Callable] = None,
              modules=()) -> FinetuneResult:
@@ -112,8 +126,10 @@ def finetune(run_config, model_dir: str, *, init=None, model_config=None, strate
     if run_config.data.mixture and task is None:
         raise ConfigError("fine-tuning trains and evaluates one task: set data.task (--task), "
                           f"not data.mixture ({run_config.data.mixture!r})")
-    task = task or get_downstream_task(run_config.data.task)
     init_model = read_init(init) if init is not None else None
+    if task is None and run_config.data.files:
+        task = _files_task(run_config, init_model)
+    task = task or get_downstream_task(run_config.data.task)
     if init_model is not None:
         task = check_vocabulary(init_model.vocabulary, task, f"--init-from {init.spec}",
                                 use_model_vocabulary=settings.use_model_vocabulary)
@@ -126,13 +142,17 @@ def finetune(run_config, model_dir: str, *, init=None, model_config=None, strate
 
     lengths = run_config.data.sequence_length
     sequence_length = {"inputs": lengths.inputs, "targets": lengths.targets}
+    # Everything evaluate / predict need to score this model again without flags.
     info = {"task": task.name, "split": run_config.data.eval_split,
             "sequence_length": sequence_length,
             "init_from": init.spec if init is not None else None,
-            "eval_examples": settings.eval_examples, "modules": list(modules)}
+            "eval_examples": settings.eval_examples, "modules": list(modules),
+            "use_model_vocabulary": bool(settings.use_model_vocabulary),
+            "data": run_config.data.files_spec()}
     actions = []
     decode = None
-    if run_config.data.eval_split and run_config.training.eval_every and task.metric_fns:
+    if (run_config.data.eval_split and run_config.training.eval_every and task.metric_fns
+            and run_config.data.eval_split in task.splits):
         decode = DecodeEvaluation(TaskEvaluator(
             task, vocabulary, split=run_config.data.eval_split, sequence_length=sequence_length,
             max_examples=settings.eval_examples, settings=settings.decode_settings(lengths),

@@ -13,7 +13,9 @@ Registered on import (``t5pre.get_task(name)`` imports the catalogue first):
   and the prepared data; registering it needs neither).
 
 :func:`register_text_pretraining_task` registers the same pipeline over a user's own text files
-(plain text, one document per line, or JSON Lines with a text field).
+(plain text with one document per line, per paragraph or per file, or JSON Lines with a text
+field); :mod:`t5pre.tasks.files` builds it from a run config's ``data.files`` (``t5pre pretrain
+--files``).
 
 Every pretraining pipeline is: text -> token ids (``targets`` vocabulary) -> documents
 concatenated and cut into chunks whose length makes the objective's outputs fill
@@ -146,12 +148,21 @@ def _split_files(files) -> dict:
     return out
 
 
+#: ``file_format`` values of :func:`register_text_pretraining_task` (``text`` = ``lines``).
+TEXT_FILE_FORMATS = ("lines", "paragraphs", "file", "jsonl")
+
+
+def is_jsonl_path(pattern: str) -> bool:
+    """Whether a file name or pattern ends like JSON Lines (.jsonl, .json, .ndjson, + .gz)."""
+    return str(pattern).lower().endswith(_JSON_SUFFIXES)
+
+
 def _file_format(files: Mapping[str, list]) -> str:
-    kinds = {("jsonl" if p.lower().endswith(_JSON_SUFFIXES) else "text")
+    kinds = {("jsonl" if is_jsonl_path(p) else "lines")
              for patterns in files.values() for p in patterns}
     if len(kinds) > 1:
         raise ConfigError("files mix JSON Lines (.jsonl/.json) and plain text; pass file_format= "
-                          "'jsonl' or 'text' explicitly, or register them as separate tasks")
+                          "'jsonl' or 'lines' explicitly, or register them as separate tasks")
     return kinds.pop()
 
 
@@ -179,8 +190,10 @@ def register_text_pretraining_task(
         objective: ``"span_corruption"`` (T5), ``"prefix_lm"``, ``"iid_denoising"``, ``"ul2"``
             (registers ``{name}_r`` ... and returns the mixture ``name``) or an objective object.
         text_key: the JSON field holding the text (JSON Lines files).
-        file_format: ``"text"`` (one document per non-blank line) or ``"jsonl"``; default from the
-            extensions (``.jsonl``/``.json`` -> JSON Lines).
+        file_format: ``"lines"`` (one document per non-blank line; ``"text"`` is the same),
+            ``"paragraphs"`` (documents separated by blank lines, hard-wrapped lines joined),
+            ``"file"`` (one document per file) or ``"jsonl"``; default from the extensions
+            (``.jsonl``/``.json`` -> JSON Lines, else ``lines``).
         objective_options: keyword arguments of the named objective (e.g. ``noise_density``).
         document_separator_id / keep_remainder: see :mod:`t5pre.data.chunking`.
     """
@@ -190,12 +203,15 @@ def register_text_pretraining_task(
         raise ConfigError(f"a pretraining task needs a name, got {name!r}")
     split_files = _split_files(files)
     file_format = file_format or _file_format(split_files)
+    if file_format == "text":
+        file_format = "lines"
     if file_format == "jsonl":
         source = JSONLSource(split_files, fields={"text": text_key})
-    elif file_format == "text":
-        source = TextLineSource(split_files, field="text")
+    elif file_format in TEXT_FILE_FORMATS:
+        source = TextLineSource(split_files, field="text", documents=file_format)
     else:
-        raise ConfigError(f"file_format must be 'text' or 'jsonl', got {file_format!r}")
+        raise ConfigError(f"file_format must be one of {', '.join(TEXT_FILE_FORMATS)}, "
+                          f"got {file_format!r}")
     vocabulary = _resolve_vocabulary(vocabulary)
     chunk_options = {"document_separator_id": document_separator_id,
                      "keep_remainder": keep_remainder}

@@ -95,16 +95,40 @@ def test_resolution_and_round_trip(tmp_path):
     assert C.load_config(str(out)) == cfg
 
 
-def test_continued_run_keeps_the_decay_horizon(tmp_path):
-    first = C.load_config(None, ["data.task=x", "optimizer.name=adamw", "training.steps=100",
-                                 "optimizer.warmup_steps=10"])
+def test_continued_run_stretches_a_derived_decay_and_keeps_an_explicit_one(tmp_path):
+    from t5pre.training.schedules import make_schedule
+
+    base = ["data.task=x", "optimizer.name=adamw", "optimizer.warmup_steps=10",
+            "optimizer.final_learning_rate=1e-5"]
+    first = C.load_config(None, base + ["training.steps=100"])
     C.save_config(first, str(tmp_path / "config.yaml"))
-    more = C.load_config(None, ["data.task=x", "optimizer.name=adamw", "training.steps=300",
-                                "optimizer.warmup_steps=10"], model_dir=str(tmp_path))
-    assert more.training.steps == 300 and more.optimizer.decay_steps == 100
-    explicit = C.load_config(None, ["data.task=x", "optimizer.name=adamw", "training.steps=300",
-                                    "optimizer.decay_steps=300"], model_dir=str(tmp_path))
-    assert explicit.optimizer.decay_steps == 300
+    notes = []
+    same = C.load_config(None, base + ["training.steps=100"], model_dir=str(tmp_path),
+                         log=notes.append)
+    assert same == first and notes == []  # an unchanged run resumes exactly
+    more = C.load_config(None, base + ["training.steps=300"], model_dir=str(tmp_path),
+                         log=notes.append)
+    assert more.training.steps == 300 and more.optimizer.decay_steps == 300
+    assert len(notes) == 1 and "ends at step 300" in notes[0] \
+        and "optimizer.decay_steps=100" in notes[0]
+    # after the old end the rate is no longer at its floor
+    lr_old = float(make_schedule(first.optimizer)(150))
+    lr_new = float(make_schedule(more.optimizer)(150))
+    assert lr_old == pytest.approx(1e-5, rel=1e-4) and lr_new > 10 * lr_old
+    # a re-run from the saved config.yaml (no --config) stretches the same way
+    saved = str(tmp_path / "config.yaml")
+    rerun = C.load_config(saved, ["training.steps=300"], model_dir=str(tmp_path), log=notes.append)
+    assert rerun.optimizer.decay_steps == 300 and len(notes) == 2
+    assert C.load_config(saved, [], model_dir=str(tmp_path)) == first
+    explicit = C.load_config(None, base + ["training.steps=300", "optimizer.decay_steps=100"],
+                             model_dir=str(tmp_path))
+    assert explicit.optimizer.decay_steps == 100
+    # a decay end the run set itself is kept, with one line saying how to change it
+    C.save_config(explicit, str(tmp_path / "config.yaml"))
+    notes.clear()
+    kept = C.load_config(None, base + ["training.steps=500"], model_dir=str(tmp_path),
+                         log=notes.append)
+    assert kept.optimizer.decay_steps == 100 and "optimizer.decay_steps=500" in notes[0]
 
 
 def test_packaged_configs_are_valid():

@@ -8,6 +8,11 @@ Prints a table of the scores and writes FILE.json (scores, settings) and
 FILE.predictions.jsonl (one row per example: input, target, prediction and the postprocessed
 texts the metrics saw). ``--model-dir`` may be a training model directory (latest checkpoint or
 ``--checkpoint N``), a fine-tuning run's ``best/`` or any ``save_pretrained`` directory.
+
+A fine-tuned directory (``RUN/`` or ``RUN/best/``) says what it was fine-tuned on: the task,
+or the files (``--train-files`` / ``--validation-files``, fields, prefix, format), the lengths,
+``--use-model-vocabulary`` and ``--module`` values; ``t5pre evaluate --model-dir RUN/best``
+needs none of them repeated.
 """
 
 from __future__ import annotations
@@ -67,11 +72,25 @@ def _lengths_for(loaded, task_name) -> dict:
     return loaded.sequence_length if loaded.task == task_name else None
 
 
+def recorded_files_task(info, task_name, vocabulary):
+    """The fine-tuning run's files task (finetune.json / best.json ``data``) when ``task_name``
+    is it, over the model's vocabulary; else None."""
+    spec = (info or {}).get("data")
+    if not spec or spec.get("task") != task_name:
+        return None
+    from t5pre.tasks.files import files_task
+
+    return files_task(spec, vocabulary)
+
+
 def run(args):
     from t5pre.cli.inference import decode_settings
     from t5pre.errors import ConfigError
+    from t5pre.models.store import read_run_info
 
     import_recorded_modules(args.model_dir, args.module)
+    info = read_run_info(args.model_dir) or {}
+    files_task_name = (info.get("data") or {}).get("task")
     for flag, value in (("--max-examples", args.max_examples), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
@@ -81,16 +100,19 @@ def run(args):
     from t5pre.evaluation.evaluate import TaskEvaluator, format_scores, write_results
     from t5pre.models.store import load_for_inference
 
-    if args.task:  # an unknown task fails before the (slow) model load
+    if args.task and args.task != files_task_name:  # an unknown task fails before the model load
         get_downstream_task(args.task)
     loaded = load_for_inference(args.model_dir, args.checkpoint)
     task_name = args.task or loaded.task
     if not task_name:
         raise ConfigError(f"{args.model_dir}: the model dir does not say which task it was "
                           "fine-tuned on; pass --task NAME")
-    task = get_downstream_task(task_name)
+    task = (recorded_files_task(info, task_name, loaded.vocabulary)
+            or get_downstream_task(task_name))
+    # --use-model-vocabulary given to finetune holds for the task it fine-tuned on.
+    recorded_choice = bool(info.get("use_model_vocabulary")) and task_name == info.get("task")
     task = check_vocabulary(loaded.vocabulary, task, args.model_dir,
-                            use_model_vocabulary=args.use_model_vocabulary)
+                            use_model_vocabulary=args.use_model_vocabulary or recorded_choice)
     settings = settings.resolved_for(_lengths_for(loaded, task_name))
     sequence_length = {"inputs": settings.max_input_length,
                        "targets": settings.max_decode_length}

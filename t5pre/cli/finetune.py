@@ -9,6 +9,24 @@ for another), a ``save_pretrained`` / ``t5pre convert hf`` directory, a Hugging 
 T5 directory, or ``random``. The run evaluates the validation split every
 ``training.eval_every`` steps by decoding it and scoring it with the task's metrics (TensorBoard:
 ``DIR/logs/eval``) and keeps the best model in ``DIR/best/``. Re-running the command resumes.
+
+Your own data needs no Python: JSON Lines files with an input and a target field (scored with
+ROUGE), or SQuAD v1.1 JSON files (``--format squad``, scored with SQuAD exact match / F1):
+
+    t5pre finetune --init-from runs/pre --model-dir runs/mysum --train-files train.jsonl \
+        --validation-files val.jsonl --input-field document --target-field summary \
+        --prefix 'summarize: '
+    t5pre finetune --init-from runs/pre --model-dir runs/myqa --format squad \
+        --train-files train.json --validation-files dev.json
+    t5pre evaluate --model-dir runs/mysum/best        # nothing repeated
+
+Without ``--config`` the run takes the packaged default_summarize settings (lengths 128 / 32,
+200 steps) and picks ``DIR/best`` by the task's main score (ROUGE-Lsum, or SQuAD F1).
+The same keys exist in the run config (``data.files: {train: ..., validation: ...}``,
+``data.format``, ``data.input_field``, ``data.target_field``, ``data.prefix``). The text is
+tokenized with the init model's vocabulary. The run records the files, fields, prefix, format,
+lengths, ``--use-model-vocabulary`` and ``--module`` values in DIR/finetune.json and
+DIR/best/best.json, so ``evaluate`` and ``predict`` need none of them again.
 """
 
 from __future__ import annotations
@@ -38,8 +56,50 @@ def register(subparsers):
     parser.add_argument("--use-model-vocabulary", action="store_true",
                         help="tokenise the task's text with the init model's vocabulary when it "
                              "differs from the task's (e.g. a Hugging Face T5 on a built-in task)")
+    group = parser.add_argument_group("your own files (no Python needed)")
+    group.add_argument("--train-files", nargs="+", action="extend", metavar="GLOB",
+                       help="fine-tune on these files instead of a registered task (quote "
+                            "globs; = data.files.train)")
+    group.add_argument("--validation-files", nargs="+", action="extend", metavar="GLOB",
+                       help="the files evaluated during training and by `t5pre evaluate` "
+                            "(= data.files.validation)")
+    group.add_argument("--format", choices=("jsonl", "squad"),
+                       help="jsonl: JSON Lines with --input-field / --target-field (ROUGE); "
+                            "squad: SQuAD v1.1 JSON (SQuAD EM/F1); default: jsonl "
+                            "(= data.format)")
+    group.add_argument("--input-field", metavar="NAME",
+                       help="JSON Lines: the input text's field, nested as a.b "
+                            "(= data.input_field)")
+    group.add_argument("--target-field", metavar="NAME",
+                       help="JSON Lines: the target text's field (= data.target_field)")
+    group.add_argument("--prefix", metavar="TEXT",
+                       help="put before every input, e.g. 'summarize: ' (default: nothing; "
+                            "= data.prefix)")
     add_module_argument(parser)
     parser.set_defaults(func=run)
+
+
+def files_overrides(args) -> list:
+    """The own-files flags as run-config overrides (files replace the config's task)."""
+    import json
+
+    overrides = []
+    if args.validation_files and not args.train_files:
+        raise ConfigError("--validation-files needs --train-files")
+    if args.train_files:
+        if args.task:
+            raise ConfigError("give --task or --train-files, not both")
+        files = {"train": args.train_files}
+        if args.validation_files:
+            files["validation"] = args.validation_files
+        overrides += [f"data.files={json.dumps(files)}", "data.task=null", "data.mixture=null"]
+        if not args.config:  # the packaged default's rougeLsum may not be the files' metric
+            overrides.append("finetune.metric=null")
+    for flag in ("format", "input_field", "target_field", "prefix"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"data.{flag}={json.dumps(value)}")
+    return overrides
 
 
 def config_path(value):
@@ -67,15 +127,22 @@ def run(args):
     if args.init_checkpoint is not None:
         raise ConfigError(f"--init-checkpoint was removed: name the checkpoint in the init source, "
                           f"--init-from {args.init_from}@ckpt-{args.init_checkpoint}")
-    import_modules(args.module)
     overrides = list(args.overrides)
     overrides += run_overrides(args)
+    overrides += files_overrides(args)
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
     run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,
                                       steps=args.steps, model_dir=args.model_dir)
+    modules = list(dict.fromkeys(list(run_config.data.modules) + list(args.module)))
+    import_modules(modules)
+    run_config.data.modules = modules
     init = None if args.init_from == RANDOM_INIT else resolve_init(args.init_from)
-    if run_config.data.task:
+    if run_config.data.files:
+        from t5pre.tasks.files import check_files
+
+        check_files(run_config.data.files)  # reported before TensorFlow loads
+    elif run_config.data.task:
         from t5pre.data.registry import get_downstream_task
 
         get_downstream_task(run_config.data.task)  # reported before TensorFlow loads
@@ -85,7 +152,7 @@ def run(args):
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs (None on JAX).
     strategy = training_strategy(run_config)
     result = finetune(run_config, args.model_dir, init=init, strategy=strategy,
-                      modules=args.module)
+                      modules=modules)
     if result.best_score is not None:
         print(f"best {result.best_metric} {result.best_score:.3f} at step {result.best_step}: "
               f"{os.path.join(args.model_dir, 'best')}")

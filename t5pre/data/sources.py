@@ -3,7 +3,8 @@
 A :class:`DataSource` maps split names to an unbatched ``tf.data.Dataset`` of dicts of raw
 features (text as ``tf.string``), via ``get_dataset(split, shuffle, seed, shard_info)``:
 
-* :class:`TextLineSource`  one example per non-blank line, feature ``text``.
+* :class:`TextLineSource`  plain text, feature ``text``: one example per non-blank line, per
+  paragraph (blank-line separated, hard wraps joined) or per file (``documents=``).
 * :class:`JSONLSource`     one JSON object per line, features picked by (nested) key.
 * :class:`TFRecordSource`  serialized ``tf.train.Example`` records parsed with a feature spec.
 * :class:`TFDSSource`      a TensorFlow Datasets builder (only if ``tensorflow_datasets`` is
@@ -286,14 +287,38 @@ def _not_blank(line):
     return tf.strings.length(tf.strings.strip(line)) > 0
 
 
+#: How a plain-text file is cut into documents (``TextLineSource(documents=...)``).
+TEXT_DOCUMENT_MODES = ("lines", "paragraphs", "file")
+# Marks paragraph breaks inside one file's text before the split (ASCII record separator).
+_PARAGRAPH_MARK = "\x1e"
+
+
 class TextLineSource(FileSource):
-    """Plain text files, one example per non-blank line: ``{"text": line}`` (or ``field``)."""
+    """Plain text files: ``{"text": document}`` (or ``field``), one per document.
+
+    ``documents`` says what a document is:
+
+    * ``"lines"``       one per non-blank line (the default);
+    * ``"paragraphs"``  one per paragraph: paragraphs are separated by blank (or whitespace-only)
+      lines, and the hard-wrapped lines inside one are joined with a space (a Project
+      Gutenberg book becomes its paragraphs, not 70-character fragments);
+    * ``"file"``        one per file (the whole text, surrounding whitespace stripped).
+
+    ``paragraphs`` and ``file`` read each file into memory whole (fine for books and articles;
+    a multi-gigabyte single file wants ``lines`` or JSON Lines). Blank documents are skipped in
+    every mode, and bad UTF-8 is replaced and reported the same way.
+    """
 
     skips_blank_lines = True
 
-    def __init__(self, split_to_filepattern, *, field: str = "text", num_parallel_files: int = DEFAULT_PARALLEL_FILES):
+    def __init__(self, split_to_filepattern, *, field: str = "text", documents: str = "lines",
+                 num_parallel_files: int = DEFAULT_PARALLEL_FILES):
+        if documents not in TEXT_DOCUMENT_MODES:
+            raise DataError(f"TextLineSource: documents must be one of "
+                            f"{', '.join(TEXT_DOCUMENT_MODES)}, got {documents!r}")
         super().__init__(split_to_filepattern, num_parallel_files=num_parallel_files)
         self.field = field
+        self.documents = documents
         self._files_not_utf8: set = set()
 
     def _warn_line(self, filename, number, line):
@@ -306,7 +331,22 @@ class TextLineSource(FileSource):
             _warn_not_utf8(self._files_not_utf8, filename, int(number.numpy()), e)
         return True
 
+    def _warn_text(self, filename, text):
+        """Python side, for a whole file holding bad bytes: warn naming its first bad line."""
+        filename = filename.numpy().decode("utf-8", errors="replace")
+        raw = text.numpy()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _warn_not_utf8(self._files_not_utf8, filename, raw.count(b"\n", 0, e.start) + 1, e)
+        return True
+
     def read_file(self, filename):
+        if self.documents == "lines":
+            return self._read_lines(filename)
+        return self._read_whole(filename)
+
+    def _read_lines(self, filename):
         tf = _tf()
         field = self.field
 
@@ -328,9 +368,44 @@ class TextLineSource(FileSource):
         numbered = _text_lines(filename).enumerate(start=1)
         return numbered.batch(_LINE_BLOCK).map(clean).unbatch()
 
+    def _read_whole(self, filename):
+        """``paragraphs`` / ``file``: the file's lines (gzip-aware, like ``lines``) joined back
+        into one string, then cut into documents with vectorised string ops."""
+        tf = _tf()
+        field, paragraphs = self.field, self.documents == "paragraphs"
+
+        def documents(lines):
+            raw = tf.strings.reduce_join(lines, separator="\n")
+            text = fix_utf8(raw)
+            warned = tf.cond(tf.not_equal(text, raw),
+                             lambda: tf.py_function(self._warn_text, [filename, raw], tf.bool),
+                             lambda: tf.constant(False))
+            with tf.control_dependencies([warned]):
+                text = tf.strings.regex_replace(text, "\r", "")
+            if paragraphs:
+                text = tf.strings.regex_replace(text, _PARAGRAPH_MARK, " ")
+                # A blank line (only spaces or tabs on it) ends a paragraph ...
+                text = tf.strings.regex_replace(text, r"\n[ \t\f\v]*\n\s*", _PARAGRAPH_MARK)
+                # ... and the line breaks left inside a paragraph are hard wraps.
+                text = tf.strings.regex_replace(text, r"[ \t]*\n[ \t]*", " ")
+                parts = tf.strings.split(text, _PARAGRAPH_MARK)
+            else:
+                parts = tf.reshape(text, [1])
+            parts = tf.strings.strip(parts)
+            return {field: tf.boolean_mask(parts, _not_blank(parts))}
+
+        # TextLineDataset strips each line's "\n"; one batch holds the whole file.
+        whole = _text_lines(filename).batch(tf.int64.max)
+        return whole.map(documents).unbatch()
+
     @property
     def output_keys(self):
         return (self.field,)
+
+    def describe(self) -> str:
+        described = super().describe()
+        return described if self.documents == "lines" else \
+            f"{described[:-1]}, documents={self.documents})"
 
 
 def _key_path(spec) -> tuple:

@@ -35,6 +35,13 @@ SCHEDULES = ("auto", "rsqrt", "cosine", "constant", "linear")
 TF_STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("data_parallel", "fsdp")
 STRATEGIES = TF_STRATEGIES + JAX_STRATEGIES
+# How data.files are read: plain text cut into documents (pretraining), JSON Lines, SQuAD JSON.
+TEXT_FORMATS = ("lines", "paragraphs", "file")
+FILE_FORMATS = TEXT_FORMATS + ("jsonl", "squad")
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+#: The task name a files task gets when data.task does not name it, by kind.
+FILES_TASK_NAMES = {"pretraining": "files_span_corruption", "seq2seq": "files_summarization",
+                    "qa": "files_squad"}
 
 
 def _field(default=dataclasses.MISSING, *, doc="", choices=None, min=None, max=None,
@@ -65,6 +72,48 @@ class SequenceLength:
 class DataSection:
     task: Optional[str] = _field(None, doc="a registered task name (or set `mixture`)")
     mixture: Optional[str] = _field(None, doc="a registered mixture name (or set `task`)")
+    files: Any = _field(
+        None, doc="train on your own files instead of a registered task: a glob or a list of "
+                  "globs (the train split), or {split: glob or [globs]}, e.g. {train: "
+                  "'corpus/*.txt', validation: 'heldout.txt'}; `.gz` files are read as gzip. "
+                  "Relative paths are from the working directory and recorded absolute. "
+                  "pretrain: span corruption over the text; finetune: input_field -> "
+                  "target_field (ROUGE) or format squad (SQuAD EM/F1). data.task, if set, "
+                  "names the task (default: files_span_corruption, files_summarization or "
+                  "files_squad)")
+    format: Optional[str] = _field(
+        None, choices=FILE_FORMATS,
+        doc="how data.files are read: lines (one document per non-blank line), paragraphs "
+            "(documents separated by blank lines, hard-wrapped lines joined with a space), "
+            "file (one document per file), jsonl (JSON Lines: text_field, or input_field and "
+            "target_field), squad (SQuAD v1.1 JSON, fine-tuning); null: jsonl for "
+            ".jsonl/.json/.ndjson files or when input_field is set, else lines")
+    text_field: str = _field("text", doc="jsonl pretraining: the field holding the text "
+                                         "(nested as a.b)")
+    input_field: Optional[str] = _field(None, doc="jsonl fine-tuning: the field holding the "
+                                                  "input text (e.g. document)")
+    target_field: Optional[str] = _field(None, doc="jsonl fine-tuning: the field holding the "
+                                                   "target text (e.g. summary)")
+    prefix: str = _field("", doc="jsonl fine-tuning: text put before every input, e.g. "
+                                 "'summarize: '")
+    vocabulary: Optional[str] = _field(
+        None, doc="data.files: the SentencePiece model (`t5pre vocab train`) or model directory "
+                  "whose vocabulary tokenizes them; null: the shipped one in pretraining, the "
+                  "init model's in fine-tuning")
+    modules: list = _field(
+        factory=list, doc="Python modules imported before the task is looked up (they may "
+                          "register it); `--module` adds to them and the run records them")
+
+    def files_spec(self) -> Optional[dict]:
+        """The ``data.files`` keys that rebuild the run's files task (fine-tuning records them
+        for evaluate; :func:`t5pre.tasks.files.files_task` reads them), or None when the run
+        trains on a registered task."""
+        if not self.files:
+            return None
+        return {"task": self.task, "files": copy.deepcopy(self.files), "format": self.format,
+                "text_field": self.text_field, "input_field": self.input_field,
+                "target_field": self.target_field, "prefix": self.prefix,
+                "vocabulary": self.vocabulary}
     sequence_length: SequenceLength = _field(factory=SequenceLength)
     pack: bool = _field(False, doc="pack several examples into each row (T5 pretraining: true)")
     shuffle: bool = _field(True)
@@ -114,8 +163,9 @@ class OptimizerSection:
             "cosine/linear/constant: the peak lr (default 1e-3 adamw, 1e-3 adafactor)")
     warmup_steps: int = _field(10000, min=0)
     decay_steps: Optional[int] = _field(
-        None, min=1, doc="cosine/linear: last step of the decay; null -> training.steps "
-                         "of the run that started the model directory")
+        None, min=1, doc="cosine/linear: last step of the decay; null -> training.steps (so "
+                         "a larger --steps on a resume stretches the decay to the new end; "
+                         "set it to the old end to keep the old schedule)")
     final_learning_rate: float = _field(1e-5, min=0.0)
     weight_decay: float = _field(0.0, min=0.0)
     beta_1: float = _field(0.9, min=0.0, max=1.0)
@@ -153,7 +203,9 @@ def profile_range(value: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 # What decides the data stream a checkpoint's data position counts into.
-DATA_STREAM_FIELDS = ("data.task", "data.mixture", "data.sequence_length.inputs",
+DATA_STREAM_FIELDS = ("data.task", "data.mixture", "data.files", "data.format",
+                      "data.text_field", "data.input_field", "data.target_field", "data.prefix",
+                      "data.sequence_length.inputs",
                       "data.sequence_length.targets", "data.pack", "data.shuffle",
                       "data.train_split", "training.batch_size", "data_seed")
 
@@ -249,10 +301,12 @@ class _Where:
 
 def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
-            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+            dict: "a mapping", list: "a list"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _check_value(value, tp, meta, path, where):
+    if tp is Any:  # checked by the section's own rules (data.files: _check_files)
+        return value
     optional = False
     if typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -289,6 +343,11 @@ def _check_value(value, tp, meta, path, where):
     elif tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where(path)}: {path} must be a mapping, got {value!r}")
+    elif tp is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where(path)}: {path} must be a list of names, got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
         hint = _suggest(str(value), choices)
@@ -342,8 +401,89 @@ def _build(cls, data, path: str, where: _Where):
     return cls(**kwargs)
 
 
+def _absolute(pattern: str) -> str:
+    """A local path or glob made absolute (recorded so that a resume from elsewhere finds it);
+    URLs (gs://...) unchanged."""
+    if "://" in pattern:
+        return pattern
+    return os.path.abspath(os.path.expanduser(pattern))
+
+
+def _files_by_split(value, where: _Where) -> dict:
+    """``data.files`` as ``{split: [absolute patterns]}``; ConfigError naming the key."""
+    path = "data.files"
+    if isinstance(value, (str, list)):
+        value = {"train": value}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where(path)}: {path} must be a glob, a list of globs or "
+                          f"{{split: glob or [globs]}}, got {value!r}")
+    out = {}
+    for split, patterns in value.items():
+        key = f"{path}.{split}"
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if (not isinstance(split, str) or not split or not isinstance(patterns, list)
+                or not patterns or not all(isinstance(p, str) and p.strip() for p in patterns)):
+            raise ConfigError(f"{where(key)}: {key} must be a glob or a non-empty list of "
+                              f"globs, got {patterns!r}")
+        out[split] = [_absolute(p.strip()) for p in patterns]
+    return out
+
+
+def files_kind(data) -> str:
+    """What a ``data.files`` run trains (``data``: a DataSection or its ``files_spec()``):
+    ``pretraining`` (span corruption over text), ``seq2seq`` (input_field -> target_field,
+    ROUGE) or ``qa`` (SQuAD JSON)."""
+    get = data.get if isinstance(data, dict) else (lambda key: getattr(data, key))
+    if get("format") == "squad":
+        return "qa"
+    return "seq2seq" if get("input_field") or get("target_field") else "pretraining"
+
+
+def _check_files(cfg: RunConfig, where: _Where) -> None:
+    """Validates and normalises the ``data.files`` keys (see DataSection) in place: files as
+    ``{split: [absolute globs]}``, the format decided, the task named."""
+    d = cfg.data
+    file_keys = {"format": d.format, "input_field": d.input_field,
+                 "target_field": d.target_field, "vocabulary": d.vocabulary}
+    if not d.files:
+        given = [k for k, v in file_keys.items() if v is not None]
+        if d.prefix:
+            given.append("prefix")
+        if given:
+            raise ConfigError(f"{where('data.' + given[0])}: data.{given[0]} applies to "
+                              "data.files (--files / --train-files), which is not set")
+        return
+    d.files = _files_by_split(d.files, where)
+    if d.mixture:
+        raise ConfigError(f"{where('data.mixture')}: data.files and data.mixture exclude each "
+                          "other (the files make one task)")
+    if bool(d.input_field) != bool(d.target_field):
+        missing = "target_field" if d.input_field else "input_field"
+        raise ConfigError(f"{where('data.' + missing)}: data.{missing} is not set: fine-tuning "
+                          "on JSON Lines needs both data.input_field and data.target_field")
+    if d.format is None:
+        patterns = [p for ps in d.files.values() for p in ps]
+        jsonl = [p.lower().endswith(_JSONL_SUFFIXES) for p in patterns]
+        if d.input_field or all(jsonl):
+            d.format = "jsonl"
+        elif not any(jsonl):
+            d.format = "lines"
+        else:
+            raise ConfigError(f"{where('data.files')}: data.files mix JSON Lines (.jsonl/.json) "
+                              "and plain text; set data.format (--format) explicitly")
+    if d.input_field and d.format != "jsonl":
+        raise ConfigError(f"{where('data.input_field')}: data.input_field / target_field read "
+                          f"JSON Lines, but data.format is {d.format!r}")
+    if d.vocabulary is not None:
+        d.vocabulary = _absolute(d.vocabulary)
+    if not d.task:
+        d.task = FILES_TASK_NAMES[files_kind(d)]
+
+
 def _check_cross_fields(cfg: RunConfig, where: _Where) -> None:
     d = cfg.data
+    _check_files(cfg, where)
     if bool(d.task) == bool(d.mixture):
         raise ConfigError(f"{where('data')}: set exactly one of data.task or data.mixture "
                           f"(got task={d.task!r}, mixture={d.mixture!r})")
@@ -380,22 +520,41 @@ def _check_model_overrides(cfg: RunConfig, where: _Where) -> None:
                               f"{_suggest(str(key), names)}")
 
 
-def resolve(cfg: RunConfig, previous: RunConfig | None = None) -> RunConfig:
+def resolve(cfg: RunConfig, previous: RunConfig | None = None, log=None) -> RunConfig:
     """Fill in the ``auto``/``null`` choices that depend on other keys.
 
-    ``previous`` is the resolved config of the run that started the model directory: a
-    continued run keeps its decay horizon (``optimizer.decay_steps``) unless the new config
-    sets one, so ``--steps`` larger than a finished run extends it without an LR jump."""
+    ``previous`` is the resolved config of the run found in the model directory. A cosine or
+    linear decay whose end was derived from ``training.steps`` (``optimizer.decay_steps:
+    null``) follows the new ``training.steps``: ``--steps 400`` on a finished 200-step run
+    stretches the decay to step 400 instead of training 200 more steps at the final rate, and
+    ``log`` (e.g. ``print``) gets one line saying so and which key keeps the old end. A
+    ``decay_steps`` the previous run set explicitly is kept unless the new config sets one.
+    Unchanged steps give the same schedule (an exact resume)."""
     o = cfg.optimizer
+    old_end = None
     if (previous is not None and o.decay_steps is None
             and previous.optimizer.decay_steps is not None):
-        o.decay_steps = previous.optimizer.decay_steps
+        p = previous.optimizer
+        if _derived_decay(previous):
+            old_end = p.decay_steps
+        else:
+            o.decay_steps = p.decay_steps
+            if log is not None and cfg.training.steps > max(p.decay_steps,
+                                                             previous.training.steps):
+                log(f"note: optimizer.decay_steps = {p.decay_steps} (set by the run in this "
+                    f"directory): the learning rate stays at its final value from step "
+                    f"{p.decay_steps} to {cfg.training.steps}; set optimizer.decay_steps="
+                    f"{cfg.training.steps} to decay until the end")
     if o.schedule == "auto":
         o.schedule = "rsqrt" if o.name in ("adafactor", "keras_adafactor") else "cosine"
     if o.learning_rate is None:
         o.learning_rate = 1.0 if o.schedule == "rsqrt" else 1e-3
     if o.schedule in ("cosine", "linear") and o.decay_steps is None:
         o.decay_steps = max(cfg.training.steps, o.warmup_steps, 1)
+        if log is not None and old_end is not None and o.decay_steps != old_end:
+            log(f"note: the {o.schedule} learning-rate decay now ends at step {o.decay_steps} "
+                f"(training.steps; it ended at step {old_end} in the run in this directory); "
+                f"--set optimizer.decay_steps={old_end} keeps the old schedule")
     if cfg.data.seed is None:
         cfg.data.seed = cfg.training.seed
     return cfg
@@ -507,11 +666,11 @@ def packaged_config_path(name: str = "default") -> str:
 
 def load_config(path: str | None = None, overrides=(), *, defaults: dict | None = None,
                 resolve_auto: bool = True, model_dir: str | None = None,
-                finetune: bool = False) -> RunConfig:
+                finetune: bool = False, log=print) -> RunConfig:
     """Loads a run config: ``defaults`` < YAML file < ``overrides`` (``"a.b=v"`` strings).
 
-    With ``model_dir`` holding a previous run's ``config.yaml``, choices that must stay fixed
-    across a continued run (the decay horizon) are taken from it (see :func:`resolve`).
+    With ``model_dir`` holding a previous run's ``config.yaml``, a continued run's schedule
+    is resolved against it (see :func:`resolve`; its notes go to ``log``).
     Raises ConfigError naming the file and line (or the ``--set`` flag) of a bad key or value.
     """
     data: dict = {}
@@ -538,7 +697,19 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
         stored = os.path.join(model_dir, "config.yaml")
         if os.path.isfile(stored):
             previous = load_config(stored)
-    return resolve(cfg, previous)
+            if (path is not None and os.path.abspath(path) == os.path.abspath(stored)
+                    and "optimizer.decay_steps" not in flags and _derived_decay(previous)):
+                # A re-run from the saved config: its decay_steps is the one resolve derived
+                # from training.steps, not a choice; derive it again from the new steps.
+                cfg.optimizer.decay_steps = None
+    return resolve(cfg, previous, log=log)
+
+
+def _derived_decay(cfg: RunConfig) -> bool:
+    """Whether a resolved config's decay end is the one derived from training.steps."""
+    o = cfg.optimizer
+    return (o.schedule in ("cosine", "linear") and o.decay_steps is not None
+            and o.decay_steps == max(cfg.training.steps, o.warmup_steps, 1))
 
 
 DEFAULT_FINETUNE_DROPOUT = 0.1

@@ -29,8 +29,14 @@ from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
 def get_task_or_mixture(data_cfg):
-    """The registered task or mixture a ``DataSection`` names (ConfigError if unknown)."""
+    """The registered task or mixture a ``DataSection`` names (ConfigError if unknown), or
+    the task made of its ``data.files`` (:func:`t5pre.tasks.files.files_task`)."""
     import t5pre
+
+    if getattr(data_cfg, "files", None):
+        from t5pre.tasks.files import files_task
+
+        return files_task(data_cfg)
 
     if data_cfg.task:
         key, lookup = "data.task", t5pre.get_task
