@@ -35,9 +35,11 @@ def load_run_config(args, packaged: str = "default"):
     """The resolved run config the arguments describe."""
     from t5pre.training.config import load_config, packaged_config_path
 
+    from t5pre.training.config import FlagOverride
+
     overrides = list(args.overrides)
     if args.steps is not None:
-        overrides.append(f"training.steps={args.steps}")
+        overrides.append(FlagOverride(f"training.steps={args.steps}", f"--steps {args.steps}"))
     overrides += run_overrides(args)
     path = args.config
     if path is None:
