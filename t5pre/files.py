@@ -60,8 +60,8 @@ def check_output_path(path, *, flag: str = "--out", directory: bool = False,
         if not directory and is_dir:
             raise ConfigError(f"{shown}: is a directory; give a file name")
         if directory and overwrite is False and _non_empty(target):
-            raise ConfigError(f"{shown}: already exists and is not empty (pass --overwrite to "
-                              "replace it, or choose another path)")
+            raise ConfigError(f"{shown}: already exists (pass --overwrite to replace it, "
+                              "or choose another path)")
         if directory:
             probe_in.append(target)
     parent = os.path.dirname(target)

@@ -60,7 +60,7 @@ def test_check_output_path_refuses_what_cannot_be_used(tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep").write_text("mine")
-    with pytest.raises(ConfigError, match="already exists and is not empty .*--overwrite"):
+    with pytest.raises(ConfigError, match=r"already exists \(pass --overwrite"):
         check_output_path(full, directory=True, overwrite=False)
     with pytest.raises(ConfigError, match="empty path"):
         check_output_path("")
