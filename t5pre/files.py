@@ -2,7 +2,10 @@
 
 Every metadata file t5pre writes (run configs, model configs, manifests, score files, logged
 steps) goes through here: the text is written to ``PATH.tmp-PID`` beside the target and renamed
-over it (``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one."""
+over it (``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one.
+
+:func:`check_output_path` is the one check of an output path that every command makes before
+its work starts (a bad ``--out`` is one line and exit 2, an unwritable place exit 3)."""
 
 from __future__ import annotations
 

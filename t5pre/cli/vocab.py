@@ -242,14 +242,14 @@ class _Counter:
         """While reading: ``vocab: read 1,234 documents | 5.6M characters | 1.2M chars/s``, then
         ``| 40% of the files | reading ETA 12s`` (from the --files' size: characters read of
         their bytes) or ``| 32s elapsed``; while SentencePiece trains:
-        ``vocab: training SentencePiece on 1,234 documents (5.6M characters) | 1m02s``."""
+        ``vocab: training SentencePiece on 1,234 documents (5.6M characters) | 1m02s elapsed``."""
         from t5pre.progress import fmt_duration, fmt_rate
 
         elapsed = max(self._clock() - self.started, 1e-9)
         if self.read_seconds is not None:
             return (f"vocab: training SentencePiece on {self.documents:,} documents "
                     f"({fmt_rate(self.chars)} characters) | "
-                    f"{fmt_duration(elapsed - self.read_seconds)}")
+                    f"{fmt_duration(elapsed - self.read_seconds)} elapsed")
         parts = [f"vocab: read {self.documents:,} documents", f"{fmt_rate(self.chars)} characters",
                  f"{fmt_rate(self.chars / elapsed)} chars/s"]
         if self.total_bytes:

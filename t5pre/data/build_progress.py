@@ -56,20 +56,30 @@ class _Tracker:
         self.counters = _Counters(context) if log is not None else None
         self.log, self.shards = log, shards
         self.throttle = Throttle(EVERY)
+        self.first = None  # (tokens, seconds) when the first tokens were counted
         if self.counters is not None:
             self.counters.on_add = self.poll
 
     def poll(self) -> None:
-        """Print a progress line when one is due."""
-        if self.counters is None or not self.throttle.due():
+        """Print a progress line when one is due. The rate counts from the first tokens seen,
+        not from the start: the pipeline's start-up (TensorFlow, the first file) is no rate."""
+        if self.counters is None:
+            return
+        if self.first is None:
+            tokens = self.counters.read()[1]
+            if tokens:
+                self.first = (tokens, self.throttle.elapsed())
+        if not self.throttle.due():
             return
         from t5pre.progress import fmt_duration, fmt_rate
 
         documents, tokens, shards = self.counters.read()
-        elapsed = max(self.throttle.elapsed(), 1e-9)
-        self.log(f"cache: {documents:,} documents | {tokens:,} tokens | "
-                 f"{fmt_rate(tokens / elapsed)} tok/s | shards {shards}/{self.shards} done | "
-                 f"{fmt_duration(elapsed)} elapsed")
+        elapsed = self.throttle.elapsed()
+        rate = "?"
+        if self.first is not None and elapsed > self.first[1] and tokens > self.first[0]:
+            rate = fmt_rate((tokens - self.first[0]) / (elapsed - self.first[1]))
+        self.log(f"cache: {documents:,} documents | {tokens:,} tokens | {rate} tok/s | "
+                 f"shards {shards}/{self.shards} done | {fmt_duration(elapsed)} elapsed")
 
 
 @contextlib.contextmanager
