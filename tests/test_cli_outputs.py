@@ -101,7 +101,8 @@ def no_work(monkeypatch):
         raise AssertionError("the work started before the output path was checked")
 
     for target in ("t5pre.models.store.load_for_inference", "t5pre.data.cache.build_cache",
-                   "t5pre.data.vocabulary.train_vocabulary", "t5pre.models.hf_export.export_model_dir"):
+                   "t5pre.data.vocabulary.train_vocabulary", "t5pre.models.hf_export.export_model_dir",
+                   "t5pre.models.hf_convert.convert_hf"):
         monkeypatch.setattr(target, reached)
 
 
@@ -115,6 +116,7 @@ def _commands(model_dir, out):
                                  "default_summarize", "--predictions", f"{out}.jsonl"],
         "data_cache": ["data", "cache", "default_span_corruption", "--out", out],
         "vocab_train": ["vocab", "train", "--default-corpus", "--vocab-size", "400", "--out", out],
+        "convert_hf": ["convert", "hf", model_dir, out],
     }
 
 
@@ -130,7 +132,8 @@ def test_an_output_under_a_regular_file_is_one_line_and_exit_2(command, tmp_path
     line = one_error_line(err)
     assert code == 2, err
     assert f"{regular} is a file, not a directory" in line
-    assert re.search(r"--(out|predictions) ", line), line  # names the flag
+    if command != "convert_hf":  # OUT_DIR is positional
+        assert re.search(r"--(out|predictions) ", line), line  # names the flag
     assert regular.read_text() == "mine" and entries(tmp_path) == ["notes.txt"]
 
 
