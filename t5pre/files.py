@@ -95,6 +95,10 @@ def _cannot_write_in(directory: str) -> str | None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".t5pre-write-check-", dir=directory)
     except OSError as e:
+        import errno
+
+        if e.errno == errno.ENOENT and os.path.isdir(directory):  # /proc, /sys: no new files
+            return "its file system accepts no new files"
         return e.strerror or type(e).__name__
     os.close(fd)
     try:
