@@ -309,6 +309,29 @@ def test_vocab_reading_progress_and_eta_from_the_files_size():
                                        "(200 characters) | 1m02s elapsed")
 
 
+def test_vocab_progress_of_jsonl_files_counts_whole_lines(tmp_path):
+    """For .jsonl the texts are only a field of each line: the share of the files read comes
+    from the lines read, JSON syntax and other fields included, so it reaches the files' size."""
+    import json
+
+    from t5pre.cli.vocab import _Counter, _texts_from_files, _total_bytes
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": f"document number {i}"}) + "\n"
+                            for i in range(40)) + "\n")
+    read, now = [0], [0.0]
+    counter = _Counter(_texts_from_files([str(path)], None, read), total_bytes=_total_bytes([str(path)]),
+                       read=read, clock=lambda: now[0])
+    texts = iter(counter)
+    for _ in range(10):
+        next(texts)
+    now[0] = 2.0
+    share = int(re.search(r"(\d+)% of the files", counter.progress_line()).group(1))
+    assert share == int(100 * read[0] / path.stat().st_size) and 20 <= share <= 30
+    list(texts)
+    assert read[0] == path.stat().st_size == counter.total_bytes > counter.chars
+
+
 def test_vocab_train_prints_progress_while_sentencepiece_trains(tmp_path, capsys, monkeypatch):
     from t5pre.cli import vocab
 

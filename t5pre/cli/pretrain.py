@@ -33,9 +33,7 @@ def register(subparsers):
 
 def load_run_config(args, packaged: str = "default"):
     """The resolved run config the arguments describe."""
-    from t5pre.training.config import load_config, packaged_config_path
-
-    from t5pre.training.config import FlagOverride
+    from t5pre.training.config import FlagOverride, load_config, packaged_config_path
 
     overrides = list(args.overrides)
     if args.steps is not None:

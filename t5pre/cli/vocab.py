@@ -79,7 +79,9 @@ def _raw_formatter():
 
 
 # ------------------------------------------------------------------------------------ train
-def _texts_from_files(patterns, fields):
+def _texts_from_files(patterns, fields, read=None):
+    """The texts of the --files; ``read`` (a list of one int), when given, counts the
+    characters of every line read, JSON syntax and blank lines included (progress)."""
     import json
 
     files = []
@@ -94,6 +96,8 @@ def _texts_from_files(patterns, fields):
         opener = _open_text(path)
         with opener as f:
             for number, line in enumerate(f, start=1):
+                if read is not None:
+                    read[0] += len(line)
                 if not line.strip():
                     continue
                 if not is_json:
@@ -164,7 +168,8 @@ def run_train(args):
         texts = _texts_from_task(args.task, args.split, args.field)
         what = f"task {args.task} ({args.split})"
     elif args.files:
-        texts = _texts_from_files(args.files, args.field)
+        read = [0]  # characters of the files read so far
+        texts = _texts_from_files(args.files, args.field, read)
         what = " ".join(args.files)
     else:
         from t5pre.data.default_corpus import default_corpus_texts
@@ -174,7 +179,8 @@ def run_train(args):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
-    counted = _Counter(texts, total_bytes=_total_bytes(args.files) if args.files else None)
+    counted = _Counter(texts, total_bytes=_total_bytes(args.files) if args.files else None,
+                       read=read if args.files else None)
     with Heartbeat(counted.progress_line, functools.partial(print, flush=True), PROGRESS_EVERY):
         vocab = train_vocabulary(
             counted,
@@ -215,10 +221,11 @@ class _Counter:
     """Wraps the text iterator to count documents and characters and keep a small sample;
     :meth:`progress_line` says how far reading (then SentencePiece's training) has got."""
 
-    def __init__(self, texts, total_bytes=None, clock=time.monotonic):
+    def __init__(self, texts, total_bytes=None, read=None, clock=time.monotonic):
         from t5pre.progress import Eta
 
         self._texts = texts
+        self._read = read  # [characters of the files read], when the texts come from files
         self.documents = 0
         self.chars = 0
         self.sample = []
@@ -240,8 +247,8 @@ class _Counter:
 
     def progress_line(self) -> str:
         """While reading: ``vocab: read 1,234 documents | 5.6M characters | 1.2M chars/s``, then
-        ``| 40% of the files | reading ETA 12s`` (from the --files' size: characters read of
-        their bytes) or ``| 32s elapsed``; while SentencePiece trains:
+        ``| 40% of the files | reading ETA 12s`` (from the --files' size: characters of their
+        lines read, of their bytes) or ``| 32s elapsed``; while SentencePiece trains:
         ``vocab: training SentencePiece on 1,234 documents (5.6M characters) | 1m02s elapsed``."""
         from t5pre.progress import fmt_duration, fmt_rate
 
@@ -253,8 +260,9 @@ class _Counter:
         parts = [f"vocab: read {self.documents:,} documents", f"{fmt_rate(self.chars)} characters",
                  f"{fmt_rate(self.chars / elapsed)} chars/s"]
         if self.total_bytes:
-            self._eta.mark(self.chars)
-            parts += [f"{min(99, int(100 * self.chars / self.total_bytes))}% of the files",
+            done = self._read[0] if self._read is not None else self.chars
+            self._eta.mark(done)
+            parts += [f"{min(99, int(100 * done / self.total_bytes))}% of the files",
                       f"reading ETA {fmt_duration(self._eta.seconds_left(self.total_bytes))}"]
         else:
             parts.append(f"{fmt_duration(elapsed)} elapsed")
