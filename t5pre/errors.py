@@ -22,8 +22,10 @@ class CheckpointError(T5preError):
 
 
 class StorageError(T5preError):
-    """The model directory cannot be written (disk full, read-only, permissions). The
-    checkpoints written before are intact. The CLI exits with code 3."""
+    """The model directory cannot be written (disk full, read-only, permissions), the
+    checkpoints written before are intact; or an output path (``--out``) cannot be written,
+    found before the work starts (:func:`t5pre.files.check_output_path`). The CLI exits with
+    code 3."""
 
     exit_code = 3
 

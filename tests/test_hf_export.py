@@ -132,6 +132,44 @@ def test_transformers_gives_t5pre_logits_and_greedy_tokens(exported, vocabulary,
         assert (hf_tokens == 1).any(axis=1).any()
 
 
+@pytest.mark.parametrize("layout", ["t5_1_1", "t5_1_0"])
+def test_the_only_tying_warning_is_the_one_transformers_gives_every_untied_t5(exported, layout):
+    """config.json says tie_word_embeddings false for T5.1.1, yet transformers >= 5 logs "so we
+    will NOT tie them": its T5Config reads the key as "do not scale the decoder output" and sets
+    tie_word_embeddings true for every T5, so each untied T5 (t5-v1_1, flan-t5) gets it. A T5 1.0
+    export loads without it, and the untied head loads as exported."""
+    import logging
+
+    model, directory = exported[layout]
+    messages = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("transformers"), Keep(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        hf = transformers.T5ForConditionalGeneration.from_pretrained(directory)
+        transformers.AutoTokenizer.from_pretrained(directory)
+    finally:
+        logger.removeHandler(handler)
+    tying = [m for m in messages if "tie" in m.lower()]
+    transformers_5 = int(transformers.__version__.split(".")[0]) >= 5
+    if layout == "t5_1_0" or not transformers_5:
+        assert tying == [], tying
+    else:
+        assert len(tying) == 1 and "shared.weight to lm_head.weight" in tying[0], tying
+        assert "NOT tie them" in tying[0]
+        # transformers' own doing: no config it reads can say false
+        assert transformers.T5Config(tie_word_embeddings=False).tie_word_embeddings is True
+    untied = layout == "t5_1_1"
+    assert (hf.lm_head.weight.data_ptr() != hf.shared.weight.data_ptr()) is untied
+    if untied:
+        np.testing.assert_array_equal(hf.lm_head.weight.detach().numpy(),
+                                      np.asarray(model.lm_head.kernel.numpy()).T)
+
+
 def test_tokenizer_gives_t5pre_ids_for_text_with_sentinels(exported, vocabulary):
     _, directory = exported["t5_1_1"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)

@@ -122,8 +122,17 @@ def test_model_dir_errors(tmp_path):
 
 def test_resuming_with_another_model_is_refused(short_run):
     run, _, _ = short_run
-    with pytest.raises(CheckpointError, match="another config.*d_model"):
+    with pytest.raises(CheckpointError, match="another model, with another architecture.*d_model 32 there, 48"):
         train(run, "training.steps=50", "model.overrides.d_model=48")
+    # another task with another vocabulary into the same directory: said in those words
+    with pytest.raises(CheckpointError) as info:
+        train(run, "training.steps=50", "model.overrides.vocab_size=256",
+              "data.task=another_task")
+    message = str(info.value)
+    assert message.startswith(f"{run} already holds another model, with another vocabulary "
+                              "(vocab_size 128 there, 256 in this run, model_config.json); it "
+                              "was trained on 'synthetic', this run trains 'another_task': ")
+    assert "new --model-dir" in message and "model.name" not in message
 
 
 def test_cli_refuses_a_backend_other_than_tensorflow_or_jax(tmp_path, capsys, monkeypatch):

@@ -37,11 +37,14 @@ def add_run_arguments(parser, default_config_help: str) -> None:
 def run_overrides(args) -> list:
     """``--profile-steps`` / ``--tpu`` / ``--strategy`` of :func:`add_run_arguments` as config
     overrides (``--tpu`` alone implies the tpu strategy)."""
+    from t5pre.training.config import FlagOverride  # a message names the flag as typed
+
     overrides = []
     if getattr(args, "profile_steps", None):
-        overrides.append(f"training.profile_steps='{args.profile_steps}'")
+        overrides.append(FlagOverride(f"training.profile_steps='{args.profile_steps}'",
+                                      f"--profile-steps {args.profile_steps}"))
     if args.tpu:
-        overrides.append(f"strategy.tpu={args.tpu}")
+        overrides.append(FlagOverride(f"strategy.tpu={args.tpu}", f"--tpu {args.tpu}"))
         if not args.strategy:
             overrides.append("strategy.name=tpu")
     if args.strategy:

@@ -25,9 +25,11 @@ def register(subparsers):
 
 
 def _convert_hf(args):
+    from t5pre.files import check_output_path
     from t5pre.models.hf_convert import convert_hf
     from t5pre.models.info import parameter_counts
 
+    check_output_path(args.out_dir, flag=None, directory=True)  # before reading the checkpoint
     out_dir, model, vocabulary = convert_hf(args.path, args.out_dir, extra_ids=args.extra_ids)
     config = model.config
     kind = "T5 1.0 (tied head, relu)" if config.tie_word_embeddings else (

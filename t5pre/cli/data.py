@@ -41,9 +41,12 @@ def register(subparsers):
 
 
 def run_cache(args):
+    import functools
+
     import t5pre
     from t5pre.data.cache import build_cache
     from t5pre.errors import ConfigError
+    from t5pre.files import check_output_path
 
     import_modules(args.module)
     if args.workers < 1:
@@ -53,9 +56,11 @@ def run_cache(args):
         if not (args.inputs_length and args.targets_length):
             raise ConfigError("give both --inputs-length and --targets-length")
         lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+    check_output_path(args.out, flag="--out", directory=True)  # before any tokenizing
     task = t5pre.get_task(args.task)
     manifest = build_cache(task, args.out, splits=args.split or None, workers=args.workers,
-                           sequence_length=lengths, overwrite=args.overwrite, modules=args.module)
+                           sequence_length=lengths, overwrite=args.overwrite, modules=args.module,
+                           progress=functools.partial(print, flush=True))
     for split, entry in manifest["splits"].items():
         tokens = ", ".join(f"{k} {v:,}" for k, v in entry["tokens"].items())
         print(f"{split}: {entry['documents']:,} documents, {tokens} tokens, "

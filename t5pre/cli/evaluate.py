@@ -83,6 +83,20 @@ def recorded_files_task(info, task_name, vocabulary):
     return files_task(spec, vocabulary)
 
 
+def _check_outputs(out, predictions, out_flag) -> None:
+    """The scores file and the predictions file (those known: None = not yet) can be written:
+    one line and exit 2 or 3 before the split is decoded, not a traceback after."""
+    from t5pre.evaluation.evaluate import predictions_path_for
+    from t5pre.files import check_output_path
+
+    if out is not None:
+        check_output_path(out, flag=out_flag)
+    if predictions is not None:
+        check_output_path(predictions, flag="--predictions")
+    elif out is not None:
+        check_output_path(predictions_path_for(out), flag=out_flag)
+
+
 def run(args):
     from t5pre.cli.inference import decode_settings
     from t5pre.errors import ConfigError
@@ -95,6 +109,7 @@ def run(args):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     settings = decode_settings(args)
+    _check_outputs(args.out, args.predictions, "--out")  # before the (slow) model load
     from t5pre.data.registry import get_downstream_task
     from t5pre.data.task_vocabulary import check_vocabulary
     from t5pre.evaluation.evaluate import TaskEvaluator, format_scores, write_results
@@ -119,8 +134,10 @@ def run(args):
     evaluator = TaskEvaluator(task, loaded.vocabulary, split=args.split,
                               sequence_length=sequence_length, max_examples=args.max_examples,
                               settings=settings, batch_size=args.batch_size)
-    result = evaluator.evaluate(loaded.model, progress=True)
     out = args.out or os.path.join(args.model_dir, "eval", f"{task.name}-{args.split}.json")
+    if not args.out:  # the default, MODEL_DIR/eval/TASK-SPLIT.json, is known only now
+        _check_outputs(out, args.predictions, None)
+    result = evaluator.evaluate(loaded.model, progress=True)
     extra = {"model_dir": os.path.abspath(args.model_dir), "checkpoint": loaded.checkpoint,
              "decoding": {"beam": settings.beam_size, "length_penalty": settings.length_penalty,
                           "max_length": settings.max_decode_length},

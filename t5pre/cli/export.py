@@ -49,6 +49,11 @@ def register(subparsers):
 
 
 def run(args):
+    from t5pre.files import check_output_path
+
+    # Fail fast, before loading anything: an existing export, a path under a file, a place
+    # that cannot be written (both formats).
+    check_output_path(args.out, flag="--out", directory=True, overwrite=args.overwrite)
     if args.format == "hf":
         from t5pre.cli import export_hf
 
@@ -58,10 +63,9 @@ def run(args):
 
     from t5pre.cli.inference import decode_settings
     from t5pre.models.store import load_for_inference
-    from t5pre.export.saved_model import check_target, export_saved_model
+    from t5pre.export.saved_model import export_saved_model
 
     settings = decode_settings(args)
-    check_target(args.out, args.overwrite)  # fail fast, before loading anything
     start = time.time()
     loaded = load_for_inference(args.model_dir, args.checkpoint)
     settings = settings.resolved_for(loaded.sequence_length)

@@ -91,11 +91,11 @@ def files_overrides(args) -> list:
 
 def load_run_config(args, packaged: str = "default"):
     """The resolved run config the arguments describe."""
-    from t5pre.training.config import load_config, packaged_config_path
+    from t5pre.training.config import FlagOverride, load_config, packaged_config_path
 
     overrides = list(args.overrides)
     if args.steps is not None:
-        overrides.append(f"training.steps={args.steps}")
+        overrides.append(FlagOverride(f"training.steps={args.steps}", f"--steps {args.steps}"))
     overrides += run_overrides(args)
     overrides += files_overrides(args)
     path = args.config

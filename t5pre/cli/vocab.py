@@ -79,7 +79,9 @@ def _raw_formatter():
 
 
 # ------------------------------------------------------------------------------------ train
-def _texts_from_files(patterns, fields):
+def _texts_from_files(patterns, fields, read=None):
+    """The texts of the --files; ``read`` (a list of one int), when given, counts the
+    characters of every line read, JSON syntax and blank lines included (progress)."""
     import json
 
     files = []
@@ -94,6 +96,8 @@ def _texts_from_files(patterns, fields):
         opener = _open_text(path)
         with opener as f:
             for number, line in enumerate(f, start=1):
+                if read is not None:
+                    read[0] += len(line)
                 if not line.strip():
                     continue
                 if not is_json:
@@ -149,17 +153,23 @@ def _texts_from_task(name, split, fields):
 
 
 def run_train(args):
+    import functools
+
     from t5pre.cli.common import import_modules
     from t5pre.data.vocabulary import train_vocabulary
+    from t5pre.files import check_output_path
+    from t5pre.progress import Heartbeat
 
     if args.vocab_size <= args.extra_ids:
         raise ConfigError(f"--vocab-size {args.vocab_size} must exceed --extra-ids {args.extra_ids} (it counts them)")
+    check_output_path(args.out + ".model", flag="--out")  # before reading any text
     if args.task:
         import_modules(args.module)
         texts = _texts_from_task(args.task, args.split, args.field)
         what = f"task {args.task} ({args.split})"
     elif args.files:
-        texts = _texts_from_files(args.files, args.field)
+        read = [0]  # characters of the files read so far
+        texts = _texts_from_files(args.files, args.field, read)
         what = " ".join(args.files)
     else:
         from t5pre.data.default_corpus import default_corpus_texts
@@ -169,16 +179,18 @@ def run_train(args):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     start = time.time()
-    counted = _Counter(texts)
-    vocab = train_vocabulary(
-        counted,
-        args.out,
-        vocab_size=args.vocab_size,
-        extra_ids=args.extra_ids,
-        max_sentences=args.max_sentences or None,
-        character_coverage=args.character_coverage,
-        byte_fallback=not args.no_byte_fallback,
-    )
+    counted = _Counter(texts, total_bytes=_total_bytes(args.files) if args.files else None,
+                       read=read if args.files else None)
+    with Heartbeat(counted.progress_line, functools.partial(print, flush=True), PROGRESS_EVERY):
+        vocab = train_vocabulary(
+            counted,
+            args.out,
+            vocab_size=args.vocab_size,
+            extra_ids=args.extra_ids,
+            max_sentences=args.max_sentences or None,
+            character_coverage=args.character_coverage,
+            byte_fallback=not args.no_byte_fallback,
+        )
     seconds = time.time() - start
     print(f"trained on {what}: {counted.documents} documents, {counted.chars / 1e6:.1f} M characters in {seconds:.1f} s")
     print(
@@ -194,14 +206,35 @@ def run_train(args):
     return 0
 
 
-class _Counter:
-    """Wraps the text iterator to count documents and characters and keep a small sample."""
+PROGRESS_EVERY = 10.0  # seconds between two progress lines
 
-    def __init__(self, texts):
+
+def _total_bytes(patterns):
+    """The size of the --files (None when one is compressed: its text size is not known)."""
+    paths = sorted({p for pattern in patterns for p in glob.glob(pattern)})
+    if any(p.endswith(".gz") for p in paths):
+        return None
+    return sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) or None
+
+
+class _Counter:
+    """Wraps the text iterator to count documents and characters and keep a small sample;
+    :meth:`progress_line` says how far reading (then SentencePiece's training) has got."""
+
+    def __init__(self, texts, total_bytes=None, read=None, clock=time.monotonic):
+        from t5pre.progress import Eta
+
         self._texts = texts
+        self._read = read  # [characters of the files read], when the texts come from files
         self.documents = 0
         self.chars = 0
         self.sample = []
+        self.total_bytes = total_bytes
+        self._clock = clock
+        self.started = clock()
+        self.read_seconds = None  # set when the text is exhausted
+        self._eta = Eta(clock)
+        self._eta.mark(0)
 
     def __iter__(self):
         for text in self._texts:
@@ -210,6 +243,30 @@ class _Counter:
             if len(self.sample) < 200:
                 self.sample.append(text)
             yield text
+        self.read_seconds = self._clock() - self.started
+
+    def progress_line(self) -> str:
+        """While reading: ``vocab: read 1,234 documents | 5.6M characters | 1.2M chars/s``, then
+        ``| 40% of the files | reading ETA 12s`` (from the --files' size: characters of their
+        lines read, of their bytes) or ``| 32s elapsed``; while SentencePiece trains:
+        ``vocab: training SentencePiece on 1,234 documents (5.6M characters) | 1m02s elapsed``."""
+        from t5pre.progress import fmt_duration, fmt_rate
+
+        elapsed = max(self._clock() - self.started, 1e-9)
+        if self.read_seconds is not None:
+            return (f"vocab: training SentencePiece on {self.documents:,} documents "
+                    f"({fmt_rate(self.chars)} characters) | "
+                    f"{fmt_duration(elapsed - self.read_seconds)} elapsed")
+        parts = [f"vocab: read {self.documents:,} documents", f"{fmt_rate(self.chars)} characters",
+                 f"{fmt_rate(self.chars / elapsed)} chars/s"]
+        if self.total_bytes:
+            done = self._read[0] if self._read is not None else self.chars
+            self._eta.mark(done)
+            parts += [f"{min(99, int(100 * done / self.total_bytes))}% of the files",
+                      f"reading ETA {fmt_duration(self._eta.seconds_left(self.total_bytes))}"]
+        else:
+            parts.append(f"{fmt_duration(elapsed)} elapsed")
+        return " | ".join(parts)
 
 
 # ------------------------------------------------------------------------------- info/encode

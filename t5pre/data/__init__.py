@@ -18,6 +18,7 @@ see :mod:`t5pre.lazy`); the modules import TensorFlow only when a dataset is bui
 * :mod:`t5pre.data.chunking`        concatenate documents and cut exact-length chunks
 * :mod:`t5pre.data.feature_converter` ``EncDecFeatureConverter`` (model features, packing)
 * :mod:`t5pre.data.cache`           ``build_cache``/``open_cache``: random-access token shards
+* :mod:`t5pre.data.build_progress`  progress lines of a cache build, across its workers
 * :mod:`t5pre.data.random_access`   global example index -> model features, numpy only
 * :mod:`t5pre.data.index_sampler`   seeded per-pass permutation, exact elastic sharding
 * :mod:`t5pre.data.denoising_numpy` the objectives without TensorFlow

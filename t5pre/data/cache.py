@@ -34,6 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from t5pre.data import build_progress
 from t5pre.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -182,7 +183,11 @@ def _build_shard(task, split, index, count, directory, features, dtype, stop, se
     for feature, flat, lengths in _tokenized_blocks(task, split, index, count, features, stop,
                                                     separator, sequence_length):
         writer.write(feature, flat, lengths)
-    return writer.close()
+        if feature == features[0]:
+            build_progress.count(len(lengths), len(flat))
+    entry = writer.close()
+    build_progress.count(0, 0, shards=1)
+    return entry
 
 
 def _cache_layout(task, sequence_length):
@@ -229,12 +234,19 @@ def _build_shard_by_name(task_name, modules, *args):
     return _build_shard(get_task(task_name), *args)
 
 
-def _run_shards(jobs, workers, modules):
-    """Run the ``_build_shard`` jobs, in ``workers`` spawned processes when there are several."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [_build_shard(*job) for job in jobs]
+def _run_shards(jobs, workers, modules, progress=None):
+    """Run the ``_build_shard`` jobs, in ``workers`` spawned processes when there are several;
+    ``progress``: see :mod:`t5pre.data.build_progress`."""
     import multiprocessing
 
+    context = multiprocessing.get_context("spawn")
+    with build_progress.tracking(progress, len(jobs), context) as tracker:
+        if workers <= 1 or len(jobs) <= 1:
+            return [_build_shard(*job) for job in jobs]
+        return _run_in_pool(jobs, workers, modules, context, tracker)
+
+
+def _run_in_pool(jobs, workers, modules, context, tracker):
     from t5pre.data.registry import get_task
 
     task = jobs[0][0]
@@ -246,19 +258,25 @@ def _run_shards(jobs, workers, modules):
         raise DataError(f"task {task.name!r}: building with several workers needs a registered "
                         "task (the workers look it up by name); register it or use workers=1")
     named = [(task.name, list(modules)) + tuple(job[1:]) for job in jobs]
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        return pool.starmap(_build_shard_by_name, named)
+    with context.Pool(min(workers, len(jobs)), initializer=build_progress.use,
+                      initargs=(tracker.counters,)) as pool:
+        pending = pool.starmap_async(_build_shard_by_name, named)
+        while not pending.ready():
+            pending.wait(1.0)
+            tracker.poll()
+        return pending.get()
 
 
 def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers: int = 1,
                 sequence_length: Mapping[str, int] | None = None, overwrite: bool = False,
-                modules: Sequence[str] = ()) -> dict:
+                modules: Sequence[str] = (), progress=None) -> dict:
     """Tokenize ``task``'s splits once into ``out_dir`` (see the module doc); returns the manifest.
 
     ``workers`` shards each split over processes (by files when the source has enough, by
     examples otherwise; workers import ``modules`` to find a task registered outside the
     catalogue). ``sequence_length`` is needed for tasks that are not pretraining tasks
-    (their preprocessors trim to it) and recorded. The manifest is written last.
+    (their preprocessors trim to it) and recorded. The manifest is written last. ``progress``
+    (e.g. ``print``) gets a progress line every few seconds (:mod:`t5pre.data.build_progress`).
     """
     kind, features, stop, separator = _cache_layout(task, sequence_length)
     splits = list(splits or task.splits)
@@ -278,7 +296,7 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
         os.makedirs(directory)
         jobs += [(task, split, k, count, directory, features, dtype, stop, separator,
                   dict(sequence_length) if sequence_length else None) for k in range(count)]
-    results = _run_shards(jobs, workers, modules)
+    results = _run_shards(jobs, workers, modules, progress)
     manifest_splits = {}
     for split in splits:
         shards = [r for job, r in zip(jobs, results) if job[1] == split]

@@ -216,8 +216,7 @@ def write_results(result: EvalResult, out_json: str, predictions_path: Optional[
     """Writes the scores JSON and the predictions JSONL (each atomically); returns both paths."""
     out_json = os.fspath(out_json)
     if predictions_path is None:
-        stem = out_json[:-5] if out_json.endswith(".json") else out_json
-        predictions_path = stem + ".predictions.jsonl"
+        predictions_path = predictions_path_for(out_json)
     for path in (out_json, predictions_path):
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
@@ -229,6 +228,13 @@ def write_results(result: EvalResult, out_json: str, predictions_path: Optional[
                "seconds": round(result.seconds, 3), **(extra or {})}
     _atomic_write(out_json, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return out_json, predictions_path
+
+
+def predictions_path_for(out_json: str) -> str:
+    """Where the predictions go by default: ``FILE.json`` -> ``FILE.predictions.jsonl``."""
+    out_json = os.fspath(out_json)
+    stem = out_json[:-5] if out_json.endswith(".json") else out_json
+    return stem + ".predictions.jsonl"
 
 
 def read_predictions(path) -> list:
@@ -247,8 +253,8 @@ def format_scores(scores: dict, main_metric: Optional[str] = None) -> str:
     names = [k for k in scores if not k.endswith(("_low", "_high"))]
     if not names:
         return "(no scores: the task has no metric_fns)"
-    width = max(len(n) for n in names) + 2
-    lines = [f"{'metric'.ljust(width)}score"]
+    width = max(len(n) for n in [*names, "metric"]) + 2  # QA's "em"/"f1" are shorter
+    lines = [f"{'metric'.ljust(width)}{'score':>8}"]
     for name in names:
         line = f"{name.ljust(width)}{scores[name]:8.3f}"
         if f"{name}_low" in scores and f"{name}_high" in scores:

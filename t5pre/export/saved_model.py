@@ -51,15 +51,14 @@ def _write_metadata(path: pathlib.Path, metadata: dict) -> None:
     (target / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
-def check_target(export_dir, overwrite: bool) -> pathlib.Path:
-    """Refuse an existing target unless `overwrite`, and a target that is not a directory."""
-    export_dir = pathlib.Path(export_dir)
-    if export_dir.exists() or export_dir.is_symlink():
-        if not export_dir.is_dir():
-            raise ConfigError(f"{export_dir}: exists and is not a directory")
-        if not overwrite and any(export_dir.iterdir()):
-            raise ConfigError(f"{export_dir}: already exists (pass --overwrite to replace it)")
-    return export_dir
+def check_target(export_dir, overwrite: bool, flag: str | None = None) -> pathlib.Path:
+    """Refuse an existing non-empty target unless `overwrite`, a target that is not a directory,
+    and a place that cannot be written (:func:`t5pre.files.check_output_path`; `flag`, e.g.
+    ``--out``, is how messages name the path)."""
+    from t5pre.files import check_output_path
+
+    check_output_path(export_dir, flag=flag, directory=True, overwrite=bool(overwrite))
+    return pathlib.Path(export_dir)
 
 
 def export_saved_model(model, vocabulary, export_dir, settings, *, overwrite: bool = False,

@@ -28,6 +28,18 @@ or between spaces, multiple spaces, unknown characters and byte-fallback charact
 `spiece.model` is the model t5pre's tokenizers load: seqio's, sentinels spelt `▁<extra_id_i>`
 (`extra_ids` 0 in tokenizer_config.json: they are already in it). One known difference: the
 literal text "</s>", "<pad>" or "<unk>" becomes that special token in HF, characters in t5pre.
+
+A T5.1.1 export (untied output head) logs one warning in transformers >= 5 when it is loaded:
+"The tied weights mapping and config for this model specifies to tie shared.weight to
+lm_head.weight, but both are present in the checkpoints with different values, so we will NOT
+tie them. You should update the config with `tie_word_embeddings=False`". config.json already
+says false: transformers 5's T5Config reads that key as "do not scale the decoder output" and
+then sets `tie_word_embeddings` to true for every T5 (T5ForConditionalGeneration always ties
+`lm_head` to `shared` when it builds the model), so every untied T5 checkpoint, Google's
+t5-v1_1 and flan-t5 included, gets the warning, and nothing in config.json can silence it. The
+head is loaded untied, as exported (the logits equal t5pre's; tests/test_hf_export.py checks
+both, and that a T5 1.0 export loads without the warning). To hide it:
+`transformers.logging.set_verbosity_error()` before loading.
 """
 
 from __future__ import annotations

@@ -309,7 +309,7 @@ class InitModel:
 def copy_weights(source_model, target_model, where: str) -> int:
     """Copies every weight of ``target_model`` from the ``source_model`` weight at the same path.
 
-    Why not restore the checkpoint (or the .h5 file) straight into the fine-tuning model: both
+    Why not restore the checkpoint (or the .h5 file) straight into the model being trained: both
     match weights by the model's object structure, and a model with dropout (fine-tuning) has
     more sub-layers than the same architecture without (pretraining), so the structures differ
     while the weights (named by path) are the same. Returns the number of arrays copied."""
@@ -325,7 +325,14 @@ def copy_weights(source_model, target_model, where: str) -> int:
         weight.assign(src.numpy() if hasattr(src, "numpy") else src.value)
         copied += 1
     if missing:
-        raise CheckpointError(f"{where}: the init model does not fit the fine-tuning model "
+        vocab = [getattr(getattr(m, "config", None), "vocab_size", None)
+                 for m in (source_model, target_model)]
+        if None not in vocab and vocab[0] != vocab[1]:
+            raise CheckpointError(
+                f"{where}: the init model has another vocabulary ({vocab[0]} embedding rows, "
+                f"the model being trained {vocab[1]}): initialise from a model trained with "
+                "this run's vocabulary, or train on a task that uses the init model's")
+        raise CheckpointError(f"{where}: the init model does not fit the model being trained "
                               f"({len(missing)} weights missing or of another shape: "
                               f"{', '.join(missing[:5])})")
     return copied

@@ -289,12 +289,12 @@ class _Where:
 
     def __call__(self, path: str) -> str:
         if path in self.flags:
-            return f"--set {self.flags[path]}"
+            return _flag_label(self.flags[path])
         # An unknown section (``--set nosuch.key=1`` fails at ``nosuch``) or a bad key inside a
         # mapping-valued flag (``--set data.sequence_length={inputz: 8}``) came from that flag.
         for key, flag in self.flags.items():
             if key.startswith(path + ".") or path.startswith(key + "."):
-                return f"--set {flag}"
+                return _flag_label(flag)
         line = self.lines.get(path)
         return f"{self.origin}:{line}" if line else self.origin
 
@@ -643,6 +643,20 @@ def _set_path(data: dict, path: str, value, origin: str) -> dict:
     return data
 
 
+class FlagOverride(str):
+    """An override (``"training.steps=-5"``) given by a dedicated flag (``--steps -5``): a
+    message about its value names the flag as the user typed it, not ``--set``."""
+
+    def __new__(cls, item: str, flag: str):
+        obj = super().__new__(cls, item)
+        obj.flag = flag
+        return obj
+
+
+def _flag_label(item) -> str:
+    return getattr(item, "flag", None) or f"--set {item}"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", yaml-parsed value)``."""
     if "=" not in text:
@@ -685,7 +699,7 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
     flags = {}
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(data, key, value, origin=f"--set {item}")
+        _set_path(data, key, value, origin=_flag_label(item))
         flags[key] = item
     # An error in an overridden key names the flag, one in the file names file:line.
     cfg = from_dict(data, origin=origin, lines=lines, resolve_auto=False, flags=flags,
@@ -735,7 +749,7 @@ def load_finetune_config(path: str | None = None, overrides=(), *, task: str | N
     if task:
         items += [f"data.task={task}", "data.mixture=null"]
     if steps is not None:
-        items.append(f"training.steps={steps}")
+        items.append(FlagOverride(f"training.steps={steps}", f"--steps {steps}"))
     return load_config(path, items, defaults=FINETUNE_RUN_DEFAULTS, model_dir=model_dir,
                        finetune=True)
 

@@ -8,12 +8,12 @@ every log interval, so a kill loses at most the last interval.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
 
 from t5pre.lazy import tensorflow as _tf  # noqa: E402
+from t5pre.progress import Eta, fmt_duration, fmt_rate  # noqa: F401 (Eta: the trainer's ETA)
 
 
 LOGGED_STEPS_FILE = "logged_steps.json"  # the newest step written per split
@@ -124,24 +124,13 @@ def flat_hparams(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def _fmt_rate(x: float) -> str:
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
+# One style for every command's progress lines (t5pre/progress.py); old names kept.
+_fmt_duration, _fmt_rate = fmt_duration, fmt_rate
 
 
 def progress_line(step: int, total: int, metrics: dict, eta_seconds: float) -> str:
-    """``step 100/1000 | loss 5.123 | acc 0.123 | lr 1.0e-03 | 12.3k tok/s | ETA 3m12s``"""
+    """``step 100/1000 | loss 5.123 | acc 0.123 | lr 1.0e-03 | 12.3k tok/s | ETA 3m12s``
+    (``eta_seconds``: :class:`t5pre.progress.Eta`, measured on this process's steps)."""
     parts = [f"step {step}/{total}", f"loss {metrics.get('loss', float('nan')):.4f}",
              f"acc {metrics.get('accuracy', float('nan')):.3f}",
              f"lr {metrics.get('learning_rate', float('nan')):.2e}",

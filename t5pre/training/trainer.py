@@ -163,11 +163,31 @@ class Trainer:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path}: cannot read the model config ({e})") from None
         if old != values:
-            changed = sorted(k for k in set(old) | set(values) if old.get(k) != values.get(k))
-            raise CheckpointError(
-                f"{path}: this model directory holds a model with another config (fields "
-                f"{', '.join(changed)} differ from model.name={self.config.model.name!r} + "
-                "overrides); use a new --model-dir or the same model config")
+            raise CheckpointError(self._other_model_message(old, values))
+
+    def _other_model_message(self, old: dict, new: dict) -> str:
+        """What happened, in the user's terms: the directory already holds another model (its
+        vocabulary or architecture, and the task it was trained on, against this run's)."""
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        kinds = (["vocabulary"] if "vocab_size" in changed else []) + (
+            ["architecture"] if set(changed) - {"vocab_size"} else [])
+        shown = "; ".join(f"{k} {old.get(k)} there, {new.get(k)} in this run"
+                          for k in changed[:3]) + ("; ..." if len(changed) > 3 else "")
+        tasks = ""
+        try:
+            import yaml
+
+            with open(os.path.join(self.model_dir, "config.yaml"), encoding="utf-8") as f:
+                data = (yaml.safe_load(f) or {}).get("data") or {}
+            before, now = data.get("task") or data.get("mixture"), self.config.task_name
+            if before and before != now:
+                tasks = f"; it was trained on {before!r}, this run trains {now!r}"
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            pass
+        return (f"{self.model_dir} already holds another model, with another "
+                f"{' and '.join(kinds) or 'config'} ({shown}, model_config.json){tasks}: a run "
+                "in a model directory continues the model in it, so give this run a new "
+                f"--model-dir (or delete {self.model_dir} to start over)")
 
     def _prepare_model_dir(self, model) -> None:
         """Chief writes config.yaml and the model files (model_config.json, spiece.model,
@@ -481,6 +501,7 @@ class Trainer:
         out = train_step(batch)
         t2 = time.perf_counter()
         run.step += 1
+        run.eta.mark(run.step)
         profiler.after_step(run.step)
         run.data_examples += t.batch_size
         finite = bool(out["finite"])
@@ -516,8 +537,7 @@ class Trainer:
             peak = t.peak_flops * self.backend.num_replicas
             metrics["mfu"] = self._flops * seq * metrics["examples_per_sec"] / peak
         metrics["skipped_steps"] = run.skipped
-        recent = run.step_times[-t.log_every:]
-        eta = (t.steps - run.step) * (sum(recent) / max(len(recent), 1))
+        eta = run.eta.seconds_left(t.steps)  # this process's steps, the first (compile) left out
         self.log(summaries.progress_line(run.step, t.steps, metrics, eta))
         run.writer.scalars("train", run.step, metrics)
         run.writer.flush()
@@ -579,6 +599,7 @@ class _Run:
     history: list = dataclasses.field(default_factory=list)
     last_metrics: dict = dataclasses.field(default_factory=dict)
     step_times: list = dataclasses.field(default_factory=list)
+    eta: summaries.Eta = dataclasses.field(default_factory=lambda: summaries.Eta())
 
 
 class _Profiler:
