@@ -386,7 +386,8 @@ def test_model_info_cli(tmp_path, capsys):
 
 
 def test_memory_per_device_estimate():
-    from t5pre.models.info import memory_per_device, parameter_counts
+    from t5pre.models.info import parameter_counts
+    from t5pre.training.memory import memory_per_device
 
     config = T5Config.from_name("base")
     params = parameter_counts(config)["total"]
