@@ -25,7 +25,9 @@ def train(model_dir, *overrides, **kwargs):
 
 
 def ckpt_files(run):
-    return sorted(os.listdir(run / "checkpoints"))
+    from t5pre.models.layout import CHECKPOINTS_DIR
+
+    return sorted(os.listdir(run / CHECKPOINTS_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,7 @@ def test_second_process_is_refused_naming_the_holder_and_a_killed_holder_frees_i
     assert result.step == 2
 
 
+@pytest.mark.slow
 def test_cli_second_process_exits_2_with_one_line(tmp_path, capsys):
     from t5pre.cli import main
     from t5pre.models.dir_lock import ModelDirLock
