@@ -1,5 +1,6 @@
-"""The model directory's reader: what a model directory holds, reading a model back for inference (`load_model(path, checkpoint=None)`)
-and the weights a run starts from (`resolve_init` / `read_init`).
+"""The model directory's reader: what a model directory holds, reading a model back for
+inference (`load_model(path, checkpoint=None)`) and the weights a run starts from
+(`resolve_init` / `read_init`).
 
 Three on-disk layouts hold a model, and every inference command (predict, evaluate, export)
 accepts all of them:
@@ -30,10 +31,9 @@ import re
 from typing import Callable, Optional
 
 from t5pre.errors import CheckpointError, ConfigError
-
 # The names of the model directory (kept importable from here) and its model files.
-from t5pre.models.io import model_config_values, write_model_files  # noqa: E402,F401
-from t5pre.models.layout import (  # noqa: E402,F401
+from t5pre.models.io import model_config_values, write_model_files  # noqa: F401
+from t5pre.models.layout import (  # noqa: F401
     BEST_INFO_FILE, CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, FINETUNE_INFO_FILE, FORMAT_VERSION,
     MODEL_CONFIG_FILE, RUN_CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE)
 
