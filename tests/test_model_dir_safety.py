@@ -178,6 +178,7 @@ def test_no_checkpoint_during_a_nonfinite_streak(tmp_path):
     assert "checkpoint not written during a streak" in "\n".join(messages)
 
 
+@pytest.mark.slow
 def test_resume_with_another_data_stream_is_refused_unless_allowed(finished, tmp_path):
     """F5: lengths / batch / task changes are refused in one line; steps may change."""
     run = copy_of(finished, tmp_path)
@@ -221,6 +222,7 @@ def test_failing_checkpoint_write_is_one_clear_error_with_its_own_exit_code(fini
     assert not (run / "checkpoints" / "ckpt-16.index").exists()
 
 
+@pytest.mark.slow
 def test_resumed_steps_are_written_to_tensorboard_once(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -266,6 +268,7 @@ def test_config_typos_and_unknown_tasks_are_reported_before_tensorflow_is_import
         assert expected in out.stderr
 
 
+@pytest.mark.slow
 def test_warns_when_evaluating_on_the_training_split_and_when_all_steps_are_warmup(tmp_path):
     _, _, log = train(tmp_path / "w", "training.steps=2", "training.eval_every=2",
                       "data.eval_split=train", "optimizer.warmup_steps=10")
