@@ -1,34 +1,182 @@
-"""Writing small files so that a crash or a kill never leaves a half-written one.
+"""Writing files and directories so that a crash or a kill never leaves a half-written one.
 
-Every metadata file t5pre writes (run configs, model configs, manifests, score files, logged
-steps) goes through here: the text is written to ``PATH.tmp-PID`` beside the target and renamed
-over it (``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one.
+The one way t5pre writes anything a reader may look at (run configs, model configs, vocabularies,
+checkpoints and their state file, manifests, score files, exports):
 
+* a **file** is written to a temporary name beside the target (``NAME.tmp-PID-XXXXXXXX``),
+  flushed and fsynced, then renamed over the target (``os.replace``: atomic on POSIX), so a
+  reader sees the old file or the new one: :func:`atomic_file` (a context manager yielding the
+  open file), :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json`;
+* a **directory** is built in a sibling ``NAME_temp-XXXXXXXX/`` and renamed into place once
+  complete: :func:`atomic_directory`. With ``replace=True`` an existing directory is moved
+  aside first and deleted only once the new one is in place (it is put back if the rename
+  fails); with ``merge=True`` the finished files are moved into an existing directory one by one,
+  ``last`` (the file that marks the set complete) last, and the directory's other files stay.
+
+On any exception, the temporary file or directory is removed and the target is left as it was.
+Temporary names end in ``.tmp-*`` / ``_temp-*``, so that what a kill leaves behind is
+recognisable (the checkpoint keeper deletes ``checkpoint.tmp*`` and ``ckpt-N_temp*``).
 :func:`check_output_path` is the one check of an output path that every command makes before
-its work starts (a bad ``--out`` is one line and exit 2, an unwritable place exit 3)."""
+its work starts (a bad ``--out`` is one line and exit 2, an unwritable place exit 3); 
+:func:`check_target` is its form for a directory written whole (an export).
+
+The helpers take local paths; this module imports nothing but ``t5pre.errors``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pathlib
+import secrets
+import shutil
+import tempfile
+from typing import Iterator
+
+from t5pre.errors import ConfigError
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _fsync_directory(path) -> None:
+    """Makes a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w", *, encoding: str | None = "utf-8",
+                fsync: bool = True) -> Iterator:
+    """``with atomic_file(path, "wb") as f: f.write(...)``: ``f`` writes a temporary file beside
+    ``path`` (created with the usual mode, 0666 less the umask), which replaces ``path`` when the
+    block ends without an exception; an exception removes it and leaves ``path`` as it was."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes whole files: mode 'w' or 'wb', not {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         raise
+    if fsync:
+        _fsync_directory(directory)
 
 
-def atomic_write_json(path: str, value, *, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(value, indent=indent) + "\n")
+def atomic_write_bytes(path, data: bytes, *, fsync: bool = True) -> None:
+    with atomic_file(path, "wb", fsync=fsync) as f:
+        f.write(data)
+
+
+def atomic_write_text(path, text: str, *, fsync: bool = True) -> None:
+    with atomic_file(path, "w", fsync=fsync) as f:
+        f.write(text)
+
+
+def atomic_write_json(path, value, *, indent: int | None = 2, fsync: bool = True,
+                      **dumps_kwargs) -> None:
+    atomic_write_text(path, json.dumps(value, indent=indent, **dumps_kwargs) + "\n", fsync=fsync)
+
+
+def check_target(target, overwrite: bool, flag: str | None = None) -> pathlib.Path:
+    """For a directory that a command writes whole (an export): refuse a target that exists and
+    is not a directory, a non-empty one unless ``overwrite``, and a place that cannot be written
+    (:func:`check_output_path`; ``flag``, e.g. ``--out``, is how messages name the path)."""
+    check_output_path(target, flag=flag, directory=True, overwrite=bool(overwrite))
+    return pathlib.Path(target)
+
+
+def _fsync_tree(root: str) -> None:
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_directory(folder)
+
+
+def _usual_directory_mode(path: str) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes 0700; another user (a server) must read it
+
+
+@contextlib.contextmanager
+def atomic_directory(target, *, replace: bool = False, merge: bool = False, last=(),
+                     fsync: bool = True, before_rename=None) -> Iterator[pathlib.Path]:
+    """``with atomic_directory(target) as staging: <write into staging>``: ``staging`` is a new
+    empty sibling ``TARGET_temp-XXXXXXXX/`` (usual permissions) that becomes ``target`` when the
+    block ends without an exception (its files fsynced first when ``fsync``). An existing
+    ``target`` is an error (``FileExistsError``) unless ``replace`` (swap: the old directory is
+    deleted once the new one is in place, and restored if the rename fails) or ``merge`` (move
+    the files in one by one, the names in ``last`` last; the directory's other files stay).
+    ``before_rename()`` runs just before the rename (e.g. to check the target again). On an
+    exception the staging directory is removed and ``target`` is untouched."""
+    target = os.fspath(target)
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(target) + "_temp-", dir=parent)
+    retired = None
+    try:
+        _usual_directory_mode(staging)
+        yield pathlib.Path(staging)
+        if fsync:
+            _fsync_tree(staging)
+        if before_rename is not None:
+            before_rename()
+        if merge and os.path.isdir(target):
+            names = sorted(os.listdir(staging))
+            ordered = [n for n in names if n not in last] + [n for n in last if n in names]
+            for name in ordered:
+                source, dest = os.path.join(staging, name), os.path.join(target, name)
+                if os.path.isdir(source) and os.path.isdir(dest):
+                    shutil.rmtree(dest)
+                os.replace(source, dest)
+        elif os.path.lexists(target):
+            if not (replace or merge):
+                raise FileExistsError(f"{target}: already exists")
+            retired = tempfile.mkdtemp(prefix=os.path.basename(target) + "_old-", dir=parent)
+            os.rename(target, os.path.join(retired, "old"))
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(os.path.join(retired, "old"), target)  # put the old one back
+                raise
+        else:
+            os.rename(staging, target)
+        if fsync:
+            _fsync_directory(parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
 
 
 def check_output_path(path, *, flag: str = "--out", directory: bool = False,

@@ -32,7 +32,7 @@ import os
 from typing import Callable, Optional
 
 from t5pre.errors import ConfigError
-from t5pre.models.store import FINETUNE_INFO_FILE
+from t5pre.models.layout import FINETUNE_INFO_FILE
 from t5pre.training.config import CHANGEABLE_MODEL_FIELDS
 
 

@@ -13,6 +13,7 @@ as a ``{name: module}`` map and gets its module ``__getattr__`` / ``__dir__`` fr
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable, Mapping
 
@@ -48,6 +49,26 @@ def hide_accelerators_from_tensorflow() -> bool:
                     "may hold most of their memory. Build the JAX trainer before any TensorFlow "
                     "op runs", kind)
     return hidden
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with the process's stderr (fd 2) closed off: its native libraries log
+    through absl before absl's logging is initialised, which ignores TF_CPP_MIN_LOG_LEVEL and
+    prints "All log messages before absl::InitializeLog() ..." and CUDA-probe lines on every
+    command. An import failure still raises, after stderr is restored."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable, Callable]:

@@ -28,8 +28,8 @@ from t5pre.data.qa_sources import DataDirSource, SquadJSONSource
 from t5pre.data.registry import Feature, TaskRegistry
 from t5pre.data.sources import FunctionSource, TFDSSource
 from t5pre.errors import DataError
-from t5pre.evaluation.metrics import squad
-from t5pre.evaluation.postprocessors import qa_postprocessor
+from t5pre.data.metrics import squad
+from t5pre.data.postprocessors import qa_postprocessor
 
 
 def output_features(vocabulary=None) -> dict:

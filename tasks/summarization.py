@@ -31,8 +31,8 @@ from t5pre.data.qa_sources import DataDirSource
 from t5pre.data.registry import Feature, TaskRegistry
 from t5pre.data.sources import FunctionSource, JSONLSource, TFDSSource
 from t5pre.errors import DataError
-from t5pre.evaluation.metrics import rouge
-from t5pre.evaluation.postprocessors import summarization_postprocessor
+from t5pre.data.metrics import rouge
+from t5pre.data.postprocessors import summarization_postprocessor
 
 SUMMARIZE_PREFIX = "summarize: "
 

@@ -178,6 +178,7 @@ JAX_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_jax_stateless_apply_gives_the_tensorflow_update(tmp_path, repo_root):
     try:
         import jax  # noqa: F401
@@ -242,6 +243,7 @@ def _train(make_optimizer, steps=40):
     return losses
 
 
+@pytest.mark.slow
 def test_trains_as_well_as_keras_adafactor():
     import keras
 

@@ -316,6 +316,7 @@ def _tiny_vocabulary(tmp_path):
     return train_vocabulary(texts, str(tmp_path / "tiny"), vocab_size=140, byte_fallback=False)
 
 
+@pytest.mark.slow
 def test_cli_builds_in_parallel_and_verifies(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = tmp_path / "cache"
@@ -373,6 +374,7 @@ def test_mixture_rates_by_size_from_the_cache_and_from_a_recorded_count(corpus, 
         mixing.rate_num_examples(temperature=0)
 
 
+@pytest.mark.slow
 def test_pretrain_reads_the_cache_and_resumes(corpus, tmp_path, capsys):
     from t5pre.cli import main
 

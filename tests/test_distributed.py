@@ -70,6 +70,7 @@ def _max_diff(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_mirrored_two_replicas_match_one_device(tmp_path, one_device):
     ref, ref_history = one_device
     outs = _finish([_driver(tmp_path / "m", tmp_path / "m", "--logical-cpus", "2",
@@ -86,6 +87,7 @@ def test_mirrored_two_replicas_match_one_device(tmp_path, one_device):
     assert _max_diff(doubled, ref) > 1e-4
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, one_device):
     from t5pre.training.trainer import Trainer
 
@@ -107,6 +109,7 @@ def _free_ports(n):
             s.close()
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes_in_lock_step(tmp_path, one_device):
     ref, _ = one_device
     ports = _free_ports(2)
@@ -169,6 +172,7 @@ def _free_port_pair():
     raise RuntimeError("no two consecutive free ports")
 
 
+@pytest.mark.slow
 def test_slurm_cluster_two_local_workers(tmp_path, one_device):
     """strategy.cluster=slurm: the srun variables of a 2-task step on one node (127.0.0.1)
     give two workers that train in lock-step and match one device."""

@@ -80,6 +80,8 @@ def write_training_dir(model, vocabulary, directory, step=3):
     import keras
 
     from t5pre.models.checkpoints import CheckpointKeeper
+    from t5pre.models.io import write_model_files
+    from t5pre.models.layout import RUN_CONFIG_FILE
     from t5pre.training.config import load_config, save_config
 
     directory = pathlib.Path(directory)
@@ -88,10 +90,8 @@ def write_training_dir(model, vocabulary, directory, step=3):
         "model.name=tiny", "data.task=default_span_corruption",
         f"data.sequence_length.inputs={INPUTS_LENGTH}",
         f"data.sequence_length.targets={TARGETS_LENGTH}"])
-    save_config(run_config, str(directory / "config.yaml"))
-    values = {"format_version": 1, **model.config.to_dict()}
-    (directory / "model_config.json").write_text(json.dumps(values))
-    vocabulary.save(str(directory))
+    save_config(run_config, str(directory / RUN_CONFIG_FILE))
+    write_model_files(directory, model, vocabulary)
     keeper = CheckpointKeeper(str(directory), model=model, optimizer=keras.optimizers.Adam())
     keeper.save(step, 0, 1)
     return directory
@@ -155,6 +155,7 @@ def predict_cli(capsys, model_dir, *extra):
     return capsys.readouterr().out.split("\n")[:-1]
 
 
+@pytest.mark.slow
 def test_fresh_process_needs_no_t5pre(served):
     assert served["t5pre_imported"] is False
     for name in ("greedy", "beam"):
@@ -162,6 +163,7 @@ def test_fresh_process_needs_no_t5pre(served):
         assert served[name]["empty_batch"] == [0]
 
 
+@pytest.mark.slow
 def test_greedy_export_equals_t5pre_predict_and_python_decoding(tiny, served, capsys):
     from t5pre.evaluation.predict import Predictor
     from t5pre.models.decode_settings import DecodeSettings
@@ -184,6 +186,7 @@ def test_greedy_export_equals_t5pre_predict_and_python_decoding(tiny, served, ca
     assert len(set(lengths)) > 1 and min(lengths) < TARGETS_LENGTH
 
 
+@pytest.mark.slow
 def test_beam_export_equals_t5pre_predict(tiny, served, capsys):
     from t5pre.models.decoding import decode
 
@@ -208,6 +211,7 @@ def test_beam_export_equals_t5pre_predict(tiny, served, capsys):
     np.testing.assert_array_equal(np.asarray(got["ids"]), np.asarray(tokens))
 
 
+@pytest.mark.slow
 def test_export_metadata_and_overwrite(tiny, exports):
     from t5pre.export import read_export_metadata
 
@@ -223,9 +227,11 @@ def test_export_metadata_and_overwrite(tiny, exports):
     # overwrite replaced the old directory entirely, and no staging directories are left
     assert not (exports["beam"] / "stale.txt").exists()
     for parent in (exports["beam"].parent, exports["greedy"].parent):
-        assert not [p.name for p in parent.iterdir() if p.name.startswith(".")]
+        assert not [p.name for p in parent.iterdir()
+                    if p.name.startswith(".") or "_temp-" in p.name or "_old-" in p.name]
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(exports):
     cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
     if not cli.exists():

@@ -58,6 +58,7 @@ def _finetune_args(pre, out, steps):
             "--set", "finetune.eval_examples=4", "--set", "finetune.eval_batch_size=4"]
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end_on_real_data(pretrain_dir, shared_data, tmp_path, monkeypatch,
                                           capsys):
     from t5pre.models import load_pretrained

@@ -12,6 +12,8 @@ import pytest
 
 from tests.test_model import features, micro_model, tiny_vocabulary
 
+pytestmark = pytest.mark.slow  # CLI subprocesses / training runs: see pyproject's markers
+
 JAX_SCRIPT = textwrap.dedent(
     """
     import sys

@@ -57,6 +57,7 @@ def steps(tmp_path_factory):
                       "data_parallel:1:adamw:poison")
 
 
+@pytest.mark.slow
 def test_two_device_data_parallel_equals_one_device(steps):
     one, dp = steps["one_device:1:adamw"], steps["data_parallel:1:adamw"]
     assert one["replicas"] == 1 and dp["replicas"] == 2
@@ -69,6 +70,7 @@ def test_two_device_data_parallel_equals_one_device(steps):
     assert one["eval"] == pytest.approx(dp["eval"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_equals_data_parallel_and_shards_the_big_matrices(steps):
     dp, fsdp = steps["data_parallel:1:adamw"], steps["fsdp:1:adamw"]
     assert max_diff(dp["weights"], fsdp["weights"]) < 2e-5
@@ -85,6 +87,7 @@ def test_fsdp_equals_data_parallel_and_shards_the_big_matrices(steps):
     assert all("batch" not in s for s in dp["shardings"].values())
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_2_equals_1(steps):
     a, b = steps["data_parallel:1:adamw"], steps["data_parallel:2:adamw"]
     for x, y in zip(a["outputs"], b["outputs"]):
@@ -93,6 +96,7 @@ def test_gradient_accumulation_2_equals_1(steps):
     assert max_diff(a["weights"], b["weights"]) < 2e-5
 
 
+@pytest.mark.slow
 def test_nonfinite_batch_skips_the_update(steps):
     poisoned = steps["data_parallel:1:adamw:poison"]
     assert [o["finite"] for o in poisoned["outputs"]] == [1.0, 0.0, 1.0]
@@ -100,6 +104,7 @@ def test_nonfinite_batch_skips_the_update(steps):
     assert poisoned["iterations"] == 2  # the skipped step did not count
 
 
+@pytest.mark.slow
 def test_arrays_checkpoint_round_trip_exact_resume_and_corrupt_fallback(tmp_path):
     out = run_worker(tmp_path, "checkpoint", str(tmp_path / "run"))
     assert out["restored_step"] == 3 and out["round_trip"] is True
@@ -162,6 +167,7 @@ def jax_reference(tmp_path_factory, init_dir):
     return (run,) + drive(run, jax_env(), "strategy.name=data_parallel", init_dir)
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_checkpoint_save_then_resume_equals_an_uninterrupted_run(
         jax_reference, init_dir, tmp_path):
     ref_run, ref_weights, ref_history, _ = jax_reference
@@ -190,6 +196,7 @@ def _tags(model_dir):
     return tags
 
 
+@pytest.mark.slow
 def test_jax_loss_curve_and_model_dir_match_tensorflow(jax_reference, init_dir, tmp_path):
     """The same config and batches on TensorFlow (one device) and JAX (data_parallel over two
     devices): the same loss at every one of 20 steps within float tolerance, and the same
@@ -229,6 +236,7 @@ def test_jax_loss_curve_and_model_dir_match_tensorflow(jax_reference, init_dir, 
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_cli_pretrain_and_finetune_on_jax_and_load_on_tensorflow(tmp_path):
     """`KERAS_BACKEND=jax t5pre pretrain` on the packaged default task (fsdp), `load_model` of the
     directory on TensorFlow, `t5pre finetune` on JAX from it; a TensorFlow strategy name on JAX

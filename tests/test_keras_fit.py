@@ -48,6 +48,7 @@ def run_fit(backend, repo_root):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_fit_learns_and_evaluate_reports_the_t5pre_loss(backend, repo_root):
     if backend == "jax":

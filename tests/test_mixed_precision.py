@@ -7,6 +7,8 @@ import pytest
 
 from t5pre.training.testing import SyntheticTask, tiny_config
 
+pytestmark = pytest.mark.slow  # CLI subprocesses / training runs: see pyproject's markers
+
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_training_is_stable(tmp_path, precision):

@@ -230,6 +230,7 @@ def test_get_config_round_trip_and_gradients():
     assert np.abs(np.asarray(model(f, training=True)) - run(model, f)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_same_code_runs_on_the_jax_backend():
     try:
         import jax  # noqa: F401
@@ -289,7 +290,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     out_dir = save_pretrained(model, vocab, tmp_path / "saved")
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "model.weights.h5", "model_config.json", "spiece.model", "vocab.json"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no staging left
     loaded, loaded_vocab = load_pretrained(out_dir)
     assert loaded.config == model.config
     assert loaded_vocab.vocab_size == vocab.vocab_size
@@ -386,7 +387,8 @@ def test_model_info_cli(tmp_path, capsys):
 
 
 def test_memory_per_device_estimate():
-    from t5pre.models.info import memory_per_device, parameter_counts
+    from t5pre.models.info import parameter_counts
+    from t5pre.training.memory import memory_per_device
 
     config = T5Config.from_name("base")
     params = parameter_counts(config)["total"]

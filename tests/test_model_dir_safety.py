@@ -25,7 +25,9 @@ def train(model_dir, *overrides, **kwargs):
 
 
 def ckpt_files(run):
-    return sorted(os.listdir(run / "checkpoints"))
+    from t5pre.models.layout import CHECKPOINTS_DIR
+
+    return sorted(os.listdir(run / CHECKPOINTS_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,7 @@ def test_second_process_is_refused_naming_the_holder_and_a_killed_holder_frees_i
     assert result.step == 2
 
 
+@pytest.mark.slow
 def test_cli_second_process_exits_2_with_one_line(tmp_path, capsys):
     from t5pre.cli import main
     from t5pre.models.dir_lock import ModelDirLock
@@ -175,6 +178,7 @@ def test_no_checkpoint_during_a_nonfinite_streak(tmp_path):
     assert "checkpoint not written during a streak" in "\n".join(messages)
 
 
+@pytest.mark.slow
 def test_resume_with_another_data_stream_is_refused_unless_allowed(finished, tmp_path):
     """F5: lengths / batch / task changes are refused in one line; steps may change."""
     run = copy_of(finished, tmp_path)
@@ -218,6 +222,7 @@ def test_failing_checkpoint_write_is_one_clear_error_with_its_own_exit_code(fini
     assert not (run / "checkpoints" / "ckpt-16.index").exists()
 
 
+@pytest.mark.slow
 def test_resumed_steps_are_written_to_tensorboard_once(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -263,6 +268,7 @@ def test_config_typos_and_unknown_tasks_are_reported_before_tensorflow_is_import
         assert expected in out.stderr
 
 
+@pytest.mark.slow
 def test_warns_when_evaluating_on_the_training_split_and_when_all_steps_are_warmup(tmp_path):
     _, _, log = train(tmp_path / "w", "training.steps=2", "training.eval_every=2",
                       "data.eval_split=train", "optimizer.warmup_steps=10")

@@ -145,6 +145,7 @@ def test_bad_arguments_give_clear_errors(pretrained, tmp_path, capsys, case):
         assert out == ""  # the error comes before any output of that batch
 
 
+@pytest.mark.slow
 def test_predict_runs_on_the_jax_backend(pretrained):
     """`t5pre predict` with KERAS_BACKEND=jax (jax.jit decoding) prints the TF backend's lines."""
     import os

@@ -189,6 +189,7 @@ def _constant_task(add_task, vocab, name, text):
     )
 
 
+@pytest.mark.slow
 def test_mixture_rates_are_respected(vocab, registered):
     add_task, add_mixture = registered
     _constant_task(add_task, vocab, "t_mix_a", "a test")

@@ -50,6 +50,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_remat_gives_the_same_loss_and_gradients(backend, repo_root):
     if backend == "jax":

@@ -14,6 +14,8 @@ import pytest
 from t5pre.models.checkpoints import all_checkpoint_steps, latest_checkpoint
 from t5pre.training.testing import SyntheticTask
 
+pytestmark = pytest.mark.slow  # CLI subprocesses / training runs: see pyproject's markers
+
 # Adafactor with T5's rsqrt schedule: the rate depends on the step and on nothing else, so a
 # lost or repeated step, a reset step counter or a lost optimizer state all change the weights.
 RUN = ("optimizer.name=adafactor", "optimizer.schedule=rsqrt", "optimizer.learning_rate=0.3",

@@ -62,6 +62,7 @@ def test_config_text_and_eval_summaries(logged_run):
     assert len(table.splitlines()) == 2 + 2  # header, rule, two examples
 
 
+@pytest.mark.slow
 def test_run_config_as_hparams_and_a_profiler_trace_of_the_chosen_steps(tmp_path):
     import glob
 

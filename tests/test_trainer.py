@@ -157,6 +157,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "data.task = 'no_such_task'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_pretrain_on_the_real_default_task(tmp_path, capsys):
     """`t5pre pretrain` end to end: packaged default config, real span-corruption pipeline,
     shipped vocabulary saved beside the checkpoints, load_model reads it all back."""
@@ -230,6 +231,7 @@ TINY_CLI = ("--set", "training.batch_size=4", "--set", "training.log_every=1",
                      "num_encoder_layers: 1, num_decoder_layers: 1}")
 
 
+@pytest.mark.slow
 def test_cli_module_task_rerun_keeps_the_run_config_and_sigterm_saves(tmp_path, capsys,
                                                                       monkeypatch):
     """`--module` registers a user's text task; a re-run without --config keeps the first

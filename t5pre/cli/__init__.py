@@ -15,6 +15,7 @@ import os
 import sys
 
 from t5pre.errors import T5preError
+from t5pre.lazy import import_tensorflow_quietly as _import_tensorflow_quietly
 from t5pre.lazy import lazy_exports
 
 _EXPORTS = dict.fromkeys(["add_run_arguments", "add_module_argument", "import_modules",
@@ -130,26 +131,6 @@ def _quiet_first_tensorflow_import():
     if "tensorflow" not in sys.modules and not any(
             isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
-
-
-def _import_tensorflow_quietly():
-    """Import TensorFlow with the process's stderr (fd 2) closed off: its native libraries log
-    through absl before absl's logging is initialised, which ignores TF_CPP_MIN_LOG_LEVEL and
-    prints "All log messages before absl::InitializeLog() ..." and CUDA-probe lines on every
-    command. An import failure still raises, after stderr is restored."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
 
 
 def _as_data_error(error):

@@ -56,7 +56,8 @@ def _resolve(config, vocab_size):
 def _info(args):
     from t5pre.errors import ConfigError
     from t5pre.models.config import T5Config
-    from t5pre.models.info import memory_per_device, parameter_counts, training_flops
+    from t5pre.models.info import parameter_counts, training_flops
+    from t5pre.training.memory import memory_per_device
 
     if args.inputs_length < 1 or args.targets_length < 1:
         raise ConfigError("--inputs-length and --targets-length must be >= 1")

@@ -30,6 +30,7 @@ import os
 from t5pre.cli import doc_description
 from t5pre.cli.common import (add_module_argument, add_run_arguments, import_modules,
                               run_overrides)
+from t5pre.models.layout import RUN_CONFIG_FILE
 
 
 def register(subparsers):
@@ -100,7 +101,7 @@ def load_run_config(args, packaged: str = "default"):
     overrides += files_overrides(args)
     path = args.config
     if path is None:
-        saved = os.path.join(args.model_dir, "config.yaml")
+        saved = os.path.join(args.model_dir, RUN_CONFIG_FILE)
         if os.path.isfile(saved):
             # A re-run continues the run it finds, not the packaged defaults: otherwise the
             # --set values of the first command would silently revert.

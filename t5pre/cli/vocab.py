@@ -272,11 +272,12 @@ class _Counter:
 # ------------------------------------------------------------------------------- info/encode
 def _load(path, extra_ids):
     from t5pre.data.vocabulary import SentencePieceVocabulary, load_vocabulary
+    from t5pre.models.layout import VOCABULARY_FILE
 
     if os.path.isdir(path) and extra_ids is None:
         return load_vocabulary(path)
     if os.path.isdir(path):
-        path = os.path.join(path, "spiece.model")
+        path = os.path.join(path, VOCABULARY_FILE)
     return SentencePieceVocabulary(path, extra_ids=100 if extra_ids is None else extra_ids)
 
 

@@ -224,11 +224,11 @@ def _build_shard_by_name(task_name, modules, *args):
     """:func:`_build_shard` in a spawned worker: import the modules that register the task."""
     import importlib
 
-    from t5pre.cli import _import_tensorflow_quietly
+    from t5pre.lazy import import_tensorflow_quietly
     from t5pre.data.registry import get_task
 
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":  # what the CLI set: keep its output clean
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     for module in modules:
         importlib.import_module(module)
     return _build_shard(get_task(task_name), *args)

@@ -29,10 +29,10 @@ import os
 import random
 import sys
 import sysconfig
-import tempfile
 from typing import NamedTuple
 
 from t5pre.errors import DataError
+from t5pre.files import atomic_file
 
 EXTRACTOR_VERSION = 1
 VALIDATION_PER_MILLE = 20  # 2% of the documents
@@ -187,18 +187,9 @@ def corpus_cache_path(packages=DEFAULT_PACKAGES, directory=None) -> str:
 
 
 def _write_jsonl_atomic(path, records):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _read_jsonl(path):

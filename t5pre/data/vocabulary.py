@@ -53,10 +53,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from typing import Iterable, Sequence
 
 from t5pre.errors import DataError
+from t5pre.files import atomic_write_bytes
 
 PAD_ID = 0
 EOS_ID = 1
@@ -116,24 +116,6 @@ def _parse_model(data: bytes, origin: str):
     if not proto.pieces:
         raise DataError(f"{origin}: not a SentencePiece model file (it has no pieces)")
     return proto
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename, so readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class SentencePieceVocabulary:
@@ -425,8 +407,8 @@ class SentencePieceVocabulary:
         else:
             model_path = os.path.join(path, SPM_MODEL_FILE)
             meta_path = os.path.join(path, VOCAB_METADATA_FILE)
-        _atomic_write_bytes(model_path, self._serialized)
-        _atomic_write_bytes(meta_path, (json.dumps(self.metadata(), indent=2) + "\n").encode())
+        atomic_write_bytes(model_path, self._serialized)
+        atomic_write_bytes(meta_path, (json.dumps(self.metadata(), indent=2) + "\n").encode())
         return model_path
 
     @classmethod
@@ -581,7 +563,7 @@ def train_vocabulary(
         raise failures[0]
     vocab = SentencePieceVocabulary(buffer.getvalue(), extra_ids=extra_ids)
     model_path = os.fspath(model_prefix) + ".model"
-    _atomic_write_bytes(model_path, vocab.serialized_model)
+    atomic_write_bytes(model_path, vocab.serialized_model)
     return SentencePieceVocabulary(model_path, extra_ids=extra_ids)
 
 

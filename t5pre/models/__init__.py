@@ -24,7 +24,7 @@ _EXPORTS = {
     "Seq2SeqPreprocessor": "t5pre.models.preprocessing",
     "load_model": "t5pre.models.store",
     "load_for_inference": "t5pre.models.store",
-    "write_model_files": "t5pre.models.store",
+    "write_model_files": "t5pre.models.io",
     "parameter_counts": "t5pre.models.info",
     "training_flops_per_token": "t5pre.models.info",
 }

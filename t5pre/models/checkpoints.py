@@ -35,8 +35,10 @@ import shutil
 import tempfile
 
 from t5pre.errors import CheckpointError, StorageError
+from t5pre.files import atomic_directory, atomic_write_json, atomic_write_text
+from t5pre.models.layout import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR
 
-CHECKPOINT_SUBDIR = "checkpoints"
+CHECKPOINT_SUBDIR = CHECKPOINTS_DIR
 _NAME = "ckpt"
 FORMATS = ("tf", "arrays")
 MANIFEST = "manifest.json"
@@ -387,10 +389,9 @@ class _ArrayStore:
         self._position = (step, data_examples, data_pipelines)
         if not keep:
             return path
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        temp = tempfile.mkdtemp(prefix=os.path.basename(path) + "_temp-", dir=parent)
-        try:
+        # built in ckpt-N_temp-*/ (remove_orphans deletes what a kill leaves); a damaged
+        # checkpoint of the same step is replaced
+        with atomic_directory(path, replace=True) as temp:
             entries = {}
             for i, (key, array) in enumerate(arrays.items()):
                 file = f"{i:05d}.npy"
@@ -400,16 +401,7 @@ class _ArrayStore:
             manifest = {"format": "t5pre-arrays", "format_version": ARRAYS_FORMAT_VERSION,
                         "step": int(step), "data_examples": int(data_examples),
                         "data_pipelines": int(data_pipelines), "arrays": entries}
-            with open(os.path.join(temp, MANIFEST), "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            if os.path.exists(path):  # a damaged checkpoint of the same step is replaced
-                shutil.rmtree(path)
-            os.rename(temp, path)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
+            atomic_write_json(os.path.join(temp, MANIFEST), manifest, indent=1)
         return path
 
     def storage_errors(self) -> tuple:
@@ -569,14 +561,16 @@ class CheckpointKeeper:
         return path
 
     def remove_orphans(self) -> list[str]:
-        """Deletes what killed saves leave behind (``ckpt-N_temp*``, ``checkpoint.tmp*``).
+        """Deletes what killed saves leave behind (``ckpt-N_temp*``, ``ckpt-N_old-*`` of a
+        replaced damaged checkpoint, ``checkpoint.tmp*``).
         Only call it while holding the model directory's lock."""
         removed = []
         if not self.is_chief or not os.path.isdir(self.directory):
             return removed
         for name in os.listdir(self.directory):
             full = os.path.join(self.directory, name)
-            if re.fullmatch(rf"{_NAME}-\d+_temp.*", name) or name.startswith("checkpoint.tmp"):
+            if (re.fullmatch(rf"{_NAME}-\d+_(temp|old-).*", name)
+                    or name.startswith(CHECKPOINT_STATE_FILE + ".tmp")):
                 if os.path.isdir(full):
                     shutil.rmtree(full, ignore_errors=True)
                 else:
@@ -689,19 +683,7 @@ def _write_state(directory: str, latest: str, all_paths: list[str]) -> None:
             save_dir=directory, model_checkpoint_path=latest,
             all_model_checkpoint_paths=all_paths, save_relative_paths=True)
         return
-    fd, temp = tempfile.mkstemp(prefix="checkpoint.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, os.path.join(directory, "checkpoint"))
-    except BaseException:
-        try:
-            os.remove(temp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(os.path.join(directory, CHECKPOINT_STATE_FILE), text)
 
 
 def _delete_checkpoint_files(prefix: str) -> None:

@@ -201,8 +201,10 @@ class T5Config:
     def from_name_or_path(cls, name_or_path: str) -> "T5Config":
         """A size name, a .yaml path or a model directory / model_config.json."""
         path = pathlib.Path(name_or_path)
-        if path.is_dir() and (path / "model_config.json").is_file():
-            return cls.from_json(path / "model_config.json")
+        from t5pre.models.layout import MODEL_CONFIG_FILE
+
+        if path.is_dir() and (path / MODEL_CONFIG_FILE).is_file():
+            return cls.from_json(path / MODEL_CONFIG_FILE)
         if path.suffix == ".json" and path.is_file():
             return cls.from_json(path)
         if path.suffix in (".yaml", ".yml"):

@@ -21,8 +21,7 @@ import sys
 import time
 
 from t5pre.errors import CheckpointError
-
-LOCK_FILE = ".lock"
+from t5pre.models.layout import LOCK_FILE  # noqa: F401
 
 
 class ModelDirLockedError(CheckpointError):

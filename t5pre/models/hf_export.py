@@ -48,13 +48,11 @@ import json
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
 from t5pre.errors import CheckpointError
-from t5pre.export.saved_model import check_target
+from t5pre.files import atomic_directory, check_target
 from t5pre.models.hf_convert import _weight_plan, ours_to_hf
 from t5pre.optional import require
 
@@ -193,9 +191,9 @@ def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False,
               metadata: dict | None = None) -> pathlib.Path:
     """Write `model` (+ `vocabulary`, or None for weights only) to `out_dir` in HF layout.
 
-    Assembled in a hidden sibling directory and renamed into place, so a crash leaves no
-    half-written export; an existing `out_dir` is refused unless `overwrite`. `max_length` is the
-    tokenizer's `model_max_length`; `metadata` (e.g. where the model came from) is stored in the
+    Assembled in a sibling directory and renamed into place (`t5pre.files.atomic_directory`), so
+    a crash leaves no half-written export; an existing `out_dir` is refused unless `overwrite`.
+    `max_length` is the tokenizer's `model_max_length`; `metadata` (e.g. where the model came from) is stored in the
     safetensors header.
     """
     safetensors_numpy = require("safetensors.numpy", PURPOSE)
@@ -205,9 +203,9 @@ def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False,
         raise CheckpointError(
             f"cannot export: the vocabulary has {vocabulary.vocab_size} ids but the model's "
             f"embedding has {model.config.vocab_size} rows")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out, replace=True,  # check_target refuses it first
+                          # again: another process may have created it meanwhile
+                          before_rename=lambda: check_target(out, overwrite)) as staging:
         _write_json(staging / "config.json", hf_config(model.config))
         _write_json(staging / "generation_config.json",
                     {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0})
@@ -216,29 +214,7 @@ def export_hf(model, vocabulary, out_dir, *, overwrite: bool = False,
         safetensors_numpy.save_file(hf_state_dict(model), str(staging / MODEL_FILE), metadata=header)
         if vocabulary is not None:
             _write_tokenizer(vocabulary, staging, max_length)
-        _swap_in(staging, out, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def _swap_in(staging: pathlib.Path, out: pathlib.Path, overwrite: bool):
-    """Rename the finished `staging` to `out`; an old `out` is moved aside first and deleted
-    only once the new one is in place (it survives a failure)."""
-    check_target(out, overwrite)  # again: another process may have created it meanwhile
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    try:
-        os.rename(out, retired / "export")
-        try:
-            os.rename(staging, out)
-        except OSError:
-            os.rename(retired / "export", out)
-            raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def export_model_dir(model_dir, out_dir, checkpoint=None, *, overwrite: bool = False):

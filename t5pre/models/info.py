@@ -13,6 +13,10 @@ d_kv:
 `per_token` divides the training FLOPs of one example by N + M (its input + target tokens).
 This is the "6 x non-embedding parameters" rule with the attention terms written out and the
 decoder/head counted on target tokens only.
+
+The memory estimate of training, which also needs the optimizer's state, is
+:func:`t5pre.training.memory.memory_per_device`, built on :func:`activation_elements` and
+:func:`all_parameter_shapes` here.
 """
 
 from __future__ import annotations
@@ -79,8 +83,6 @@ def training_flops_per_token(config: T5Config, inputs_length: int = 512, targets
     return training_flops(config, inputs_length, targets_length)["training_per_token"]
 
 
-STRATEGIES = ("data_parallel", "fsdp")
-
 
 def activation_elements(config: T5Config, inputs_length: int, targets_length: int,
                         remat: bool = False) -> int:
@@ -103,30 +105,3 @@ def activation_elements(config: T5Config, inputs_length: int, targets_length: in
         inputs = config.num_encoder_layers * n * d + config.num_decoder_layers * m * d
         return inputs + max(enc_layer, dec_layer) + head
     return config.num_encoder_layers * enc_layer + config.num_decoder_layers * dec_layer + head
-
-
-def memory_per_device(config: T5Config, *, batch_size: int, inputs_length: int,
-                      targets_length: int, optimizer: str = "adafactor", devices: int = 1,
-                      strategy: str = "data_parallel", precision: str = "float32",
-                      remat: bool = False) -> dict:
-    """Estimated bytes per device: parameters, gradients, optimizer state (float32, divided by
-    ``devices`` under ``fsdp``) and activations (the per-device share of ``batch_size``; 2 bytes
-    each under mixed precision, else 4)."""
-    from t5pre.training.optimizer_state import state_elements
-
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)})")
-    shapes = all_parameter_shapes(config)
-    shard = devices if strategy == "fsdp" else 1
-    params = 4 * sum(math.prod(s) for s in shapes) / shard
-    per_device_batch = math.ceil(batch_size / devices)
-    act_bytes = 2 if precision.startswith("mixed") else 4
-    out = {
-        "parameters": params,
-        "gradients": params,
-        "optimizer_state": 4 * state_elements(optimizer, shapes) / shard,
-        "activations": act_bytes * per_device_batch
-        * activation_elements(config, inputs_length, targets_length, remat=remat),
-    }
-    out["total"] = sum(out.values())
-    return out

@@ -1,15 +1,20 @@
-"""Save and load a model in the pretrained layout: the unit that `t5pre convert hf` writes and that
-fine-tuning, evaluation and export read.
+"""Save and load a model's files: the pretrained layout that `t5pre convert hf` writes and that
+fine-tuning, evaluation and export read, and the model files of every model directory.
 
     DIR/model_config.json   T5Config fields (+ format version)
     DIR/model.weights.h5    Keras weights
     DIR/spiece.model        SentencePiece model, sentinels included (when a vocabulary is given)
     DIR/vocab.json          its metadata (extra_ids, vocab_size)
 
-Writes are atomic: a new directory is assembled in a hidden sibling and renamed into place, so a
-crash leaves either nothing or the complete directory. Saving into an existing directory (e.g. a
-training model dir that also holds checkpoints/ and logs/) replaces the files one by one with
-`os.replace`, writing `model_config.json` last, and leaves the other files alone.
+(the names: `t5pre.models.layout`). `write_model_files` is the one writer of
+`model_config.json` (and of the vocabulary files beside it): `save_pretrained` and the trainer's
+model directory both go through it.
+
+Writes are atomic (`t5pre.files.atomic_directory`): a new directory is assembled in a sibling
+`NAME_temp-*` and renamed into place, so a crash leaves either nothing or the complete directory.
+Saving into an existing directory (e.g. a training model dir that also holds checkpoints/ and
+logs/) moves the finished files in one by one, `model_config.json` last, and leaves the other
+files alone.
 """
 
 from __future__ import annotations
@@ -17,25 +22,40 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
+from typing import Optional
 
 from t5pre.errors import CheckpointError, T5preError
+from t5pre.files import atomic_directory, atomic_write_json
 from t5pre.models.config import T5Config
-# The model directory's file names and format belong to t5pre.models.store; kept here as names
-# for the callers that import them from this module.
-from t5pre.models.store import FORMAT_VERSION, MODEL_CONFIG_FILE, WEIGHTS_FILE  # noqa: F401
-from t5pre.models.store import write_model_files
+from t5pre.models.layout import FORMAT_VERSION, MODEL_CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE
 
 
-def _write_into(model, vocabulary, directory: pathlib.Path):
-    model.save_weights(str(directory / WEIGHTS_FILE))
-    write_model_files(directory, model, vocabulary)
+def model_config_values(model_config_or_model) -> Optional[dict]:
+    """What `model_config.json` holds for a T5Config (or a model with a `.config`): the format
+    version and the config's fields; None for an object without a config (a test double)."""
+    config = getattr(model_config_or_model, "config", model_config_or_model)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    return {"format_version": FORMAT_VERSION, **config.to_dict()}
 
 
-def save_pretrained(model, vocabulary, directory) -> pathlib.Path:
-    """Write `model` (a T5Model) and `vocabulary` (or None) to `directory`; returns its path."""
-    directory = pathlib.Path(directory)
+def write_model_files(model_dir, model_config_or_model, vocabulary=None) -> Optional[dict]:
+    """Write the files that say which model a directory holds: the vocabulary (`spiece.model`,
+    `vocab.json`, when `vocabulary` is given) and then `model_config.json`, each atomically
+    (`t5pre.files`); the weights and checkpoints are the caller's. `model_config.json` comes
+    last: it marks the set complete. Returns the values written to it (None when
+    `model_config_or_model` has no config, in which case it is not written)."""
+    model_dir = os.fspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    if vocabulary is not None and hasattr(vocabulary, "save"):
+        vocabulary.save(model_dir)
+    values = model_config_values(model_config_or_model)
+    if values is not None:
+        atomic_write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), values)
+    return values
+
+
+def _check_vocabulary_fits(model, vocabulary, directory) -> None:
     if vocabulary is not None:
         vocab_rows = int(vocabulary.vocab_size)
         if model.config.vocab_size < vocab_rows:
@@ -43,22 +63,26 @@ def save_pretrained(model, vocabulary, directory) -> pathlib.Path:
                 f"cannot save to {directory}: the vocabulary has {vocab_rows} ids but the model's "
                 f"embedding has only {model.config.vocab_size} rows"
             )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        _write_into(model, vocabulary, staging)
-        if not directory.exists():
-            os.rename(staging, directory)
-            return directory
-        if not directory.is_dir():
-            raise CheckpointError(f"cannot save to {directory}: it exists and is not a directory")
-        names = sorted(p.name for p in staging.iterdir())
-        names.remove(MODEL_CONFIG_FILE)
-        for name in names + [MODEL_CONFIG_FILE]:  # config last: it marks the set complete
-            os.replace(staging / name, directory / name)
-        return directory
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_pretrained(model, vocabulary, directory) -> None:
+    """The files of `save_pretrained` written into the existing `directory`, one by one: for a
+    caller that assembles a larger directory atomically itself (fine-tuning's `best/`)."""
+    directory = pathlib.Path(directory)
+    _check_vocabulary_fits(model, vocabulary, directory)
+    model.save_weights(str(directory / WEIGHTS_FILE))
+    write_model_files(directory, model, vocabulary)
+
+
+def save_pretrained(model, vocabulary, directory) -> pathlib.Path:
+    """Write `model` (a T5Model) and `vocabulary` (or None) to `directory`; returns its path."""
+    directory = pathlib.Path(directory)
+    _check_vocabulary_fits(model, vocabulary, directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"cannot save to {directory}: it exists and is not a directory")
+    with atomic_directory(directory, merge=True, last=(MODEL_CONFIG_FILE,)) as staging:
+        write_pretrained(model, vocabulary, staging)
+    return directory
 
 
 def read_model_config(directory) -> T5Config:
@@ -87,7 +111,7 @@ def read_model_config(directory) -> T5Config:
 def load_vocabulary_from(directory):
     """The vocabulary saved in `directory`, or None when it has no spiece.model."""
     directory = pathlib.Path(directory)
-    if not (directory / "spiece.model").is_file():
+    if not (directory / VOCABULARY_FILE).is_file():
         return None
     from t5pre.data.vocabulary import load_vocabulary
 

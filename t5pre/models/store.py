@@ -1,6 +1,6 @@
-"""The model directory's owner: what a model directory holds, writing its model files
-(`write_model_files`), reading a model back for inference (`load_model(path, checkpoint=None)`)
-and the weights a run starts from (`resolve_init` / `read_init`).
+"""The model directory's reader: what a model directory holds, reading a model back for
+inference (`load_model(path, checkpoint=None)`) and the weights a run starts from
+(`resolve_init` / `read_init`).
 
 Three on-disk layouts hold a model, and every inference command (predict, evaluate, export)
 accepts all of them:
@@ -16,10 +16,10 @@ accepts all of them:
 The vocabulary (`spiece.model`) is required: without it no text can be encoded, so its absence is
 a `CheckpointError` here rather than a crash later.
 
-Checkpoints (both formats, rotation, fallback) are `t5pre.models.checkpoints`, in this layer.
-Reading `config.yaml` needs the run-config schema, `t5pre.training.config` (plain Python, no
-TensorFlow), imported inside the functions that need it: the model layer does not import
-training at module level.
+Checkpoints (both formats, rotation, fallback) are `t5pre.models.checkpoints`, in this layer; the
+model files (`model_config.json`, vocabulary, `write_model_files`) are `t5pre.models.io`; the
+file names are `t5pre.models.layout`. `config.yaml` is read here as plain YAML
+(`RecordedConfig`): the run-config schema is the training layer's, above this one.
 """
 
 from __future__ import annotations
@@ -31,16 +31,11 @@ import re
 from typing import Callable, Optional
 
 from t5pre.errors import CheckpointError, ConfigError
-
-RUN_CONFIG_FILE = "config.yaml"
-CHECKPOINTS_DIR = "checkpoints"
-WEIGHTS_FILE = "model.weights.h5"
-MODEL_CONFIG_FILE = "model_config.json"
-#: The `format_version` field of model_config.json.
-FORMAT_VERSION = 1
-#: Written by fine-tuning: `best.json` in `best/`, `finetune.json` in the run's directory.
-BEST_INFO_FILE = "best.json"
-FINETUNE_INFO_FILE = "finetune.json"
+# The names of the model directory (kept importable from here) and its model files.
+from t5pre.models.io import model_config_values, write_model_files  # noqa: F401
+from t5pre.models.layout import (  # noqa: F401
+    BEST_INFO_FILE, CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, FINETUNE_INFO_FILE, FORMAT_VERSION,
+    MODEL_CONFIG_FILE, RUN_CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILE)
 
 TRAINING, PRETRAINED = "training", "pretrained"
 
@@ -81,43 +76,13 @@ class LoadedModel:
         return list((self.info or {}).get("modules") or [])
 
 
-def model_config_values(model_config_or_model) -> Optional[dict]:
-    """What `model_config.json` holds for a T5Config (or a model with a `.config`): the format
-    version and the config's fields; None for an object without a config (a test double)."""
-    config = getattr(model_config_or_model, "config", model_config_or_model)
-    if config is None or not hasattr(config, "to_dict"):
-        return None
-    return {"format_version": FORMAT_VERSION, **config.to_dict()}
-
-
-def write_model_files(model_dir, model_config_or_model, vocabulary=None) -> Optional[dict]:
-    """Write the files that say which model a directory holds: the vocabulary (`spiece.model`,
-    `vocab.json`, when `vocabulary` is given) and then `model_config.json`, each atomically
-    (`t5pre.files`); the weights and checkpoints are the caller's. `model_config.json` comes
-    last: it marks the set complete. Returns the values written to it (None when
-    `model_config_or_model` has no config, in which case it is not written).
-
-    The one writer of `model_config.json`: `save_pretrained` (t5pre.models.io) and the
-    trainer's model directory both go through here."""
-    from t5pre.files import atomic_write_json
-
-    model_dir = os.fspath(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
-    if vocabulary is not None and hasattr(vocabulary, "save"):
-        vocabulary.save(model_dir)
-    values = model_config_values(model_config_or_model)
-    if values is not None:
-        atomic_write_json(os.path.join(model_dir, MODEL_CONFIG_FILE), values)
-    return values
-
-
 def is_training_dir(path: str) -> bool:
     return (os.path.isfile(os.path.join(path, RUN_CONFIG_FILE))
             or os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)))
 
 
 def has_checkpoints(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CHECKPOINTS_DIR, "checkpoint"))
+    return os.path.isfile(os.path.join(path, CHECKPOINTS_DIR, CHECKPOINT_STATE_FILE))
 
 
 def has_weights_file(path: str) -> bool:
@@ -139,14 +104,54 @@ def read_run_info(path: str) -> Optional[dict]:
     return read_json_info(path, BEST_INFO_FILE) or read_json_info(path, FINETUNE_INFO_FILE)
 
 
-def load_run_config(model_dir: str):
-    """The resolved RunConfig stored in `DIR/config.yaml`."""
-    from t5pre.training.config import load_config  # lazy: see the module docstring
+class RecordedConfig:
+    """A recorded ``config.yaml`` (or one of its sections) read as plain YAML: its keys as
+    attributes (``run_config.data.sequence_length.inputs``; sections are RecordedConfig too) and
+    ``to_dict()``. The model layer reads what it needs of a run (task, sequence lengths) this
+    way; the validated ``RunConfig`` is ``t5pre.training.config.load_config(DIR/config.yaml)``."""
+
+    def __init__(self, values: dict, where: str):
+        self._values, self._where = values, where
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            value = self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._where}: no field {name!r}") from None
+        return RecordedConfig(value, f"{self._where}.{name}") if isinstance(value, dict) else value
+
+    def to_dict(self) -> dict:
+        import copy
+
+        return copy.deepcopy(self._values)
+
+    def __repr__(self) -> str:
+        return f"RecordedConfig({self._where}: {self._values!r})"
+
+
+def load_run_config(model_dir: str) -> RecordedConfig:
+    """``DIR/config.yaml`` (the resolved run config a training directory records), as a
+    :class:`RecordedConfig`; CheckpointError when it is missing, unreadable or lacks the
+    sequence lengths."""
+    import yaml
 
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{model_dir}: config.yaml is missing (not a t5pre model directory)")
-    return load_config(path)
+        raise CheckpointError(f"{model_dir}: {RUN_CONFIG_FILE} is missing (not a t5pre model "
+                              "directory)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{path}: cannot read the run config ({e})") from None
+    lengths = (values.get("data") or {}).get("sequence_length") if isinstance(values, dict) else None
+    if not (isinstance(lengths, dict) and isinstance(lengths.get("inputs"), int)
+            and isinstance(lengths.get("targets"), int)):
+        raise CheckpointError(f"{path}: data.sequence_length.inputs / .targets missing (not a "
+                              "run config t5pre wrote)")
+    return RecordedConfig(values, path)
 
 
 def load_training_dir(model_dir, checkpoint=None):
@@ -261,7 +266,6 @@ def resolve_init(spec: str, *, where: str = "--init-from") -> InitSource:
 
     ``DIR@ckpt-N`` is the one way to name a checkpoint of a training directory (``where`` names
     the flag or config key in messages)."""
-    from t5pre.models.io import MODEL_CONFIG_FILE, WEIGHTS_FILE
     from t5pre.models.checkpoints import checkpoint_dir
 
     if not spec:
@@ -274,7 +278,7 @@ def resolve_init(spec: str, *, where: str = "--init-from") -> InitSource:
     if not os.path.isdir(path):
         raise CheckpointError(f"{where} {path}: directory not found")
     has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
-    if os.path.isfile(os.path.join(checkpoint_dir(path), "checkpoint")):
+    if os.path.isfile(os.path.join(checkpoint_dir(path), CHECKPOINT_STATE_FILE)):
         kind = "training"
     elif has(MODEL_CONFIG_FILE) and has(WEIGHTS_FILE):
         kind = "pretrained"
@@ -282,7 +286,7 @@ def resolve_init(spec: str, *, where: str = "--init-from") -> InitSource:
                                  or has("model.safetensors.index.json")
                                  or has("pytorch_model.bin.index.json")):
         kind = "hf"
-    elif has("config.yaml") or has("checkpoints"):
+    elif has(RUN_CONFIG_FILE) or has(CHECKPOINTS_DIR):
         raise CheckpointError(f"{where} {path}: this model directory has no checkpoint yet "
                               f"(nothing in {checkpoint_dir(path)})")
     else:
@@ -342,8 +346,7 @@ def read_init(source: InitSource) -> InitModel:
     """Reads what fine-tuning needs to know before building its model: the architecture and the
     vocabulary; the weights are read later (only when the run starts, not on resume), except
     for Hugging Face directories, where the output-head tying is only known from the tensors."""
-    from t5pre.models.io import (WEIGHTS_FILE, load_pretrained, load_vocabulary_from,
-                                 read_model_config)
+    from t5pre.models.io import load_pretrained, load_vocabulary_from, read_model_config
     from t5pre.models import checkpoints
 
     if source.kind == "training":

@@ -16,15 +16,14 @@ model directory.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Optional
 
 from t5pre.errors import ConfigError
-from t5pre.models.store import BEST_INFO_FILE, read_json_info
-
-BEST_DIR = "best"
+from t5pre.files import atomic_directory, atomic_write_json
+from t5pre.models.layout import BEST_DIR, BEST_INFO_FILE  # noqa: F401
+from t5pre.models.store import read_json_info
 
 #: The score that ranks checkpoints when none is configured: ROUGE-Lsum first for
 #: summarization (T5 reports it with ROUGE-1/2; it moves earlier than ROUGE-2 for small models),
@@ -80,11 +79,11 @@ class TextSamples(Action):
 class BestCheckpoint(Action):
     """Keeps ``DIR/best/`` = the model with the highest ``metric`` seen so far.
 
-    The new best is written completely into a hidden sibling directory (``save_pretrained``
-    layout + ``best.json``) and then swapped in with two renames, so ``best/`` always holds one
-    complete model; a crash between the renames leaves ``.best-old-*``, which the next start
-    puts back. The best score survives restarts (read back from ``best/best.json``). The score
-    is looked up among the metrics of the actions before this one (not the token loss)."""
+    The new best is written completely into a sibling directory (``save_pretrained`` layout +
+    ``best.json``) and then swapped in with two renames (``t5pre.files.atomic_directory``), so
+    ``best/`` always holds one complete model; a crash between the renames leaves
+    ``best_old-*/old``, which the next start puts back. The best score survives restarts (read
+    back from ``best/best.json``). The score is looked up among the metrics of the actions before this one (not the token loss)."""
 
     def __init__(self, model_dir: str, metric: Optional[str], *, info: Optional[dict] = None,
                  enabled: bool = True, log=None):
@@ -105,16 +104,19 @@ class BestCheckpoint(Action):
                 self.best_step = stored.get("step")
 
     def _recover(self) -> None:
+        """Tidies what a kill during a swap of best/ left: an old best/ moved aside
+        (`best_old-*/old`, `.best-old-*` before) goes back when best/ is missing; an unfinished
+        new one (`best_temp-*`, `.best-new-*`) is deleted."""
         if not os.path.isdir(self.model_dir):
             return
         for name in sorted(os.listdir(self.model_dir)):
             full = os.path.join(self.model_dir, name)
-            if name.startswith(".best-old-"):
-                if not os.path.isdir(self.path):
-                    os.rename(full, self.path)
-                else:
-                    shutil.rmtree(full, ignore_errors=True)
-            elif name.startswith(".best-new-"):
+            if name.startswith(f"{BEST_DIR}_old-") or name.startswith(".best-old-"):
+                old = os.path.join(full, "old") if name.startswith(BEST_DIR) else full
+                if os.path.isdir(old) and not os.path.isdir(self.path):
+                    os.rename(old, self.path)
+                shutil.rmtree(full, ignore_errors=True)
+            elif name.startswith(f"{BEST_DIR}_temp-") or name.startswith(".best-new-"):
                 shutil.rmtree(full, ignore_errors=True)
 
     def on_eval(self, trainer, step, metrics, writer):
@@ -139,22 +141,13 @@ class BestCheckpoint(Action):
         return True
 
     def _write(self, step, score, scores, model, vocabulary) -> None:
-        from t5pre.models.io import save_pretrained
+        from t5pre.models.io import write_pretrained
 
-        os.makedirs(self.model_dir, exist_ok=True)
-        staging = os.path.join(self.model_dir, f".best-new-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_pretrained(model, vocabulary, staging)
         info = {**self.info, "step": int(step), "metric": self.metric, "score": score,
                 "scores": scores}
-        with open(os.path.join(staging, BEST_INFO_FILE), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-            f.write("\n")
-        old = os.path.join(self.model_dir, f".best-old-{os.getpid()}")
-        if os.path.isdir(self.path):
-            os.rename(self.path, old)
-        os.rename(staging, self.path)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_directory(self.path, replace=True) as staging:
+            write_pretrained(model, vocabulary, staging)
+            atomic_write_json(os.path.join(staging, BEST_INFO_FILE), info, fsync=False)
 
 
 def read_best_info(path: str) -> Optional[dict]:

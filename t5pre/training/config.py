@@ -708,7 +708,9 @@ def load_config(path: str | None = None, overrides=(), *, defaults: dict | None 
         return cfg
     previous = None
     if model_dir is not None:
-        stored = os.path.join(model_dir, "config.yaml")
+        from t5pre.models.layout import RUN_CONFIG_FILE
+
+        stored = os.path.join(model_dir, RUN_CONFIG_FILE)
         if os.path.isfile(stored):
             previous = load_config(stored)
             if (path is not None and os.path.abspath(path) == os.path.abspath(stored)

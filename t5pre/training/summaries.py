@@ -14,13 +14,14 @@ import sys
 
 from t5pre.lazy import tensorflow as _tf  # noqa: E402
 from t5pre.progress import Eta, fmt_duration, fmt_rate  # noqa: F401 (Eta: the trainer's ETA)
+from t5pre.models.layout import LOGS_DIR  # noqa: E402
 
 
 LOGGED_STEPS_FILE = "logged_steps.json"  # the newest step written per split
 
 
 def log_dir(model_dir: str) -> str:
-    return os.path.join(model_dir, "logs")
+    return os.path.join(model_dir, LOGS_DIR)
 
 
 class Summaries:

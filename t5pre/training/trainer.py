@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 
 from t5pre.errors import CheckpointError, ConfigError, StorageError, T5preError, WorkerLostError
 from t5pre.models import checkpoints
+from t5pre.models.layout import MODEL_CONFIG_FILE, RUN_CONFIG_FILE
 from t5pre.training import summaries
 from t5pre.training.actions import Action, TextSamples
 from t5pre.training.config import RunConfig, profile_range, save_config
@@ -151,7 +152,7 @@ class Trainer:
 
     def _check_model_dir(self, model) -> None:
         """A model directory holds one model: refuse to resume it with another model config."""
-        from t5pre.models.store import MODEL_CONFIG_FILE, model_config_values
+        from t5pre.models.io import model_config_values
 
         values = model_config_values(model)
         path = os.path.join(self.model_dir, MODEL_CONFIG_FILE)
@@ -191,13 +192,13 @@ class Trainer:
 
     def _prepare_model_dir(self, model) -> None:
         """Chief writes config.yaml and the model files (model_config.json, spiece.model,
-        vocab.json; :func:`t5pre.models.store.write_model_files`)."""
+        vocab.json; :func:`t5pre.models.io.write_model_files`)."""
         if not self.is_chief:
             return
-        from t5pre.models.store import write_model_files
+        from t5pre.models.io import write_model_files
 
         os.makedirs(self.model_dir, exist_ok=True)
-        save_config(self.config, os.path.join(self.model_dir, "config.yaml"))
+        save_config(self.config, os.path.join(self.model_dir, RUN_CONFIG_FILE))
         vocabulary = self.vocabulary if hasattr(self.vocabulary, "save") else None
         write_model_files(self.model_dir, model, vocabulary)
 
@@ -405,7 +406,7 @@ class Trainer:
         packing or data seed (one line listing them) unless training.allow_data_change."""
         from t5pre.training.config import data_stream_changes, load_config
 
-        path = os.path.join(self.model_dir, "config.yaml")
+        path = os.path.join(self.model_dir, RUN_CONFIG_FILE)
         if not os.path.isfile(path):
             return
         try:
