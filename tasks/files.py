@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from t5pre.errors import ConfigError, DataError
-from t5pre.training.config import files_kind
+from t5pre.data.sources import files_kind
 
 #: Names this module registered (it may replace them; it never replaces a catalogue task).
 _OWNED: set = set()

@@ -651,3 +651,13 @@ class FunctionSource(DataSource):
 
     def describe(self) -> str:
         return f"FunctionSource({self.name})"
+
+
+def files_kind(data) -> str:
+    """What a ``data.files`` run trains (``data``: a DataSection or its ``files_spec()``):
+    ``pretraining`` (span corruption over text), ``seq2seq`` (input_field -> target_field,
+    ROUGE) or ``qa`` (SQuAD JSON)."""
+    get = data.get if isinstance(data, dict) else (lambda key: getattr(data, key))
+    if get("format") == "squad":
+        return "qa"
+    return "seq2seq" if get("input_field") or get("target_field") else "pretraining"

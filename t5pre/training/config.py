@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import yaml
 
+from t5pre.data.sources import files_kind  # noqa: F401 (re-exported)
 from t5pre.errors import ConfigError
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -428,16 +429,6 @@ def _files_by_split(value, where: _Where) -> dict:
                               f"globs, got {patterns!r}")
         out[split] = [_absolute(p.strip()) for p in patterns]
     return out
-
-
-def files_kind(data) -> str:
-    """What a ``data.files`` run trains (``data``: a DataSection or its ``files_spec()``):
-    ``pretraining`` (span corruption over text), ``seq2seq`` (input_field -> target_field,
-    ROUGE) or ``qa`` (SQuAD JSON)."""
-    get = data.get if isinstance(data, dict) else (lambda key: getattr(data, key))
-    if get("format") == "squad":
-        return "qa"
-    return "seq2seq" if get("input_field") or get("target_field") else "pretraining"
 
 
 def _check_files(cfg: RunConfig, where: _Where) -> None:
