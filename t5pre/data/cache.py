@@ -48,10 +48,11 @@ def pretraining_parts(task):
     (``stop``: how many preprocessors are deterministic), else ``(None, None, None)``."""
     from t5pre.data.denoising import DenoisingObjective
 
-    for position, preprocessor in enumerate(task.preprocessors):
+    preprocessors = list(getattr(task, "preprocessors", ()))
+    for position, preprocessor in enumerate(preprocessors):
         options = getattr(preprocessor, "chunk_options", None)
         if options is not None:
-            rest = task.preprocessors[position + 1:]
+            rest = preprocessors[position + 1:]
             if len(rest) == 1 and isinstance(rest[0], DenoisingObjective):
                 return position, dict(options), rest[0]
             raise DataError(f"task {task.name!r}: a cached pretraining task must end with "
@@ -69,6 +70,25 @@ def vocabulary_checksum(vocabulary) -> str:
 
 def _token_dtype(vocab_size: int):
     return np.dtype("<u2") if int(vocab_size) <= 1 << 16 else np.dtype("<u4")
+
+
+def source_fingerprint(task, splits) -> dict | None:
+    """What identifies the data of ``task``'s ``splits`` at its source, or None when t5pre cannot
+    tell (a Python function without a ``fingerprint``): files with sizes and mtimes, a TFDS
+    dataset's name and directory, or the ``fingerprint`` a source offers (a string, or a callable
+    ``fingerprint(split) -> str``; the default corpus offers its extractor's key)."""
+    source = task.source
+    if hasattr(source, "list_files"):
+        return {"files": _source_files(task, splits)}
+    offered = getattr(source, "fingerprint", None)
+    if callable(offered):
+        return {"offered": {split: offered(split) for split in splits}}
+    if isinstance(offered, str):
+        return {"offered": offered}
+    if type(source).__name__ == "TFDSSource":
+        return {"tfds": source.describe(), "data_dir": getattr(source, "data_dir", None),
+                "splits": list(splits)}
+    return None
 
 
 def _source_files(task, splits) -> dict:
@@ -149,6 +169,10 @@ def _tokenized_blocks(task, split, index, count, features, stop, separator, sequ
 
     shard_info = (index, count) if count > 1 else None
     dataset = task.source.get_dataset(split=split, shuffle=False, seed=0, shard_info=shard_info)
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise DataError(f"task {task.name!r} split {split!r}: its source "
+                        f"({task.source.describe()}) is infinite; training tokenizes a source once "
+                        "and repeats it itself, so the source must be finite (drop its .repeat())")
     dataset = task.preprocess(dataset, sequence_length, split, 0, False, shard_info, stop=stop)
     if stop is None:
         dataset = task._check_and_trim(dataset, sequence_length)
@@ -175,13 +199,34 @@ def _tokenized_blocks(task, split, index, count, features, stop, separator, sequ
             yield feature, flat, lengths
 
 
+class _Progress:
+    """Progress lines of a build, at most one every ``every`` seconds (``log`` None: silent)."""
+
+    def __init__(self, log, what, every=10.0):
+        self.log, self.what, self.every = log, what, every
+        self.started = self.last = time.time()
+        self.documents = self.tokens = 0
+
+    def add(self, documents, tokens):
+        self.documents += int(documents)
+        self.tokens += int(tokens)
+        now = time.time()
+        if self.log is not None and now - self.last >= self.every:
+            self.last = now
+            rate = self.tokens / max(now - self.started, 1e-9)
+            self.log(f"{self.what}: {self.documents:,} documents, {self.tokens:,} tokens "
+                     f"({rate:,.0f} tokens/s)")
+
+
 def _build_shard(task, split, index, count, directory, features, dtype, stop, separator,
-                 sequence_length):
+                 sequence_length, progress=None):
     """Tokenize shard ``index`` of ``count`` of ``split`` into ``directory``; its manifest entry."""
     writer = _ShardWriter(directory, f"shard-{index:05d}", features, dtype)
     for feature, flat, lengths in _tokenized_blocks(task, split, index, count, features, stop,
                                                     separator, sequence_length):
         writer.write(feature, flat, lengths)
+        if progress is not None and feature == features[0]:
+            progress.add(len(lengths), len(flat))
     return writer.close()
 
 
@@ -215,11 +260,28 @@ def in_memory_store(task, split, sequence_length=None) -> "TokenStore":
     return TokenStore([shard], features)
 
 
+def _import_tensorflow_quietly():
+    """Import TensorFlow with fd 2 closed off (its native libraries log before absl reads
+    TF_CPP_MIN_LOG_LEVEL); an import failure still raises, after stderr is restored."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _build_shard_by_name(task_name, modules, *args):
     """:func:`_build_shard` in a spawned worker: import the modules that register the task."""
     import importlib
 
-    from t5pre.cli import _import_tensorflow_quietly
     from t5pre.data.registry import get_task
 
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3":  # what the CLI set: keep its output clean
@@ -229,10 +291,11 @@ def _build_shard_by_name(task_name, modules, *args):
     return _build_shard(get_task(task_name), *args)
 
 
-def _run_shards(jobs, workers, modules):
+def _run_shards(jobs, workers, modules, log=None):
     """Run the ``_build_shard`` jobs, in ``workers`` spawned processes when there are several."""
     if workers <= 1 or len(jobs) <= 1:
-        return [_build_shard(*job) for job in jobs]
+        return [_build_shard(*job, progress=_Progress(log, f"token cache {job[1]}"))
+                for job in jobs]
     import multiprocessing
 
     from t5pre.data.registry import get_task
@@ -252,13 +315,14 @@ def _run_shards(jobs, workers, modules):
 
 def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers: int = 1,
                 sequence_length: Mapping[str, int] | None = None, overwrite: bool = False,
-                modules: Sequence[str] = ()) -> dict:
+                modules: Sequence[str] = (), log=None, key: dict | None = None) -> dict:
     """Tokenize ``task``'s splits once into ``out_dir`` (see the module doc); returns the manifest.
 
     ``workers`` shards each split over processes (by files when the source has enough, by
     examples otherwise; workers import ``modules`` to find a task registered outside the
     catalogue). ``sequence_length`` is needed for tasks that are not pretraining tasks
-    (their preprocessors trim to it) and recorded. The manifest is written last.
+    (their preprocessors trim to it) and recorded. ``log`` gets progress lines (one process);
+    ``key`` is recorded as is (the implicit caches' key). The manifest is written last.
     """
     kind, features, stop, separator = _cache_layout(task, sequence_length)
     splits = list(splits or task.splits)
@@ -278,7 +342,7 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
         os.makedirs(directory)
         jobs += [(task, split, k, count, directory, features, dtype, stop, separator,
                   dict(sequence_length) if sequence_length else None) for k in range(count)]
-    results = _run_shards(jobs, workers, modules)
+    results = _run_shards(jobs, workers, modules, log)
     manifest_splits = {}
     for split in splits:
         shards = [r for job, r in zip(jobs, results) if job[1] == split]
@@ -298,6 +362,7 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
         "document_separator_id": separator,
         "sources": _source_files(task, splits),
         "source_description": task.source.describe(),
+        "key": key,
         "splits": manifest_splits,
         "build": {"seconds": round(seconds, 3), "workers": max(1, workers),
                   "tokens_per_second": round(tokens / seconds, 1) if seconds else None},

@@ -92,6 +92,71 @@ class RandomAccessTask:
         return model_features(inputs, targets, self.sequence_length, pack)
 
 
+def apportion(rates, total: int) -> np.ndarray:
+    """Integer slots per rate summing to ``total`` (largest remainders; every positive rate
+    gets at least one slot)."""
+    rates = np.asarray(rates, np.float64)
+    exact = rates / rates.sum() * total
+    counts = np.maximum(np.floor(exact).astype(np.int64), (rates > 0).astype(np.int64))
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    k = 0
+    while counts.sum() < total:
+        counts[order[k % len(order)]] += 1
+        k += 1
+    while counts.sum() > total:
+        counts[int(np.argmax(counts))] -= 1
+    return counts
+
+
+class RandomAccessMixture:
+    """Examples of a mixture by global index, O(1): each block of ``BLOCK`` consecutive indices
+    holds, in a seeded order per block, exactly ``round(rate * BLOCK)`` examples of each task
+    (rates resolved to 1/65,536), and the ``r``-th slot of task ``t`` in block ``b`` is example
+    ``b * slots_t + r`` of that task's own :class:`RandomAccessTask` (its own order and noise,
+    seeded by the mixture seed and its name). Rates are ``mixture.rates()``
+    (``rate_num_examples`` included)."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, mixture, stores: dict, sequence_length, split: str, seed: int = 0,
+                 shuffle: bool = True):
+        from t5pre.data.registry import derive_seed
+
+        rates = mixture.rates()
+        tasks = {t.name: t for t in mixture.tasks}
+        self.names = list(rates)
+        self.sequence_length = {"inputs": int(sequence_length["inputs"]),
+                                "targets": int(sequence_length["targets"])}
+        self.parts = [RandomAccessTask(tasks[name], stores[name], sequence_length, split,
+                                       seed=derive_seed(int(seed), "mixture", name),
+                                       shuffle=shuffle) for name in self.names]
+        self.counts = apportion([rates[n] for n in self.names], self.BLOCK)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.sampler = IndexSampler(self.BLOCK, seed=derive_seed(int(seed), "sample"),
+                                    shuffle=True)
+
+    def task_indices(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """``(task number, index in that task)`` of the global ``indices``."""
+        blocks, slots = self.sampler(indices)
+        which = np.searchsorted(self.starts, slots, side="right") - 1
+        return which, blocks * self.counts[which] + (slots - self.starts[which])
+
+    def examples(self, indices) -> tuple[list, list]:
+        which, local = self.task_indices(indices)
+        inputs, targets = [None] * len(which), [None] * len(which)
+        for t, part in enumerate(self.parts):
+            rows = np.flatnonzero(which == t)
+            if len(rows):
+                part_inputs, part_targets = part.examples(local[rows])
+                for row, a, b in zip(rows, part_inputs, part_targets):
+                    inputs[row], targets[row] = a, b
+        return inputs, targets
+
+    def features(self, indices, pack: bool = False) -> dict:
+        inputs, targets = self.examples(indices)
+        return model_features(inputs, targets, self.sequence_length, pack)
+
+
 def _pad(rows, width):
     out = np.zeros((len(rows), width), np.int32)
     lengths = np.zeros(len(rows), np.int64)
@@ -164,4 +229,4 @@ def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_
             .prefetch(tf.data.AUTOTUNE))
 
 
-__all__ = ["RandomAccessTask", "model_features", "tf_dataset"]
+__all__ = ["RandomAccessTask", "RandomAccessMixture", "apportion", "model_features", "tf_dataset"]

@@ -189,8 +189,7 @@ class Trainer:
             split=split, global_batch_size=global_batch_size or self.config.training.batch_size,
             pack=d.pack, shuffle=shuffle, seed=self.config.data_seed if seed is None else seed,
             num_epochs=None, start_examples=start_examples, take_batches=take_batches,
-            feature_converter=self.feature_converter,
-            cache=d.cache_dir if split == d.train_split else None)
+            feature_converter=self.feature_converter, cache=d.cache_dir, log=self.log)
 
     def _check_run(self) -> None:
         """Checks and warnings that need the task (splits) and the backend (replicas)."""
@@ -411,7 +410,7 @@ class Trainer:
         self.build()
         t, d = self.config.training, self.config.data
         self._check_model_dir(self.model)
-        step, data_examples, old_pipelines, latest = self._resume()
+        step, data_examples, _, latest = self._resume()
         if latest:
             self.log(f"resumed from {latest} (step {step})")
         else:
@@ -427,12 +426,7 @@ class Trainer:
             writer.text("train", 0, "config", "```\n" + self.config.to_yaml() + "\n```")
             writer.hparams(self.config.to_dict(), run_name=os.path.basename(
                 os.path.abspath(self.model_dir)))
-        pipelines = self.worker.num_workers
-        if (step < t.steps and old_pipelines is not None and old_pipelines != pipelines
-                and not d.cache_dir):
-            self.log(f"warning: the checkpoint's data was read by {old_pipelines} input "
-                     f"pipelines, now {pipelines}: shards differ, so the data position is "
-                     "approximate")
+        pipelines = self.worker.num_workers  # recorded; the position is global, so exact for any
         return _Run(step=step, start_step=step, saved_step=step, data_examples=data_examples,
                     pipelines=pipelines, last_ckpt=latest, writer=writer)
 

@@ -1,0 +1,251 @@
+"""The token caches training builds by itself: a run never needs ``t5pre data cache`` to get an
+O(1) resume.
+
+:func:`task_store` is what the training data path asks for a task's split. With an explicit
+``cache_dir`` (``data.cache_dir``) it opens that cache. Otherwise it finds or builds, once, the
+task's *implicit* cache under :func:`cache_root` (``$T5PRE_CACHE_DIR/token-caches``, default
+``~/.cache/t5pre/token-caches``), in a directory named by the task and a key::
+
+    <task name>-<sha256[:16] of {format, task, preprocessors, vocabularies, lengths, sources}>/
+
+The key holds the task name, the names of its deterministic preprocessors (and the chunking
+options), the sha256 of every feature's vocabulary, the sequence lengths when they decide what is
+stored (tasks that are not pretraining tasks: their examples are trimmed to them) and the
+sources' fingerprint (:func:`t5pre.data.cache.source_fingerprint`: files with sizes and mtimes,
+...). A changed file, vocabulary or length so gives a new cache; nothing is ever reused stale.
+
+Safety: the cache is built in ``<dir>.tmp-<pid>`` and renamed into place when complete (a cache
+is its manifest, written last), under an exclusive ``flock`` on ``<dir>.lock``: a second process
+asking for the same cache waits, then reuses it; leftovers of a killed build are deleted by the
+next builder (the kernel drops a dead process's lock). Progress lines go to ``log``.
+
+A source t5pre cannot fingerprint (a :class:`~t5pre.data.sources.FunctionSource` without a
+``fingerprint``) is tokenized in memory at each start instead (the cost of one pass over the
+data, still O(1) in the resume position), with one line saying so; so is a task when the cache
+root cannot be written. An infinite source is a :class:`~t5pre.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+
+from t5pre.errors import ConfigError, DataError
+
+KEY_VERSION = 1
+_memory: dict = {}  # in-memory stores of sources without a fingerprint, per process
+_warned: set = set()
+
+
+def cache_root() -> str:
+    """``$T5PRE_CACHE_DIR/token-caches`` (default ``~/.cache/t5pre/token-caches``)."""
+    from t5pre.data.default_corpus import cache_dir
+
+    return os.path.join(cache_dir(), "token-caches")
+
+
+def _preprocessor_names(task, stop) -> list:
+    names = []
+    for preprocessor in task.preprocessors[:stop]:
+        fn = getattr(preprocessor, "func", preprocessor)  # functools.partial
+        names.append(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}")
+    return names
+
+
+def cache_key(task, split: str, sequence_length=None) -> dict | None:
+    """The fields that name the implicit cache of ``task``'s ``split``, or None when its source
+    has no fingerprint."""
+    from t5pre.data.cache import FORMAT, VERSION, _cache_layout, pretraining_parts, \
+        source_fingerprint, vocabulary_checksum
+
+    fingerprint = source_fingerprint(task, [split])
+    if fingerprint is None:
+        return None
+    kind, features, stop, separator = _cache_layout(task, sequence_length)
+    _, chunk_options, _ = pretraining_parts(task)
+    return {
+        "format": [FORMAT, VERSION, KEY_VERSION], "task": task.name, "split": split,
+        "kind": kind,
+        "preprocessors": _preprocessor_names(task, stop),
+        "chunking": ({k: v for k, v in chunk_options.items() if k != "tokens_length"}
+                     if chunk_options else None),
+        "vocabularies": {k: vocabulary_checksum(f.vocabulary)
+                         for k, f in sorted(task.output_features.items())},
+        "sequence_length": dict(sequence_length) if kind == "examples" else None,
+        "sources": fingerprint,
+    }
+
+
+def cache_path(task, key: dict, root: str | None = None) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task.name}-{key['split']}")[:100]
+    return os.path.join(root or cache_root(), f"{name}-{digest[:16]}")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str, log):
+    """An exclusive flock on ``lock_path`` (waits, saying so); a no-op where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: one process per cache, documented
+        yield
+        return
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"waiting for another process building the token cache "
+                    f"{lock_path[:-len('.lock')]}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open(path, task):
+    from t5pre.data.cache import open_cache
+
+    return open_cache(path, task=task)
+
+
+def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = None, log=print):
+    """The implicit :class:`~t5pre.data.cache.TokenCache` of ``task``'s ``split``, built once;
+    None when its source has no fingerprint (see the module doc)."""
+    from t5pre.data.cache import MANIFEST, build_cache
+
+    task.check_split(split)
+    key = cache_key(task, split, sequence_length)
+    if key is None:
+        return None
+    path = cache_path(task, key, root)
+    if os.path.exists(os.path.join(path, MANIFEST)):
+        try:
+            return _open(path, task)
+        except DataError:
+            pass  # damaged or changed while built: rebuilt below, under the lock
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = open(path + ".lock", "a+")
+        lock.close()
+    except OSError as e:
+        if log:
+            log(f"warning: cannot write the token cache under {os.path.dirname(path)} ({e}); "
+                f"task {task.name!r} is tokenized in memory (set T5PRE_CACHE_DIR)")
+        return None
+    with _exclusive(path + ".lock", log):
+        if os.path.exists(os.path.join(path, MANIFEST)):
+            try:
+                return _open(path, task)  # another process built it while we waited
+            except DataError as e:
+                if log:
+                    log(f"rebuilding the token cache {path}: {e}")
+        for leftover in glob.glob(glob.escape(path) + ".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a killed build's (we hold the lock)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        if log:
+            log(f"building the token cache of task {task.name!r} split {split!r} (once; later "
+                f"runs reuse it) in {path}")
+        try:
+            manifest = build_cache(task, tmp, splits=[split], sequence_length=sequence_length,
+                                   log=log, key=key)
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(os.path.dirname(path))
+        if log:
+            counts = ", ".join(f"{s} {e['documents']:,} documents"
+                               for s, e in manifest["splits"].items())
+            log(f"token cache of {task.name!r}: {counts} in {manifest['build']['seconds']:.1f} s")
+    return _open(path, task)
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_lengths(cache, sequence_length):
+    recorded = cache.manifest.get("sequence_length")
+    if recorded and dict(recorded) != dict(sequence_length):
+        raise ConfigError(f"cache {cache.path}: built at sequence_length {recorded}, the run uses "
+                          f"{dict(sequence_length)}; rebuild it at these lengths")
+
+
+def task_store(task, split: str, sequence_length, *, cache_dir=None, log=print):
+    """The :class:`~t5pre.data.cache.TokenStore` of ``task``'s ``split`` that training reads:
+    from ``cache_dir`` (a directory or an opened cache) when it holds the split, else the
+    implicit cache, else built in memory (sources without a fingerprint; providers that are no
+    :class:`~t5pre.data.registry.Task`, read through their ``get_dataset``)."""
+    from t5pre.data.cache import TokenCache, in_memory_store, open_cache, pretraining_parts
+
+    if not hasattr(task, "preprocessors"):
+        return _provider_store(task, split, sequence_length)
+    stop = pretraining_parts(task)[0]
+    lengths = dict(sequence_length) if stop is None else None
+    if cache_dir is not None:
+        cache = cache_dir if isinstance(cache_dir, TokenCache) else open_cache(str(cache_dir),
+                                                                                 task=task)
+        _check_lengths(cache, sequence_length)
+        if split in cache.manifest["splits"]:
+            return cache.split(split)
+    cache = ensure_cache(task, split, lengths, log=log)
+    if cache is not None:
+        from t5pre.data.mixing import register_cache
+
+        register_cache(task.name, cache.path)
+        return cache.split(split)
+    memo = (task.name, id(task), split, json.dumps(lengths, sort_keys=True))
+    if memo not in _memory:
+        if log and (task.name, id(task)) not in _warned:
+            _warned.add((task.name, id(task)))
+            log(f"task {task.name!r}: its source ({task.source.describe()}) has no fingerprint, "
+                "so it is tokenized in memory at each start (give the source a fingerprint, or "
+                "build a cache with `t5pre data cache` and set data.cache_dir)")
+        _memory[memo] = (task, in_memory_store(task, split, lengths))
+    return _memory[memo][1]
+
+
+def _provider_store(provider, split, sequence_length):
+    """One pass of a task-contract object's ``get_dataset`` (examples trimmed to the lengths),
+    in memory: any :class:`~t5pre.data.registry.DatasetProvider` trains on the same path."""
+    import numpy as np
+
+    from t5pre.data.cache import TokenStore
+
+    lengths = {"inputs": int(sequence_length["inputs"]), "targets": int(sequence_length["targets"])}
+    memo = (getattr(provider, "name", ""), id(provider), split, json.dumps(lengths, sort_keys=True))
+    if memo not in _memory:
+        dataset = provider.get_dataset(sequence_length=dict(lengths), split=split, shuffle=False,
+                                       seed=0, num_epochs=1)
+        rows = {k: [] for k in lengths}
+        for example in dataset.as_numpy_iterator():
+            for k in lengths:
+                rows[k].append(np.asarray(example[k], np.int32)[: lengths[k]])
+        shard = {}
+        for k in lengths:
+            sizes = np.array([len(r) for r in rows[k]], np.int64)
+            tokens = np.concatenate(rows[k]) if rows[k] else np.zeros(0, np.int32)
+            shard[k] = (tokens, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+        _memory[memo] = (provider, TokenStore([shard], list(lengths)))
+    return _memory[memo][1]
+
+
+__all__ = ["cache_root", "cache_key", "cache_path", "ensure_cache", "task_store"]
