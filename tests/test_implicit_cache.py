@@ -18,7 +18,8 @@ from t5pre.data.cache import TokenStore, build_cache  # noqa: E402
 from t5pre.data.random_access import RandomAccessMixture, apportion  # noqa: E402
 from t5pre.errors import DataError  # noqa: E402
 from t5pre.tasks import pretraining  # noqa: E402
-from t5pre.training.data import make_dataset_fn, random_access_pipeline  # noqa: E402
+from t5pre.data.random_access import random_access_pipeline  # noqa: E402
+from t5pre.training.data import make_dataset_fn  # noqa: E402
 
 LENGTHS = {"inputs": 64, "targets": 16}
 WORDS = ("the model reads tokens and learns to fill spans of text that were dropped from "
@@ -270,3 +271,53 @@ def test_mixture_trains_by_rate_and_resumes_in_constant_time(cache_home, tmp_pat
     assert pipeline.counts.tolist() == apportion([300, 80], 1 << 16).tolist()
     batch = _first_batch(sized, 10**7)
     assert batch["encoder_token_ids"].shape == (8, 64)
+
+
+# ------------------------------------------------- get_dataset / tasks show == training ------
+
+def _assert_rows_equal(batch, examples):
+    for row, example in enumerate(examples):
+        for key, feature in (("inputs", "encoder_token_ids"), ("targets", "decoder_target_ids")):
+            ids = example[key]
+            np.testing.assert_array_equal(batch[feature][row, :len(ids)], ids)
+            assert not batch[feature][row, len(ids):].any()
+
+
+def test_get_dataset_and_tasks_show_serve_what_training_reads(cache_home, task, capsys):
+    from t5pre.cli import main
+
+    seed = 7
+    batch = _first_batch(task, 0, batch=4, seed=seed)
+    examples = list(task.get_dataset(LENGTHS, split="train", shuffle=True, seed=seed)
+                    .take(4).as_numpy_iterator())
+    _assert_rows_equal(batch, examples)
+    # ... at a later position too (a resume at example 40 reads get_dataset's examples 40..43)
+    later = _first_batch(task, 40, batch=4, seed=seed)
+    _assert_rows_equal(later, list(task.get_dataset(LENGTHS, split="train", seed=seed)
+                                   .skip(40).take(4).as_numpy_iterator()))
+    # ... and a second pass draws new chunks and noise (fresh, not the first pass again).
+    first_pass = list(task.get_dataset(LENGTHS, split="train", seed=seed, num_epochs=1)
+                      .as_numpy_iterator())
+    second = _first_batch(task, len(first_pass), batch=4, seed=seed)
+    assert not np.array_equal(second["encoder_token_ids"], batch["encoder_token_ids"])
+    # `t5pre tasks show` prints exactly those examples.
+    assert main(["tasks", "show", task.name, "-n", "2", "--seed", str(seed), "--ids",
+                 "--inputs-length", "64", "--targets-length", "16", "--width", "0"]) == 0
+    out = capsys.readouterr().out
+    for example in examples[:2]:
+        for key in ("inputs", "targets"):
+            assert " ".join(str(i) for i in example[key]) in out
+
+
+def test_a_mixture_get_dataset_is_its_training_stream(cache_home, tmp_path):
+    a = pretraining.register_text_pretraining_task(
+        "test_implicit_show_a", {"train": _write_corpus(str(tmp_path / "a"))}, replace=True)
+    b = pretraining.register_text_pretraining_task(
+        "test_implicit_show_b", {"train": _write_corpus(str(tmp_path / "b"), lines=50)},
+        replace=True, objective="prefix_lm")
+    mixture = t5pre.MixtureRegistry.add("test_implicit_show", [(a.name, 1.0), (b.name, 1.0)],
+                                        replace=True)
+    batch = _first_batch(mixture, 0, batch=8, seed=2)
+    examples = list(mixture.get_dataset(LENGTHS, split="train", seed=2).take(8)
+                    .as_numpy_iterator())
+    _assert_rows_equal(batch, examples)

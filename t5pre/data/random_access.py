@@ -188,6 +188,62 @@ def model_features(inputs, targets, sequence_length, pack: bool = False) -> dict
     return out
 
 
+def random_access_pipeline(source, sequence_length, *, split: str, seed: int, shuffle: bool,
+                           cache=None, log=print):
+    """The :class:`RandomAccessTask` (a task) or :class:`RandomAccessMixture` (a mixture) that
+    training reads and ``get_dataset`` serves: example ``i`` of it is example ``i`` of the run's
+    stream (``seed``: the run's data seed). Stores come from
+    :func:`~t5pre.data.implicit_cache.task_store` (``cache``: a task's configured cache)."""
+    from t5pre.data.implicit_cache import task_store
+
+    lengths = {"inputs": int(sequence_length["inputs"]), "targets": int(sequence_length["targets"])}
+    if getattr(source, "kind", "task") != "mixture" and not hasattr(source, "rates"):
+        store = task_store(source, split, lengths, cache_dir=cache, log=log)
+        return RandomAccessTask(source, store, lengths, split, seed=seed, shuffle=shuffle)
+    if cache is not None:
+        raise ConfigError(f"data.cache_dir: only a task can be read from one cache, "
+                          f"{getattr(source, 'name', source)!r} is a mixture (leave "
+                          "data.cache_dir unset: each of its tasks gets its own cache)")
+    tasks = list(source.tasks)
+    nested = [t.name for t in tasks if getattr(t, "kind", "task") == "mixture"]
+    if nested:
+        raise ConfigError(f"mixture {source.name!r}: training reads mixtures of tasks; "
+                          f"{nested} are mixtures (list their tasks instead)")
+    stores = {t.name: task_store(t, split, lengths, log=log) for t in tasks}
+    return RandomAccessMixture(source, stores, lengths, split, seed=seed, shuffle=shuffle)
+
+
+def examples_dataset(pipeline, *, shard_info=None, num_epochs=None, block: int = 256):
+    """``pipeline``'s examples ``{"inputs", "targets"}`` (int32, 1-D, EOS included) as an unbatched
+    ``tf.data.Dataset``, in global index order: what ``get_dataset`` serves, the very examples
+    training reads. ``shard_info=(k, n)`` keeps indices ``k, k+n, ...``; ``num_epochs`` stops
+    after that many passes (a task's ``num_items`` each), None repeats forever."""
+    import tensorflow as tf
+
+    index, count = tuple(shard_info) if shard_info else (0, 1)
+    stop = np.iinfo(np.int64).max if num_epochs is None else int(num_epochs) * pipeline.num_items
+
+    def rows(indices):
+        inputs, targets = pipeline.examples(np.asarray(indices, np.int64))
+        out = []
+        for side in (inputs, targets):
+            out.append(np.concatenate(side).astype(np.int32) if side else np.zeros(0, np.int32))
+            out.append(np.array([len(r) for r in side], np.int64))
+        return out
+
+    def to_examples(indices):
+        values = tf.numpy_function(rows, [indices], [tf.int32, tf.int64, tf.int32, tf.int64],
+                                   stateful=False)
+        for v in values:
+            v.set_shape([None])
+        return {"inputs": tf.RaggedTensor.from_row_lengths(values[0], values[1]),
+                "targets": tf.RaggedTensor.from_row_lengths(values[2], values[3])}
+
+    return (tf.data.Dataset.range(int(index), stop, int(count)).batch(block)
+            .map(to_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .unbatch())
+
+
 def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_size: int,
                input_context=None, pack: bool = False, take_batches: int | None = None):
     """Per-replica batches of ``pipeline`` for one input pipeline of ``tf.distribute``.
@@ -229,4 +285,5 @@ def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_
             .prefetch(tf.data.AUTOTUNE))
 
 
-__all__ = ["RandomAccessTask", "RandomAccessMixture", "apportion", "model_features", "tf_dataset"]
+__all__ = ["RandomAccessTask", "RandomAccessMixture", "apportion", "model_features", "tf_dataset",
+           "random_access_pipeline", "examples_dataset"]

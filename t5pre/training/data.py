@@ -68,7 +68,7 @@ def make_dataset_fn(source, sequence_length: dict, *, split: str, global_batch_s
     None).
     """
     from t5pre.data.feature_converter import EncDecFeatureConverter
-    from t5pre.data.random_access import tf_dataset
+    from t5pre.data.random_access import random_access_pipeline, tf_dataset
 
     if feature_converter is not None and not isinstance(feature_converter, EncDecFeatureConverter):
         raise ConfigError("the training pipeline converts features itself; a custom feature "
@@ -86,36 +86,6 @@ def make_dataset_fn(source, sequence_length: dict, *, split: str, global_batch_s
                           pack=pack, take_batches=take_batches)
 
     return dataset_fn
-
-
-def random_access_pipeline(source, sequence_length, *, split: str, seed: int, shuffle: bool,
-                           cache=None, log: Callable | None = print):
-    """The :class:`~t5pre.data.random_access.RandomAccessTask` (a task) or
-    :class:`~t5pre.data.random_access.RandomAccessMixture` (a mixture) training reads: example
-    ``i`` of it is example ``i`` of the run's stream (``seed`` is the run's data seed)."""
-    from t5pre.data.implicit_cache import task_store
-    from t5pre.data.random_access import RandomAccessMixture, RandomAccessTask
-
-    lengths = {"inputs": int(sequence_length["inputs"]), "targets": int(sequence_length["targets"])}
-    if getattr(source, "kind", "task") != "mixture" and not hasattr(source, "rates"):
-        store = task_store(source, split, lengths, cache_dir=cache, log=log)
-        return RandomAccessTask(source, store, lengths, split, seed=seed, shuffle=shuffle)
-    if cache is not None:
-        raise ConfigError(f"data.cache_dir: only a task can be read from one cache, "
-                          f"{getattr(source, 'name', source)!r} is a mixture (leave "
-                          "data.cache_dir unset: each of its tasks gets its own cache)")
-    tasks = _leaf_tasks(source)
-    stores = {t.name: task_store(t, split, lengths, log=log) for t in tasks}
-    return RandomAccessMixture(source, stores, lengths, split, seed=seed, shuffle=shuffle)
-
-
-def _leaf_tasks(mixture) -> list:
-    tasks = list(mixture.tasks)
-    nested = [t.name for t in tasks if not hasattr(t, "preprocessors")]
-    if nested:
-        raise ConfigError(f"mixture {mixture.name!r}: training reads mixtures of tasks; "
-                          f"{nested} are mixtures (list their tasks instead)")
-    return tasks
 
 
 def feature_spec(dataset_fn) -> dict:
