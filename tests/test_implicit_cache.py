@@ -2,6 +2,8 @@
 kill mid-build and against two builders), O(1) resume without a configured cache, the same
 examples with and without ``data.cache_dir``, mixtures by rate."""
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -144,6 +146,31 @@ def test_the_key_follows_sources_vocabulary_and_lengths(cache_home, task, tmp_pa
     assert a and b and a != b
     key = implicit_cache.cache_key(task, "train")
     assert len(key["vocabularies"]["targets"]) == 64 and key["split"] == "train"
+    # Tasks over the same source and tokenizer share the documents (UL2's denoisers) ...
+    patterns = task.source.split_to_filepattern
+    prefix_lm = pretraining.register_text_pretraining_task(
+        task.name + "_plm", patterns, objective="prefix_lm", replace=True)
+    assert implicit_cache.ensure_cache(prefix_lm, "train", log=None).path == changed.path
+    # ... but not when a source setting or a preprocessor's parameters differ.
+    jsonl = str(tmp_path / "docs.jsonl")
+    with open(jsonl, "w") as f:
+        f.write('{"text": "a document", "body": "another one"}\n')
+    by_text, by_body = (pretraining.register_text_pretraining_task(
+        f"{task.name}_{k}", {"train": jsonl}, text_key=k, replace=True) for k in ("text", "body"))
+    assert implicit_cache.cache_key(by_text, "train") != implicit_cache.cache_key(by_body, "train")
+    tokenize = [pretraining.tokenize_text(k) for k in ("text", "body")]
+    assert implicit_cache.describe_step(tokenize[0]) != implicit_cache.describe_step(tokenize[1])
+
+    def cut(dataset, ctx, limit):
+        return dataset.map(lambda ex: {"targets": ex["targets"][:limit]})
+
+    def cut_more(dataset, ctx, limit):
+        return dataset.map(lambda ex: {"targets": ex["targets"][:limit - 1]})
+
+    steps = [functools.partial(cut, limit=3), functools.partial(cut, limit=4),
+             functools.partial(cut_more, limit=4)]
+    described = [json.dumps(implicit_cache.describe_step(p)) for p in steps]
+    assert len(set(described)) == 3  # parameters and code both count
 
 
 def test_a_killed_build_leaves_a_usable_state(cache_home, task):
@@ -205,8 +232,7 @@ def test_sigkill_mid_build_then_two_processes_build_once(cache_home, tmp_path):
     hung.wait(timeout=60)
     leftovers = [p for p in os.listdir(cache_home) if ".tmp-" in p]
     assert leftovers  # the kill left a half-built temp directory (never a cache)
-    assert not [p for p in os.listdir(cache_home) if p.endswith(tuple("0123456789abcdef"))
-                and ".tmp-" not in p]
+    assert not [p for p in os.listdir(cache_home) if ".tmp-" not in p and ".lock" not in p]
     procs = [_builder(tmp_path, pattern, "build") for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

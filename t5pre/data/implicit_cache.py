@@ -6,13 +6,15 @@ O(1) resume.
 task's *implicit* cache under :func:`cache_root` (``$T5PRE_CACHE_DIR/token-caches``, default
 ``~/.cache/t5pre/token-caches``), in a directory named by the task and a key::
 
-    <task name>-<sha256[:16] of {format, task, preprocessors, vocabularies, lengths, sources}>/
+    <task name or source>-<split>-<sha256[:16] of the key>/
 
-The key holds the task name, the names of its deterministic preprocessors (and the chunking
-options), the sha256 of every feature's vocabulary, the sequence lengths when they decide what is
-stored (tasks that are not pretraining tasks: their examples are trimmed to them) and the
+The key holds the split, the deterministic preprocessors (:func:`describe_step`: name, code
+digest, parameters) and the chunking options, the sha256 of every feature's vocabulary, the
 sources' fingerprint (:func:`t5pre.data.cache.source_fingerprint`: files with sizes and mtimes,
-...). A changed file, vocabulary or length so gives a new cache; nothing is ever reused stale.
+...) and, for a task that is not a pretraining task, its name and the sequence lengths (its
+examples are stored, trimmed to them). A pretraining task stores tokenized documents, which do
+not depend on its objective: tasks over the same source and tokenizer (UL2's four denoisers)
+share one cache. A changed file, vocabulary, length or preprocessor gives a new cache.
 
 Safety: the cache is built in ``<dir>.tmp-<pid>`` and renamed into place when complete (a cache
 is its manifest, written last), under an exclusive ``flock`` on ``<dir>.lock``: a second process
@@ -49,12 +51,72 @@ def cache_root() -> str:
     return os.path.join(cache_dir(), "token-caches")
 
 
-def _preprocessor_names(task, stop) -> list:
-    names = []
-    for preprocessor in task.preprocessors[:stop]:
-        fn = getattr(preprocessor, "func", preprocessor)  # functools.partial
-        names.append(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}")
-    return names
+_SIMPLE = (str, int, float, bool, type(None), bytes)
+
+
+def _code_digest(code) -> str:
+    """sha256 of a function's byte code and constants (nested functions included)."""
+    digest = hashlib.sha256(code.co_code)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            text = _code_digest(const)
+        elif isinstance(const, frozenset):  # set literals: repr order varies per process
+            text = repr(sorted(repr(x) for x in const))
+        else:
+            text = repr(const)
+        digest.update(text.encode())
+    digest.update(repr(code.co_names).encode())
+    return digest.hexdigest()[:16]
+
+
+def describe_step(step, depth: int = 0):
+    """What decides a preprocessor's output, as JSON-able values: its qualified name, its code's
+    digest and the simple values it closes over or is bound to (``functools.partial``
+    arguments, closure cells, an object's simple attributes); nested callables one level deep.
+    A changed preprocessor (code or parameters) so gives a new cache key."""
+    if isinstance(step, _SIMPLE):
+        return step
+    if isinstance(step, (list, tuple)):
+        return [describe_step(x, depth) for x in step]
+    if isinstance(step, dict):
+        return {str(k): describe_step(v, depth) for k, v in sorted(step.items(), key=str)}
+    if depth > 2:
+        return type(step).__qualname__
+    out = {}
+    fn = step
+    if hasattr(step, "func") and hasattr(step, "args"):  # functools.partial
+        out["args"] = describe_step(list(step.args), depth + 1)
+        out["keywords"] = describe_step(dict(step.keywords), depth + 1)
+        fn = step.func
+    out["name"] = f"{getattr(fn, '__module__', '')}." \
+                  f"{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        out["code"] = _code_digest(code)
+        cells = [c.cell_contents for c in (fn.__closure__ or ()) if _has_contents(c)]
+        out["closure"] = [describe_step(c, depth + 1) for c in cells
+                          if isinstance(c, _SIMPLE + (list, tuple, dict)) or callable(c)]
+    elif hasattr(step, "__dict__"):  # a callable object: its simple attributes
+        out["attributes"] = {k: describe_step(v, depth + 1) for k, v in sorted(vars(step).items())
+                             if isinstance(v, _SIMPLE + (list, tuple, dict))}
+    return out
+
+
+def _describe_source(source) -> dict:
+    """A source's type and settings (e.g. a JSON Lines source's fields), not its split patterns
+    (the fingerprint covers the split's files) nor its reading parallelism."""
+    settings = {k: describe_step(v, 1) for k, v in sorted(vars(source).items())
+                if isinstance(v, _SIMPLE + (list, tuple, dict))
+                and "pattern" not in k and "parallel" not in k and k not in ("fn", "fingerprint")}
+    return {"type": f"{type(source).__module__}.{type(source).__qualname__}", **settings}
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True
 
 
 def cache_key(task, split: str, sequence_length=None) -> dict | None:
@@ -69,9 +131,12 @@ def cache_key(task, split: str, sequence_length=None) -> dict | None:
     kind, features, stop, separator = _cache_layout(task, sequence_length)
     _, chunk_options, _ = pretraining_parts(task)
     return {
-        "format": [FORMAT, VERSION, KEY_VERSION], "task": task.name, "split": split,
-        "kind": kind,
-        "preprocessors": _preprocessor_names(task, stop),
+        # A pretraining cache holds the tokenized documents, which do not depend on the task's
+        # objective: tasks over the same source and tokenizer (UL2's four) share one cache.
+        "format": [FORMAT, VERSION, KEY_VERSION], "split": split, "kind": kind,
+        "task": task.name if kind == "examples" else None,
+        "source": _describe_source(task.source),
+        "preprocessors": [describe_step(p) for p in task.preprocessors[:stop]],
         "chunking": ({k: v for k, v in chunk_options.items() if k != "tokens_length"}
                      if chunk_options else None),
         "vocabularies": {k: vocabulary_checksum(f.vocabulary)
@@ -83,7 +148,8 @@ def cache_key(task, split: str, sequence_length=None) -> dict | None:
 
 def cache_path(task, key: dict, root: str | None = None) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{task.name}-{key['split']}")[:100]
+    label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", key["task"] or task.source.describe()).strip("_")
+    name = f"{label[:60]}-{key['split']}"
     return os.path.join(root or cache_root(), f"{name}-{digest[:16]}")
 
 
@@ -109,10 +175,16 @@ def _exclusive(lock_path: str, log):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _open(path, task):
+def _open(path, task, key):
+    """Open an implicit cache: the vocabulary, the shard files, and its recorded key (the key
+    holds the sources' fingerprint, recomputed at every use: a changed source names another
+    directory)."""
     from t5pre.data.cache import open_cache
 
-    return open_cache(path, task=task)
+    cache = open_cache(path, vocabulary=task.vocabulary)
+    if cache.manifest.get("key") != json.loads(json.dumps(key, default=str)):
+        raise DataError(f"cache {path}: built for another key; rebuilding it")
+    return cache
 
 
 def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = None, log=print):
@@ -127,7 +199,7 @@ def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = N
     path = cache_path(task, key, root)
     if os.path.exists(os.path.join(path, MANIFEST)):
         try:
-            return _open(path, task)
+            return _open(path, task, key)
         except DataError:
             pass  # damaged or changed while built: rebuilt below, under the lock
     try:
@@ -142,7 +214,7 @@ def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = N
     with _exclusive(path + ".lock", log):
         if os.path.exists(os.path.join(path, MANIFEST)):
             try:
-                return _open(path, task)  # another process built it while we waited
+                return _open(path, task, key)  # another process built it while we waited
             except DataError as e:
                 if log:
                     log(f"rebuilding the token cache {path}: {e}")
@@ -166,7 +238,7 @@ def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = N
             counts = ", ".join(f"{s} {e['documents']:,} documents"
                                for s, e in manifest["splits"].items())
             log(f"token cache of {task.name!r}: {counts} in {manifest['build']['seconds']:.1f} s")
-    return _open(path, task)
+    return _open(path, task, key)
 
 
 def _fsync_dir(path):
@@ -208,9 +280,9 @@ def task_store(task, split: str, sequence_length, *, cache_dir=None, log=print):
             return cache.split(split)
     cache = ensure_cache(task, split, lengths, log=log)
     if cache is not None:
-        from t5pre.data.mixing import register_cache
+        from t5pre.data.mixing import register_count
 
-        register_cache(task.name, cache.path)
+        register_count(task, split, cache.num_documents(split))
         return cache.split(split)
     memo = (task.name, id(task), split, json.dumps(lengths, sort_keys=True))
     if memo not in _memory:

@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 from t5pre.errors import ConfigError, DataError
 
 _caches: dict = {}
+_known: dict = {}
 COUNTS_FILE = "num_examples.json"
 
 
@@ -30,6 +31,12 @@ def register_cache(task_name: str, cache_dir: str) -> None:
     if str(cache_dir) in dirs:
         dirs.remove(str(cache_dir))
     dirs.insert(0, str(cache_dir))
+
+
+def register_count(task, split: str, count: int) -> None:
+    """Record ``task``'s number of documents in ``split`` for this process (training registers
+    what its token caches hold), keyed like the recorded counts: a changed source is not hit."""
+    _known[_source_key(task, split)] = int(count)
 
 
 def _counts_path() -> str:
@@ -79,6 +86,8 @@ def num_examples(task, split: str = "train", cache_dir: str | None = None) -> in
         if split in cache.manifest["splits"]:
             return cache.num_documents(split)
     key = _source_key(task, split)
+    if key in _known:
+        return _known[key]
     recorded = _load_counts().get(key)
     if recorded is not None:
         return int(recorded)

@@ -6,8 +6,9 @@ store built in memory), example ``i`` of a pretraining task is:
 1. pass ``p = i // N`` and chunk ``j`` = a seeded bijection of ``i mod N`` for pass ``p``
    (:class:`~t5pre.data.index_sampler.IndexSampler`), ``N`` the chunks per pass;
 2. the chunk ``stream[s_p + j*L : s_p + (j+1)*L]`` of the documents' concatenation, ``L`` the
-   objective's raw chunk length and ``s_p in [0, L)`` a per-pass shift: new chunk boundaries
-   every pass (a pass leaves out fewer than ``2L`` tokens at its ends);
+   objective's raw chunk length and ``s_p in [0, L)`` a per-pass shift (0 for pass 0, which so
+   reads the data from its first token): new chunk boundaries every pass (a pass leaves out
+   fewer than ``2L`` tokens at its ends);
 3. the objective in numpy (:meth:`~t5pre.data.denoising.DenoisingObjective.numpy_corruptor`)
    keyed by ``hash(seed, p, j)``: fresh noise every pass, fixed by ``(seed, pass, position)``.
 
@@ -81,8 +82,9 @@ class RandomAccessTask:
                      for j in positions])
         length = self.chunk_length
         shifts = np.zeros_like(positions)
-        if self._shifting:
+        if self._shifting:  # pass 0 starts at the first token (data order); later passes shift
             shifts = (hash_u64(self.seed, _SHIFT, passes) % np.uint64(length)).astype(np.int64)
+            shifts[passes == 0] = 0
         tokens = self.store.stream(shifts + positions * length, length)
         return self._corrupt(tokens, hash_u64(self.seed, _NOISE, passes, positions))
 
