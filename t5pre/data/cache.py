@@ -400,12 +400,16 @@ class TokenStore:
         return np.asarray(tokens[offsets[local]:offsets[local + 1]])
 
     def stream(self, starts, length: int) -> np.ndarray:
-        """``[rows, length]`` windows of the concatenated token stream of the first feature."""
+        """``[rows, length]`` windows of the concatenated token stream of the first feature,
+        read as a ring (a window running past the end continues at the start)."""
         feature = self.features[0]
+        total = self.num_tokens
         out = np.empty((len(starts), length), np.int32)
         for row, start in enumerate(np.asarray(starts, np.int64)):
-            pos, filled = int(start), 0
+            pos, filled = int(start) % total, 0
             while filled < length:
+                if pos >= total:
+                    pos = 0
                 shard = int(np.searchsorted(self._token_starts, pos, side="right")) - 1
                 tokens = self._shards[shard][feature][0]
                 local = pos - int(self._token_starts[shard])

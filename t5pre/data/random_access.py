@@ -5,10 +5,11 @@ store built in memory), example ``i`` of a pretraining task is:
 
 1. pass ``p = i // N`` and chunk ``j`` = a seeded bijection of ``i mod N`` for pass ``p``
    (:class:`~t5pre.data.index_sampler.IndexSampler`), ``N`` the chunks per pass;
-2. the chunk ``stream[s_p + j*L : s_p + (j+1)*L]`` of the documents' concatenation, ``L`` the
-   objective's raw chunk length and ``s_p in [0, L)`` a per-pass shift (0 for pass 0, which so
-   reads the data from its first token): new chunk boundaries every pass (a pass leaves out
-   fewer than ``2L`` tokens at its ends);
+2. the chunk ``stream[s_p + j*L : s_p + (j+1)*L]`` of the documents' concatenation read as a
+   ring of ``T`` tokens, ``L`` the objective's raw chunk length and ``s_p in [0, T)`` a per-pass
+   shift (0 for pass 0, which so reads the data in order from its first token): every pass
+   covers every token once, with new chunk boundaries; the last chunk is the short rest
+   (``split_into_chunks``' ``keep_remainder``);
 3. the objective in numpy (:meth:`~t5pre.data.denoising.DenoisingObjective.numpy_corruptor`)
    keyed by ``hash(seed, p, j)``: fresh noise every pass, fixed by ``(seed, pass, position)``.
 
@@ -56,16 +57,15 @@ class RandomAccessTask:
             self.chunk_length = chunking._resolve_length(chunk_options["tokens_length"], ctx)
             self._corrupt = objective.numpy_corruptor(ctx)
             tokens = store.num_tokens
-            length = self.chunk_length
-            if tokens < max(2, objective.min_tokens):
+            minimum = max(2, objective.min_tokens)
+            if tokens < minimum:
                 raise DataError(f"task {task.name!r} split {split!r}: {tokens} tokens, too few "
                                 "for one example")
-            if tokens >= 2 * length - 1:  # room for a shift in [0, L) and at least one chunk
-                self._shifting, num_items = True, (tokens - length + 1) // length
-            else:
-                self._shifting = False
-                num_items = max(1, tokens // length)
-                self.chunk_length = min(length, tokens)
+            self.chunk_length = length = min(self.chunk_length, tokens)
+            num_items, remainder = divmod(tokens, length)
+            if remainder >= minimum and chunk_options.get("keep_remainder", True):
+                num_items += 1  # the short last chunk, as split_into_chunks keeps it
+            self.num_tokens = tokens
         else:
             num_items = store.num_documents
             if num_items < 1:
@@ -80,13 +80,27 @@ class RandomAccessTask:
             return ([np.asarray(self.store.document(int(j), "inputs"), np.int32) for j in positions],
                     [np.asarray(self.store.document(int(j), "targets"), np.int32)
                      for j in positions])
-        length = self.chunk_length
-        shifts = np.zeros_like(positions)
-        if self._shifting:  # pass 0 starts at the first token (data order); later passes shift
-            shifts = (hash_u64(self.seed, _SHIFT, passes) % np.uint64(length)).astype(np.int64)
-            shifts[passes == 0] = 0
-        tokens = self.store.stream(shifts + positions * length, length)
-        return self._corrupt(tokens, hash_u64(self.seed, _NOISE, passes, positions))
+        length, total = self.chunk_length, self.num_tokens
+        # The stream is read as a ring: pass p starts at shift s_p (0 for pass 0), so every pass
+        # covers every token once, with new chunk boundaries; the last chunk is the short rest.
+        shifts = (hash_u64(self.seed, _SHIFT, passes) % np.uint64(total)).astype(np.int64)
+        shifts[passes == 0] = 0
+        offsets = positions * length
+        sizes = np.minimum(length, total - offsets)
+        tokens = self.store.stream((shifts + offsets) % total, length)
+        keys = hash_u64(self.seed, _NOISE, passes, positions)
+        if (sizes == length).all():
+            return self._corrupt(tokens, keys)
+        full = np.flatnonzero(sizes == length)
+        inputs, targets = [None] * len(positions), [None] * len(positions)
+        groups = [(full, length)] + [(np.array([i]), int(sizes[i]))
+                                     for i in np.flatnonzero(sizes != length)]
+        for rows, size in groups:
+            if len(rows):
+                part_in, part_tg = self._corrupt(tokens[rows, :size], keys[rows])
+                for row, a, b in zip(rows, part_in, part_tg):
+                    inputs[row], targets[row] = a, b
+        return inputs, targets
 
     def features(self, indices, pack: bool = False) -> dict:
         """Model features (the converter's contract, one example per row) of ``indices``."""
