@@ -169,8 +169,13 @@ def test_random_access_examples_fill_the_lengths_and_reconstruct(corpus):
     store = open_cache(cache_dir, task=task).split("train")
     pipeline = RandomAccessTask(task, store, LENGTHS, "train", seed=0, shuffle=False)
     vocab = task.vocabulary
-    inputs, targets = pipeline.examples(np.arange(3))
-    for n, (i, t) in enumerate(zip(inputs, targets)):
+    total, n_items = store.num_tokens, pipeline.num_items
+    # Pass 0 reads the data in order from its first token; pass 1 from its ring shift.
+    indices = [0, 1, 2, n_items, n_items + 1]
+    shift = int(hash_u64(pipeline.seed, 1, 1) % np.uint64(total))
+    starts = [0, 70, 140, shift, (shift + 70) % total]
+    inputs, targets = pipeline.examples(np.array(indices))
+    for start, i, t in zip(starts, inputs, targets):
         assert len(i) == 64 and len(t) <= 16 and i[-1] == t[-1] == vocab.eos_id
         restored = []
         spans = {}
@@ -181,8 +186,10 @@ def test_random_access_examples_fill_the_lengths_and_reconstruct(corpus):
                 current.append(int(tok))
         for tok in i[:-1]:
             restored += spans[int(tok)] if tok >= vocab.vocab_size - vocab.extra_ids else [int(tok)]
-        start = pipeline.chunk_length * n + int(hash_u64(pipeline.seed, 1, 0) % np.uint64(70))
+        assert pipeline.chunk_length == 70
         assert restored == store.stream([start], 70)[0].tolist()
+    # Every pass covers every token once: ceil(T / L) chunks, the last one the short rest.
+    assert n_items == -(-total // 70) or total % 70 < 2
 
 
 def test_every_pass_draws_fresh_noise_and_chunks_reproducibly(corpus):
