@@ -347,3 +347,16 @@ def test_a_mixture_get_dataset_is_its_training_stream(cache_home, tmp_path):
     examples = list(mixture.get_dataset(LENGTHS, split="train", seed=2).take(8)
                     .as_numpy_iterator())
     _assert_rows_equal(batch, examples)
+
+
+def test_data_cache_without_out_prebuilds_what_training_reads(cache_home, task, capsys):
+    from t5pre.cli import main
+
+    assert main(["data", "cache", task.name, "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "building the token cache" in out and "train: 300 documents" in out
+    lines = []
+    _first_batch(task, 0, log=lines.append)
+    assert not any("building" in line for line in lines), lines  # training reuses it
+    assert main(["data", "cache", "default_summarize", "--split", "validation"]) == 2
+    assert "--inputs-length" in capsys.readouterr().err

@@ -187,7 +187,8 @@ def _open(path, task, key):
     return cache
 
 
-def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = None, log=print):
+def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = None, log=print,
+                 workers: int = 1, modules=()):
     """The implicit :class:`~t5pre.data.cache.TokenCache` of ``task``'s ``split``, built once;
     None when its source has no fingerprint (see the module doc)."""
     from t5pre.data.cache import MANIFEST, build_cache
@@ -228,7 +229,7 @@ def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = N
                 f"runs reuse it) in {path}")
         try:
             manifest = build_cache(task, tmp, splits=[split], sequence_length=sequence_length,
-                                   log=log, key=key)
+                                   log=log, key=key, workers=workers, modules=modules)
             os.rename(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
