@@ -211,6 +211,10 @@ class Trainer:
         if self._eval_enabled and d.eval_split == d.train_split:
             self.log(f"warning: data.eval_split and data.train_split are both {d.train_split!r}: "
                      "the evaluation measures examples the model trains on")
+        if d.pack:
+            self.log("note: data.pack: the training path reads one example per row (segment ids "
+                     "and positions added, nothing packed); chunked pretraining examples fill "
+                     "the lengths already")
         if 0 < t.steps <= o.warmup_steps and o.warmup_steps:
             self.log(f"warning: training.steps ({t.steps}) <= optimizer.warmup_steps "
                      f"({o.warmup_steps}): the whole run is warm-up and the learning rate never "
