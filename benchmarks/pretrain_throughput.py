@@ -7,8 +7,8 @@ Reports, for the packaged default config (or ``--config``):
 * ``training``: tokens/s (input + target, real tokens) and target tokens/s of the Trainer's
   steady state (the first window, which includes tracing, is excluded), step time, and the
   fraction of the step time spent waiting for the next batch (``data wait``);
-* ``resume cost``: seconds the step-addressable data position costs per 1000 steps skipped on
-  resume (pipeline examples/s against examples per step).
+(A resume costs what a start costs: the pipeline reads by global example index,
+``benchmarks/resume_cost.py`` measures it.)
 
 Usage::
 
@@ -58,7 +58,7 @@ def main(argv=None):
     fn = make_dataset_fn(task, lengths, split=d.train_split, global_batch_size=t.batch_size,
                          pack=d.pack, shuffle=d.shuffle, seed=cfg.data_seed)
     it = iter(fn(tf.distribute.InputContext()))
-    next(it)  # start-up (source loading, shuffle buffer) is not throughput
+    next(it)  # start-up (the token cache found or built once) is not throughput
     examples = tokens = 0
     start = time.perf_counter()
     for _ in range(args.pipeline_batches):
@@ -78,7 +78,6 @@ def main(argv=None):
     m = result.last_metrics
     training = {k: m[k] for k in ("tokens_per_sec", "target_tokens_per_sec", "examples_per_sec",
                                   "step_time", "data_wait_fraction")}
-    resume_cost = 1000 * t.batch_size / pipeline["examples_per_sec"]
 
     model = trainer.model.config
     print(f"config: {args.config or 'default.yaml'}  model: d_model {model.d_model}, "
@@ -92,13 +91,11 @@ def main(argv=None):
           f"({training['target_tokens_per_sec']:.0f} target tokens/s)  "
           f"step {training['step_time'] * 1000:.0f} ms, data wait "
           f"{100 * training['data_wait_fraction']:.1f}% of the step")
-    print(f"resume cost   : {resume_cost:.0f} s of pipeline time per 1000 steps skipped")
     print(f"cpu use       : {cpu_per_wall:.2f} cores busy on average during training "
           f"(of {os.cpu_count()}; lower than the core count means the machine was shared)")
     if args.json:
         print(json.dumps({"pipeline": pipeline, "training": training,
-                          "cpu_cores_busy": cpu_per_wall,
-                          "resume_seconds_per_1000_steps": resume_cost}))
+                          "cpu_cores_busy": cpu_per_wall}))
     return 0
 
 

@@ -5,9 +5,9 @@ Stages (each includes the ones before it):
 1. ``read+tokenize``   source -> SentencePiece ids (tensorflow-text, batched)
 2. ``+chunk``          documents concatenated and cut into chunks of the raw length that
                        fills ``--inputs-length`` (568 for 512/114)
-3. ``+span corrupt``   T5 span corruption + EOS: the task's examples (``Task.get_dataset``
-                       order, without the example shuffle buffer, whose fill time would dominate
-                       a short run)
+3. ``+span corrupt``   T5 span corruption + EOS through the objective's preprocessor (the one
+                       numpy implementation inside ``tf.numpy_function``; training and
+                       ``Task.get_dataset`` read a pretraining task by index instead, rows below)
 4. ``+features``       ``EncDecFeatureConverter()``: fixed-length model features, and the same
                        with ``pack=True`` (packing has little to pack here: chunks are cut
                        to fill the inputs, so this row shows the cost of the packing step)

@@ -50,23 +50,34 @@ def test_numpy_span_lengths_are_a_uniform_composition():
     lengths = [int(np.argmin(m[f:])) if not m[f:].all() else 6 - f for m, f in zip(masks, first)]
     counts = np.bincount(lengths, minlength=4)[1:]
     assert (counts > 850).all() and (counts < 1150).all(), counts
-    # And the distribution matches the TF implementation's on a realistic length.
-    tf_lengths, np_lengths = [], []
-    np_masks = denoising_numpy.span_noise_masks(hash_u64(2, np.arange(400)), 568, 85, 28)
-    for seed in range(40):
-        tf_mask = denoising.random_spans_noise_mask(568, 0.15, 3.0, [seed, 9]).numpy()
-        tf_lengths += _run_lengths(tf_mask)
-    for mask in np_masks:
+    # And at T5's realistic length (568 tokens: 85 noise in 28 spans) span lengths follow the
+    # uniform composition exactly: P(k) = C(85-k-1, 26) / C(84, 27), mean 85/28.
+    from math import comb
+
+    np_lengths = []
+    for mask in denoising_numpy.span_noise_masks(hash_u64(2, np.arange(400)), 568, 85, 28):
         np_lengths += _run_lengths(mask)
-    assert np.mean(tf_lengths) == pytest.approx(np.mean(np_lengths))  # 85/28 exactly, both
+    assert np.mean(np_lengths) == pytest.approx(85 / 28)
     for k in (1, 2, 3, 5):
-        assert np.mean(np.array(np_lengths) == k) == pytest.approx(
-            np.mean(np.array(tf_lengths) == k), abs=0.03)
+        want = comb(85 - k - 1, 26) / comb(84, 27)
+        assert np.mean(np.array(np_lengths) == k) == pytest.approx(want, abs=0.03)
 
 
 def _run_lengths(mask):
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
     return list(edges[1::2] - edges[::2])
+
+
+def _python_span_corrupt(tokens, mask, vocab_size):
+    """T5's sentinel replacement written out in plain Python (an independent reference)."""
+    inputs, targets, span = [], [], -1
+    for i, (token, noise) in enumerate(zip(tokens, mask)):
+        if noise and (i == 0 or not mask[i - 1]):
+            span += 1
+            inputs.append(vocab_size - 1 - span)
+            targets.append(vocab_size - 1 - span)
+        (targets if noise else inputs).append(token)
+    return inputs, targets
 
 
 def test_numpy_span_corruption_reconstructs_and_rolls():
@@ -77,8 +88,8 @@ def test_numpy_span_corruption_reconstructs_and_rolls():
         inputs, targets = denoising_numpy.span_corrupt_rows(tokens, masks, 1100)
         for row, (i, t) in enumerate(zip(denoising_numpy.split_rows(inputs),
                                          denoising_numpy.split_rows(targets))):
-            want_i, want_t = denoising.span_corrupt(tokens[row].astype(np.int32), masks[row], 1100)
-            assert i.tolist() == want_i.numpy().tolist() and t.tolist() == want_t.numpy().tolist()
+            want_i, want_t = _python_span_corrupt(tokens[row].tolist(), masks[row].tolist(), 1100)
+            assert i.tolist() == want_i and t.tolist() == want_t
     assert masks[:, 0].any()  # rolled masks may start with noise
 
 
@@ -158,8 +169,13 @@ def test_random_access_examples_fill_the_lengths_and_reconstruct(corpus):
     store = open_cache(cache_dir, task=task).split("train")
     pipeline = RandomAccessTask(task, store, LENGTHS, "train", seed=0, shuffle=False)
     vocab = task.vocabulary
-    inputs, targets = pipeline.examples(np.arange(3))
-    for n, (i, t) in enumerate(zip(inputs, targets)):
+    total, n_items = store.num_tokens, pipeline.num_items
+    # Pass 0 reads the data in order from its first token; pass 1 from its ring shift.
+    indices = [0, 1, 2, n_items, n_items + 1]
+    shift = int(hash_u64(pipeline.seed, 1, 1) % np.uint64(total))
+    starts = [0, 70, 140, shift, (shift + 70) % total]
+    inputs, targets = pipeline.examples(np.array(indices))
+    for start, i, t in zip(starts, inputs, targets):
         assert len(i) == 64 and len(t) <= 16 and i[-1] == t[-1] == vocab.eos_id
         restored = []
         spans = {}
@@ -170,8 +186,10 @@ def test_random_access_examples_fill_the_lengths_and_reconstruct(corpus):
                 current.append(int(tok))
         for tok in i[:-1]:
             restored += spans[int(tok)] if tok >= vocab.vocab_size - vocab.extra_ids else [int(tok)]
-        start = pipeline.chunk_length * n + int(hash_u64(pipeline.seed, 1, 0) % np.uint64(70))
+        assert pipeline.chunk_length == 70
         assert restored == store.stream([start], 70)[0].tolist()
+    # Every pass covers every token once: ceil(T / L) chunks, the last one the short rest.
+    assert n_items == -(-total // 70) or total % 70 < 2
 
 
 def test_every_pass_draws_fresh_noise_and_chunks_reproducibly(corpus):

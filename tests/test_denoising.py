@@ -157,7 +157,7 @@ def test_noise_mask_invariants(density, mean):
     for length in LENGTHS:
         num_noise, num_spans = denoising.noise_counts(length, density, mean)
         for seed in range(6):
-            mask = denoising.random_spans_noise_mask(length, density, mean, [seed, length]).numpy()
+            mask = denoising.random_spans_noise_mask(length, density, mean, [seed, length])
             assert mask.shape == (length,)
             assert mask.sum() == num_noise
             assert not mask[0], "T5 masks start with non-noise"
@@ -175,9 +175,9 @@ def test_noise_mask_counts_are_exact_and_clamped():
 
 
 def test_noise_mask_deterministic_and_seed_dependent():
-    a = denoising.random_spans_noise_mask(200, 0.15, 3.0, [7, 8]).numpy()
-    b = denoising.random_spans_noise_mask(200, 0.15, 3.0, [7, 8]).numpy()
-    c = denoising.random_spans_noise_mask(200, 0.15, 3.0, [7, 9]).numpy()
+    a = denoising.random_spans_noise_mask(200, 0.15, 3.0, [7, 8])
+    b = denoising.random_spans_noise_mask(200, 0.15, 3.0, [7, 8])
+    c = denoising.random_spans_noise_mask(200, 0.15, 3.0, [7, 9])
     assert (a == b).all()
     assert (a != c).any()
 
@@ -185,9 +185,8 @@ def test_noise_mask_deterministic_and_seed_dependent():
 def test_span_lengths_are_a_uniform_composition():
     # 4 noise tokens in 2 spans -> (1,3), (2,2), (3,1) equally likely; length 6 keeps 2 tokens.
     counts = {}
-    fn = tf.function(lambda s: denoising.random_spans_noise_mask(6, 4 / 6, 2.0, s))
     for seed in range(300):
-        mask = fn(tf.constant([seed, 1], tf.int64)).numpy()
+        mask = denoising.random_spans_noise_mask(6, 4 / 6, 2.0, [seed, 1])
         first = int(np.argmax(mask))
         length = int(np.argmin(mask[first:])) if not mask[first:].all() else 6 - first
         counts[length] = counts.get(length, 0) + 1
@@ -198,7 +197,7 @@ def test_span_lengths_are_a_uniform_composition():
 def test_random_roll_keeps_noise_count_and_removes_start_bias():
     starts_with_noise = 0
     for seed in range(40):
-        mask = denoising.random_spans_noise_mask(50, 0.3, 3.0, [seed, 0], random_roll=True).numpy()
+        mask = denoising.random_spans_noise_mask(50, 0.3, 3.0, [seed, 0], random_roll=True)
         num_noise, num_spans = denoising.noise_counts(50, 0.3, 3.0)
         assert mask.sum() == num_noise
         assert _spans(mask) in (num_spans, num_spans + 1)
@@ -210,7 +209,6 @@ def test_random_roll_keeps_noise_count_and_removes_start_bias():
 def test_batched_masks_have_the_same_semantics(roll):
     num_noise, num_spans = denoising.noise_counts(120, 0.15, 3.0)
     masks = denoising.random_spans_noise_masks(16, 120, 0.15, 3.0, [4, 2], random_roll=roll)
-    masks = masks.numpy()
     assert masks.shape == (16, 120)
     assert (masks.sum(axis=1) == num_noise).all()
     for mask in masks:
@@ -223,8 +221,8 @@ def test_batched_masks_have_the_same_semantics(roll):
     inputs, targets = denoising.span_corrupt_batch(tokens, masks, 1100)
     for row in range(16):
         single_in, single_tg = denoising.span_corrupt(tokens[row], masks[row], 1100)
-        assert inputs[row].numpy().tolist() == single_in.numpy().tolist()
-        assert targets[row].numpy().tolist() == single_tg.numpy().tolist()
+        assert inputs[row].tolist() == single_in.tolist()
+        assert targets[row].tolist() == single_tg.tolist()
 
 
 # ------------------------------------------------------------------ span corruption -----------
@@ -253,19 +251,19 @@ def test_span_corrupt_reconstructs_and_orders_sentinels():
             tokens = rng.integers(0, 1000, size=length).astype(np.int32)  # 0 is a real token here
             for roll in (False, True):
                 mask = denoising.random_spans_noise_mask(length, 0.15, 3.0, [seed, 3], roll)
-                inputs, targets = (x.numpy().tolist() for x in
+                inputs, targets = (x.tolist() for x in
                                    denoising.span_corrupt(tokens, mask, vocab_size))
                 assert _reconstruct(inputs, targets, vocab_size, 100) == tokens.tolist()
                 sent_in = [t for t in inputs if t >= 1000]
                 sent_tg = [t for t in targets if t >= 1000]
-                n = _spans(mask.numpy())
+                n = _spans(mask)
                 assert sent_in == sent_tg == list(range(vocab_size - 1, vocab_size - 1 - n, -1))
                 assert targets[0] == vocab_size - 1
-                assert len(targets) - n == int(mask.numpy().sum())
+                assert len(targets) - n == int(mask.sum())
 
 
-# Blocks of equal-length chunks take the vectorised path; a shorter chunk in a block (the last of a
-# pass) sends that block down the row-by-row path. Both are checked.
+# A block of equal-length chunks is corrupted in one numpy call; shorter chunks in a block (the last
+# of a pass) are grouped by length. Both are checked.
 TAILS = {"full_chunks": [], "with_short_chunks": [[5, 6, 7], [9]]}
 
 

@@ -1,8 +1,10 @@
 """``t5pre tasks``: list the registered tasks and mixtures, and show a task's examples.
 
-``t5pre tasks show`` runs the task's real pipeline (source, preprocessors, trim) and prints a few
-examples decoded with the task's vocabulary, sentinels visible (``<extra_id_0>`` ...), with
-token counts: the quickest way to check what a denoising objective really feeds the model.
+``t5pre tasks show`` prints a few examples of the task's ``get_dataset`` decoded with the task's
+vocabulary, sentinels visible (``<extra_id_0>`` ...), with token counts: the quickest way to check
+what a denoising objective really feeds the model. For a pretraining task or a mixture of them
+these are the examples training reads first: ``--seed S`` shows a run with ``data.seed: S``
+(default ``training.seed``, 0) at these lengths (its token cache is built once if needed).
 """
 
 from __future__ import annotations
@@ -116,9 +118,11 @@ def run_show(args):
         f"{args.name} [{args.split}] inputs_length={args.inputs_length} "
         f"targets_length={args.targets_length} seed={args.seed}"
     )
+    # One pass of a task; a mixture is read as training reads it (forever, by its rates).
+    num_epochs = None if getattr(provider, "kind", "task") == "mixture" else 1
     dataset = provider.get_dataset(
-        sequence_length=lengths, split=args.split, shuffle=not args.no_shuffle, seed=args.seed, num_epochs=1
-    )
+        sequence_length=lengths, split=args.split, shuffle=not args.no_shuffle, seed=args.seed,
+        num_epochs=num_epochs)
     shown = 0
     with data_errors():
         for example in dataset.take(args.num_examples).as_numpy_iterator():

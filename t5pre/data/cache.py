@@ -49,10 +49,11 @@ def pretraining_parts(task):
     (``stop``: how many preprocessors are deterministic), else ``(None, None, None)``."""
     from t5pre.data.denoising import DenoisingObjective
 
-    for position, preprocessor in enumerate(task.preprocessors):
+    preprocessors = list(getattr(task, "preprocessors", ()))
+    for position, preprocessor in enumerate(preprocessors):
         options = getattr(preprocessor, "chunk_options", None)
         if options is not None:
-            rest = task.preprocessors[position + 1:]
+            rest = preprocessors[position + 1:]
             if len(rest) == 1 and isinstance(rest[0], DenoisingObjective):
                 return position, dict(options), rest[0]
             raise DataError(f"task {task.name!r}: a cached pretraining task must end with "
@@ -70,6 +71,25 @@ def vocabulary_checksum(vocabulary) -> str:
 
 def _token_dtype(vocab_size: int):
     return np.dtype("<u2") if int(vocab_size) <= 1 << 16 else np.dtype("<u4")
+
+
+def source_fingerprint(task, splits) -> dict | None:
+    """What identifies the data of ``task``'s ``splits`` at its source, or None when t5pre cannot
+    tell (a Python function without a ``fingerprint``): files with sizes and mtimes, a TFDS
+    dataset's name and directory, or the ``fingerprint`` a source offers (a string, or a callable
+    ``fingerprint(split) -> str``; the default corpus offers its extractor's key)."""
+    source = task.source
+    if hasattr(source, "list_files"):
+        return {"files": _source_files(task, splits)}
+    offered = getattr(source, "fingerprint", None)
+    if callable(offered):
+        return {"offered": {split: offered(split) for split in splits}}
+    if isinstance(offered, str):
+        return {"offered": offered}
+    if type(source).__name__ == "TFDSSource":
+        return {"tfds": source.describe(), "data_dir": getattr(source, "data_dir", None),
+                "splits": list(splits)}
+    return None
 
 
 def _source_files(task, splits) -> dict:
@@ -150,6 +170,10 @@ def _tokenized_blocks(task, split, index, count, features, stop, separator, sequ
 
     shard_info = (index, count) if count > 1 else None
     dataset = task.source.get_dataset(split=split, shuffle=False, seed=0, shard_info=shard_info)
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise DataError(f"task {task.name!r} split {split!r}: its source "
+                        f"({task.source.describe()}) is infinite; training tokenizes a source once "
+                        "and repeats it itself, so the source must be finite (drop its .repeat())")
     dataset = task.preprocess(dataset, sequence_length, split, 0, False, shard_info, stop=stop)
     if stop is None:
         dataset = task._check_and_trim(dataset, sequence_length)
@@ -269,14 +293,15 @@ def _run_in_pool(jobs, workers, modules, context, tracker):
 
 def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers: int = 1,
                 sequence_length: Mapping[str, int] | None = None, overwrite: bool = False,
-                modules: Sequence[str] = (), progress=None) -> dict:
+                modules: Sequence[str] = (), progress=None, key: dict | None = None) -> dict:
     """Tokenize ``task``'s splits once into ``out_dir`` (see the module doc); returns the manifest.
 
     ``workers`` shards each split over processes (by files when the source has enough, by
     examples otherwise; workers import ``modules`` to find a task registered outside the
     catalogue). ``sequence_length`` is needed for tasks that are not pretraining tasks
     (their preprocessors trim to it) and recorded. The manifest is written last. ``progress``
-    (e.g. ``print``) gets a progress line every few seconds (:mod:`t5pre.data.build_progress`).
+    (e.g. ``print``) gets a progress line every few seconds (:mod:`t5pre.data.build_progress`);
+    ``key`` is recorded as is (the implicit caches' key).
     """
     kind, features, stop, separator = _cache_layout(task, sequence_length)
     splits = list(splits or task.splits)
@@ -316,6 +341,7 @@ def build_cache(task, out_dir: str, splits: Sequence[str] | None = None, workers
         "document_separator_id": separator,
         "sources": _source_files(task, splits),
         "source_description": task.source.describe(),
+        "key": key,
         "splits": manifest_splits,
         "build": {"seconds": round(seconds, 3), "workers": max(1, workers),
                   "tokens_per_second": round(tokens / seconds, 1) if seconds else None},
@@ -353,12 +379,16 @@ class TokenStore:
         return np.asarray(tokens[offsets[local]:offsets[local + 1]])
 
     def stream(self, starts, length: int) -> np.ndarray:
-        """``[rows, length]`` windows of the concatenated token stream of the first feature."""
+        """``[rows, length]`` windows of the concatenated token stream of the first feature,
+        read as a ring (a window running past the end continues at the start)."""
         feature = self.features[0]
+        total = self.num_tokens
         out = np.empty((len(starts), length), np.int32)
         for row, start in enumerate(np.asarray(starts, np.int64)):
-            pos, filled = int(start), 0
+            pos, filled = int(start) % total, 0
             while filled < length:
+                if pos >= total:
+                    pos = 0
                 shard = int(np.searchsorted(self._token_starts, pos, side="right")) - 1
                 tokens = self._shards[shard][feature][0]
                 local = pos - int(self._token_starts[shard])

@@ -280,4 +280,8 @@ def default_corpus_source(packages=DEFAULT_PACKAGES, fields=FIELDS):
     def read(split, shuffle, seed):
         return default_corpus_dataset(split, shuffle=shuffle, seed=seed, packages=packages, fields=fields)
 
-    return FunctionSource(read, splits=SPLITS, name=f"default_corpus({'+'.join(packages)})")
+    def fingerprint(split):  # the extractor's cache key: versions of Python, Keras, extractor
+        return f"{os.path.basename(corpus_cache_path(packages))}:{','.join(fields)}:{split}"
+
+    return FunctionSource(read, splits=SPLITS, name=f"default_corpus({'+'.join(packages)})",
+                          fingerprint=fingerprint)

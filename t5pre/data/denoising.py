@@ -1,11 +1,14 @@
 """Denoising objectives for pretraining: span corruption, prefix-LM, i.i.d. (BERT-style), UL2.
 
 Every objective takes a chunk of raw token ids (the ``"targets"`` feature that
-:mod:`t5pre.data.chunking` emits, no EOS) and turns it into an ``inputs``/``targets`` pair. All
-randomness comes from stateless TF random ops seeded from the preprocessor's ``ctx.seed``, the
-position in the stream (of a block of ``BLOCK_SIZE`` chunks processed together) and a fingerprint
-of the tokens, so a pipeline is reproducible (same seed, same examples), resumable from an
-iterator checkpoint, and runs entirely inside ``tf.data``.
+:mod:`t5pre.data.chunking` emits, no EOS) and turns it into an ``inputs``/``targets`` pair. Each
+objective is written once, in numpy (:mod:`t5pre.data.denoising_numpy`, no TensorFlow): every
+random number is a counter-based hash of an example key, which the training path
+(:mod:`t5pre.data.random_access`) derives from ``(seed, pass, chunk position)``, so the same seed
+and position always give the same example, on every path (``Task.get_dataset``, ``t5pre tasks
+show`` and training read the same examples). This module holds the length arithmetic, the
+objective classes and T5-named wrappers (:func:`random_spans_noise_mask`, :func:`span_corrupt`)
+over the numpy code.
 
 Span corruption (T5), precisely:
 
@@ -46,7 +49,7 @@ UL2_PARADIGM_PREFIXES = {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
 
 
 # --------------------------------------------------------------------------------------------
-# Length arithmetic (pure Python, float32 rounding identical to the TF ops below)
+# Length arithmetic (pure Python, float32 rounding as T5 computes it)
 # --------------------------------------------------------------------------------------------
 
 
@@ -171,153 +174,65 @@ def span_corruption_tokens_length(
 
 
 # --------------------------------------------------------------------------------------------
-# TF ops: masks and sentinel replacement
+# Masks and sentinel replacement (T5 names over the numpy implementation)
 # --------------------------------------------------------------------------------------------
 
 
 from t5pre.lazy import tensorflow as _tf  # noqa: E402
 
 
-def _seed_tensor(seeds):
-    tf = _tf()
-    seeds = tf.convert_to_tensor(seeds)
-    if seeds.dtype not in (tf.int32, tf.int64):
-        seeds = tf.cast(seeds, tf.int64)
-    if seeds.shape.rank == 0:
-        seeds = tf.stack([seeds, tf.zeros_like(seeds)])
-    return seeds
+def _keys(rows: int, seeds) -> np.ndarray:
+    """One uint64 example key per row from a seed (an int or a sequence of ints)."""
+    from t5pre.data.index_sampler import hash_u64
+
+    words = [int(x) for x in np.ravel(np.asarray(seeds, np.int64))]
+    return hash_u64(*words, np.arange(int(rows), dtype=np.uint64))
 
 
-def _noise_counts_tf(length, noise_density, mean_noise_span_length):
-    tf = _tf()
-    num_noise = tf.cast(tf.math.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
-    num_noise = tf.clip_by_value(num_noise, 1, length - 1)
-    num_spans = tf.cast(
-        tf.math.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
-    num_spans = tf.maximum(1, tf.minimum(num_spans, tf.minimum(num_noise, length - num_noise)))
-    return num_noise, num_spans
+def random_spans_noise_masks(rows, length, noise_density, mean_noise_span_length, seeds,
+                             random_roll: bool = False) -> np.ndarray:
+    """``[rows, length]`` bool noise masks with T5's span semantics (module docstring), row ``r``
+    keyed by ``(seeds, r)``: :func:`t5pre.data.denoising_numpy.span_noise_masks`, the one
+    implementation the training path runs.
+
+    ``random_roll`` rotates each mask by a uniformly random offset (removes T5's bias that the
+    mask starts with non-noise and ends with noise; may split one span in two)."""
+    from t5pre.data import denoising_numpy
+
+    num_noise, num_spans = noise_counts(int(length), noise_density, mean_noise_span_length)
+    return denoising_numpy.span_noise_masks(_keys(rows, seeds), int(length), num_noise,
+                                            num_spans, random_roll)
 
 
 def random_spans_noise_mask(length, noise_density, mean_noise_span_length, seeds,
-                            random_roll: bool = False):
-    """Boolean noise mask ``[length]`` with T5's span semantics (see the module docstring).
-
-    Args:
-        length: int or scalar int tensor, >= 2.
-        noise_density: fraction of tokens that are noise.
-        mean_noise_span_length: average noise span length.
-        seeds: a stateless seed, shape ``[2]`` int (or a scalar, widened to ``[seed, 0]``).
-        random_roll: rotate the mask by a uniformly random offset (removes T5's bias that the
-            mask starts with non-noise and ends with noise; may split one span in two).
-
-    Deterministic given ``seeds``; pure TF, so it works inside ``tf.data`` maps.
-    """
-    tf = _tf()
-    mask = random_spans_noise_masks(1, length, noise_density, mean_noise_span_length, seeds,
+                            random_roll: bool = False) -> np.ndarray:
+    """One ``[length]`` mask of :func:`random_spans_noise_masks` (deterministic given ``seeds``)."""
+    return random_spans_noise_masks(1, length, noise_density, mean_noise_span_length, seeds,
                                     random_roll)[0]
-    return tf.ensure_shape(mask, [None])
 
 
-def span_corrupt(tokens, noise_mask, vocab_size):
+def span_corrupt_batch(tokens, noise_masks, vocab_size) -> tuple[list, list]:
+    """Noise spans -> sentinels over ``[rows, length]`` tokens and masks: ``(inputs, targets)``
+    lists of 1-D arrays without EOS (:func:`t5pre.data.denoising_numpy.span_corrupt_rows`)."""
+    from t5pre.data import denoising_numpy
+
+    tokens = np.asarray(tokens)
+    inputs, targets = denoising_numpy.span_corrupt_rows(tokens, np.asarray(noise_masks, bool),
+                                                        int(vocab_size))
+    return ([r.astype(tokens.dtype) for r in denoising_numpy.split_rows(inputs)],
+            [r.astype(tokens.dtype) for r in denoising_numpy.split_rows(targets)])
+
+
+def span_corrupt(tokens, noise_mask, vocab_size) -> tuple[np.ndarray, np.ndarray]:
     """Replace noise spans by unique sentinels: ``(inputs, targets)`` without EOS.
 
     ``inputs``: kept tokens, each noise span replaced by ``vocab_size - 1 - i`` (span ``i`` in
     order of appearance). ``targets``: for each span ``i``, that sentinel followed by the span's
     tokens. Works for any mask (also rolled ones that start with noise).
     """
-    tf = _tf()
-    tokens = tf.convert_to_tensor(tokens)
-    noise_mask = tf.convert_to_tensor(noise_mask, tf.bool)
-    previous = tf.concat([[False], noise_mask[:-1]], axis=0)
-    first_noise = tf.logical_and(noise_mask, tf.logical_not(previous))
-    span_index = tf.cumsum(tf.cast(first_noise, tokens.dtype)) - 1
-    sentinels = tf.cast(vocab_size, tokens.dtype) - 1 - span_index
-    # Each position contributes [sentinel?, token?]; keep masks select what each side emits.
-    pairs = tf.reshape(tf.stack([sentinels, tokens], axis=1), [-1])
-    keep_inputs = tf.reshape(tf.stack([first_noise, tf.logical_not(noise_mask)], axis=1), [-1])
-    keep_targets = tf.reshape(tf.stack([first_noise, noise_mask], axis=1), [-1])
-    return tf.boolean_mask(pairs, keep_inputs), tf.boolean_mask(pairs, keep_targets)
-
-
-def _random_compositions(total, parts, rows, seed):
-    """``[rows, parts]``: per row, a uniformly random composition of ``total`` into ``parts``
-    positive integers.
-
-    Picks ``parts - 1`` distinct cut points among the ``total - 1`` gaps uniformly at random
-    (the top-k of uniform keys), which makes every composition equally likely.
-    """
-    tf = _tf()
-    keys = tf.random.stateless_uniform([rows, total - 1], seed=seed)
-    cuts = tf.sort(tf.math.top_k(keys, k=parts - 1, sorted=False).indices + 1, axis=-1)
-    bounds = tf.concat([tf.zeros([rows, 1], tf.int32), cuts, tf.fill([rows, 1], total)], axis=1)
-    return bounds[:, 1:] - bounds[:, :-1]
-
-
-def _masks_from_span_lengths(keep_lengths, noise_lengths, length):
-    """``[rows, length]`` masks laid out keep_0, noise_0, keep_1, noise_1, ... per row.
-
-    +1 at each noise span's start and -1 at its end, then a running sum: a few vectorised ops
-    (``tf.repeat`` over the spans was the slowest step of the whole pipeline).
-    """
-    tf = _tf()
-    rows = tf.shape(keep_lengths)[0]
-    starts = tf.cumsum(keep_lengths, axis=1) + tf.cumsum(noise_lengths, axis=1, exclusive=True)
-    ends = starts + noise_lengths
-    row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(starts))
-    indices = tf.stack([tf.concat([row_ids, row_ids], 1), tf.concat([starts, ends], 1)], axis=-1)
-    updates = tf.concat([tf.ones_like(starts), -tf.ones_like(ends)], axis=1)
-    delta = tf.scatter_nd(tf.reshape(indices, [-1, 2]), tf.reshape(updates, [-1]),
-                          tf.stack([rows, length + 1]))
-    return tf.cumsum(delta, axis=1)[:, :length] > 0
-
-
-def random_spans_noise_masks(rows, length, noise_density, mean_noise_span_length, seeds,
-                             random_roll: bool = False):
-    """``[rows, length]`` independent masks with :func:`random_spans_noise_mask`'s semantics.
-
-    The vectorised form used on blocks of equal-length chunks: one set of ops for many chunks.
-    """
-    tf = _tf()
-    length = tf.convert_to_tensor(length, tf.int32)
-    rows = tf.convert_to_tensor(rows, tf.int32)
-    seed = _seed_tensor(seeds)
-    num_noise, num_spans = _noise_counts_tf(
-        length, np.float32(noise_density), np.float32(mean_noise_span_length))
-    seed_noise, seed_keep, seed_roll = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    noise_lengths = _random_compositions(num_noise, num_spans, rows, seed_noise)
-    keep_lengths = _random_compositions(length - num_noise, num_spans, rows, seed_keep)
-    masks = _masks_from_span_lengths(keep_lengths, noise_lengths, length)
-    if random_roll:
-        shifts = tf.random.stateless_uniform([rows], seed=seed_roll, minval=0, maxval=length,
-                                             dtype=tf.int32)
-        positions = tf.math.floormod(tf.range(length)[None, :] - shifts[:, None], length)
-        masks = tf.gather(masks, positions, batch_dims=1)
-    return masks
-
-
-def span_corrupt_batch(tokens, noise_masks, vocab_size):
-    """:func:`span_corrupt` over ``[rows, length]`` tokens and masks -> ragged (inputs, targets)."""
-    tf = _tf()
-    tokens = tf.convert_to_tensor(tokens)
-    noise_masks = tf.convert_to_tensor(noise_masks, tf.bool)
-    rows = tf.shape(tokens)[0]
-    previous = tf.concat([tf.zeros([rows, 1], tf.bool), noise_masks[:, :-1]], axis=1)
-    first_noise = tf.logical_and(noise_masks, tf.logical_not(previous))
-    span_index = tf.cumsum(tf.cast(first_noise, tokens.dtype), axis=1) - 1
-    sentinels = tf.cast(vocab_size, tokens.dtype) - 1 - span_index
-    pairs = tf.reshape(tf.stack([sentinels, tokens], axis=2), [rows, -1])
-    keep_inputs = tf.reshape(
-        tf.stack([first_noise, tf.logical_not(noise_masks)], axis=2), [rows, -1])
-    keep_targets = tf.reshape(tf.stack([first_noise, noise_masks], axis=2), [rows, -1])
-    return _ragged_select(pairs, keep_inputs), _ragged_select(pairs, keep_targets)
-
-
-def _ragged_select(values, keep):
-    """Rows of ``values[keep]`` as a RaggedTensor (cheaper than ``tf.ragged.boolean_mask``)."""
-    tf = _tf()
-    lengths = tf.reduce_sum(tf.cast(keep, tf.int64), axis=1)
-    return tf.RaggedTensor.from_row_lengths(tf.boolean_mask(values, keep), lengths,
-                                            validate=False)
+    inputs, targets = span_corrupt_batch(np.asarray(tokens)[None], np.asarray(noise_mask)[None],
+                                         vocab_size)
+    return inputs[0], targets[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,27 +273,15 @@ def _sequence_lengths(ctx, who: str) -> tuple[int, int]:
         ) from None
 
 
-def _block_seed(base_seed, index, tokens):
-    """Stateless seed of a block of chunks: the preprocessor seed, the block's position in the
-    stream and a fingerprint of its tokens.
-
-    Folding in a fingerprint of the tokens keeps masks independent across data shards, whose
-    stream positions coincide.
-    """
-    tf = _tf()
-    fingerprint = tf.bitcast(tf.fingerprint(tf.expand_dims(tokens, 0))[0], tf.int64)
-    seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    return tf.random.experimental.stateless_fold_in(seed, fingerprint)
-
-
-BLOCK_SIZE = 64  # chunks corrupted together in one vectorised step
+BLOCK_SIZE = 64  # chunks corrupted together in one numpy call
 
 
 class DenoisingObjective:
     """A preprocessor ``fn(ds, ctx)`` turning raw token chunks into inputs/targets pairs.
 
-    Subclasses implement :meth:`corrupt` (TF, one chunk, no EOS), optionally its vectorised form
-    :meth:`corrupt_batch` (a block of equal-length chunks; set ``vectorised = True``), and
+    Subclasses implement :meth:`corrupt_rows_numpy` (numpy, a block of equal-length chunks, one
+    uint64 key per chunk, no EOS: the one implementation, run by the random-access training path
+    and by this preprocessor alike) and
     :meth:`raw_tokens_length` (the chunk length that makes the outputs fit
     ``ctx.sequence_length``), which the chunking preprocessor reads
     (:func:`t5pre.data.chunking.split_into_chunks` accepts an objective).
@@ -410,23 +313,13 @@ class DenoisingObjective:
     def check(self, ctx) -> None:
         """Build-time validation (sentinel budget and the like); raise ConfigError."""
 
-    def corrupt(self, tokens, seed, ctx_values):  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def _ctx_values(self, ctx) -> dict:
-        """Static values corrupt() needs, computed once per pipeline."""
+        """Static values corrupt_rows_numpy() needs, computed once per pipeline."""
         return {}
 
     # -- preprocessor ----------------------------------------------------------------------
-    vectorised = False  # True when corrupt_batch is implemented
-
-    def corrupt_batch(self, tokens, seed, ctx_values):  # pragma: no cover - optional
-        """Vectorised :meth:`corrupt` over a dense ``[batch, length]`` block of equal-length
-        chunks; returns ragged ``(inputs, targets)`` (int64 row splits)."""
-        raise NotImplementedError
-
     def corrupt_rows_numpy(self, tokens, keys, values):  # pragma: no cover - abstract
-        """Numpy twin of :meth:`corrupt_batch`: ``tokens[rows, length]``, one uint64 key per row
+        """The objective: ``tokens[rows, length]``, one uint64 key per row
         -> ``(inputs_rows, targets_rows)`` as ``(values, lengths)`` (see
         :mod:`t5pre.data.denoising_numpy`)."""
         raise NotImplementedError
@@ -452,80 +345,52 @@ class DenoisingObjective:
 
         return corrupt
 
-    def _corrupt_rows(self, block, seed, values):
-        """Fallback for blocks of unequal lengths (the last chunk of a pass): one row at a time."""
-        tf = _tf()
-        rows = block.nrows(out_type=tf.int32)
-        arrays = [tf.TensorArray(tf.int32, size=rows, infer_shape=False) for _ in range(4)]
-
-        def body(i, inputs_values, inputs_lengths, targets_values, targets_lengths):
-            row_seed = tf.random.experimental.stateless_fold_in(seed, i)
-            inputs, targets = self.corrupt(block[i], row_seed, values)
-            return (i + 1,
-                    inputs_values.write(i, inputs), inputs_lengths.write(i, tf.size(inputs)[None]),
-                    targets_values.write(i, targets),
-                    targets_lengths.write(i, tf.size(targets)[None]))
-
-        _, iv, il, tv, tl = tf.while_loop(lambda i, *_: i < rows, body, [0] + arrays)
-
-        def ragged(values_array, lengths_array):
-            return tf.RaggedTensor.from_row_lengths(
-                values_array.concat(), tf.cast(lengths_array.concat(), tf.int64), validate=False)
-
-        return ragged(iv, il), ragged(tv, tl)
-
     def __call__(self, dataset, ctx):
         """Apply the objective to ``{feature_key: chunk}`` examples; outputs inputs/targets.
 
-        Chunks are processed in blocks of ``BLOCK_SIZE`` (vectorised over a block when all its
-        chunks have the same length, which is every block but the last of a pass), so the
-        per-example cost is a fraction of a tf.data step. Every block draws its randomness from
-        ``ctx.seed``, its position in the stream and a fingerprint of its tokens.
+        For a task whose objective does not follow ``split_into_chunks`` (training reads a
+        chunked pretraining task by index and runs :meth:`numpy_corruptor` itself): the same
+        numpy code in ``tf.numpy_function``, over blocks of ``BLOCK_SIZE`` chunks; chunk ``r`` of
+        block ``b`` is keyed by ``(ctx.seed, objective name, b, r)``, so the stream is
+        reproducible for a seed.
         """
+        from t5pre.data.index_sampler import hash_u64
+
         tf = _tf()
-        self.check(ctx)
-        values = self._ctx_values(ctx)
-        prefix = tf.constant(self._prefix_ids(ctx), tf.int32)
-        eos_inputs = _add_eos(ctx, "inputs")
-        eos_targets = _add_eos(ctx, "targets")
-        eos_in = _eos_id(ctx, "inputs")
-        eos_tg = _eos_id(ctx, "targets")
-        base_seed = tf.constant([int(getattr(ctx, "seed", 0) or 0), _stable_hash(self.name)],
-                                tf.int64)
+        corrupt = self.numpy_corruptor(ctx)
+        seed = int(getattr(ctx, "seed", 0) or 0)
+        name = _stable_hash(self.name)
         key = self.feature_key
         minimum = self.min_tokens
+        # Longer inputs (documents not cut by the chunker) are trimmed so the outputs still fit.
+        max_tokens = self.raw_tokens_length(ctx)
 
         def keep(example):
             return tf.size(example[key]) >= minimum
 
-        # Longer inputs (documents not cut by the chunker) are trimmed so the outputs still fit.
-        max_tokens = self.raw_tokens_length(ctx)
-
         def chunk(example):
             return tf.cast(tf.reshape(example[key], [-1]), tf.int32)[:max_tokens]
 
+        def corrupt_block(index, flat, lengths):
+            rows = np.split(flat, np.cumsum(lengths)[:-1])
+            keys = hash_u64(seed, name, int(index), np.arange(len(rows), dtype=np.uint64))
+            inputs, targets = [None] * len(rows), [None] * len(rows)
+            for length in np.unique(lengths):  # equal-length rows in one call
+                picked = np.flatnonzero(lengths == length)
+                block_in, block_tg = corrupt(np.stack([rows[i] for i in picked]), keys[picked])
+                for i, a, b in zip(picked, block_in, block_tg):
+                    inputs[i], targets[i] = a, b
+            return (np.concatenate(inputs), np.array([len(r) for r in inputs], np.int64),
+                    np.concatenate(targets), np.array([len(r) for r in targets], np.int64))
+
         def apply(index, block):
-            if not isinstance(block, tf.RaggedTensor):
-                block = tf.RaggedTensor.from_tensor(block)
-            seed = _block_seed(base_seed, index, block.flat_values)
-            lengths = tf.cast(block.row_lengths(), tf.int32)
-            uniform = tf.reduce_all(tf.equal(lengths, lengths[0]))
-            if self.vectorised:
-                inputs, targets = tf.cond(
-                    uniform,
-                    lambda: self.corrupt_batch(
-                        tf.reshape(block.flat_values, [tf.size(lengths), -1]), seed, values),
-                    lambda: self._corrupt_rows(block, seed, values))
-            else:
-                inputs, targets = self._corrupt_rows(block, seed, values)
-            rows = tf.size(lengths)
-            parts_in = [tf.RaggedTensor.from_tensor(tf.tile(prefix[None], [rows, 1])), inputs]
-            parts_tg = [targets]
-            if eos_inputs:
-                parts_in.append(tf.RaggedTensor.from_tensor(tf.fill([rows, 1], eos_in)))
-            if eos_targets:
-                parts_tg.append(tf.RaggedTensor.from_tensor(tf.fill([rows, 1], eos_tg)))
-            return {"inputs": tf.concat(parts_in, axis=1), "targets": tf.concat(parts_tg, axis=1)}
+            lengths = block.row_lengths()
+            values = tf.numpy_function(corrupt_block, [index, block.flat_values, lengths],
+                                       [tf.int32, tf.int64, tf.int32, tf.int64], stateful=False)
+            for v in values:
+                v.set_shape([None])
+            return {"inputs": tf.RaggedTensor.from_row_lengths(values[0], values[1]),
+                    "targets": tf.RaggedTensor.from_row_lengths(values[2], values[3])}
 
         return (dataset.filter(keep).map(chunk).ragged_batch(BLOCK_SIZE).enumerate()
                 .map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -588,22 +453,6 @@ class SpanCorruption(DenoisingObjective):
     def _ctx_values(self, ctx) -> dict:
         return {"vocab_size": int(_vocabulary(ctx, "targets").vocab_size)}
 
-    def corrupt(self, tokens, seed, values):
-        tf = _tf()
-        mask = random_spans_noise_mask(tf.size(tokens), self.noise_density,
-                                       self.mean_noise_span_length, seed, self.random_roll)
-        return span_corrupt(tokens, mask, values["vocab_size"])
-
-    vectorised = True
-
-    def corrupt_batch(self, tokens, seed, values):
-        tf = _tf()
-        shape = tf.shape(tokens)
-        masks = random_spans_noise_masks(shape[0], shape[1], self.noise_density,
-                                         self.mean_noise_span_length, seed, self.random_roll)
-        return span_corrupt_batch(tokens, masks, values["vocab_size"])
-
-
     def corrupt_rows_numpy(self, tokens, keys, values):
         from t5pre.data import denoising_numpy
 
@@ -641,31 +490,6 @@ class PrefixLM(DenoisingObjective):
     def _ctx_values(self, ctx) -> dict:
         inputs_length, targets_length = self._budgets(ctx)
         return {"max_prefix": inputs_length - 1, "max_rest": targets_length - 1}
-
-    def corrupt(self, tokens, seed, values):
-        tf = _tf()
-        tokens = tokens[: values["max_prefix"] + values["max_rest"]]
-        length = tf.size(tokens)
-        low = tf.maximum(1, length - values["max_rest"])
-        high = tf.minimum(length - 1, values["max_prefix"])
-        split = tf.random.stateless_uniform([], seed=seed, minval=low, maxval=high + 1,
-                                            dtype=tf.int32)
-        return tokens[:split], tokens[split:]
-
-    vectorised = True
-
-    def corrupt_batch(self, tokens, seed, values):
-        tf = _tf()
-        tokens = tokens[:, : values["max_prefix"] + values["max_rest"]]
-        rows, length = tf.shape(tokens)[0], tf.shape(tokens)[1]
-        low = tf.maximum(1, length - values["max_rest"])
-        high = tf.minimum(length - 1, values["max_prefix"])
-        splits = tf.random.stateless_uniform([rows], seed=seed, minval=low, maxval=high + 1,
-                                             dtype=tf.int32)
-        in_prefix = tf.range(length)[None, :] < splits[:, None]
-        return (_ragged_select(tokens, in_prefix),
-                _ragged_select(tokens, tf.logical_not(in_prefix)))
-
 
     def corrupt_rows_numpy(self, tokens, keys, values):
         from t5pre.data import denoising_numpy
@@ -716,32 +540,6 @@ class IIDDenoising(DenoisingObjective):
         vocabulary = _vocabulary(ctx, "inputs")
         return {"mask_id": int(vocabulary.sentinel(0)), "low": 3,
                 "high": int(vocabulary.vocab_size) - int(vocabulary.extra_ids)}
-
-    def _corrupt_dense(self, tokens, seed, values):
-        """Elementwise, so the same code serves one chunk ``[length]`` and a block ``[rows, length]``."""
-        tf = _tf()
-        shape = tf.shape(tokens)
-        seed_select, seed_kind, seed_token = tf.unstack(
-            tf.random.experimental.stateless_split(seed, 3))
-        selected = tf.random.stateless_uniform(shape, seed=seed_select) < self.noise_density
-        kind = tf.random.stateless_uniform(shape, seed=seed_kind)
-        random_tokens = tf.random.stateless_uniform(
-            shape, seed=seed_token, minval=values["low"], maxval=values["high"], dtype=tf.int32)
-        replaced = tf.where(kind < self.mask_rate, values["mask_id"],
-                            tf.where(kind < self.mask_rate + self.random_rate, random_tokens,
-                                     tokens))
-        return tf.where(selected, replaced, tokens)
-
-    def corrupt(self, tokens, seed, values):
-        return self._corrupt_dense(tokens, seed, values), tokens
-
-    vectorised = True
-
-    def corrupt_batch(self, tokens, seed, values):
-        tf = _tf()
-        return (tf.RaggedTensor.from_tensor(self._corrupt_dense(tokens, seed, values)),
-                tf.RaggedTensor.from_tensor(tokens))
-
 
     def corrupt_rows_numpy(self, tokens, keys, values):
         from t5pre.data import denoising_numpy

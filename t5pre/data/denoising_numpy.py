@@ -1,6 +1,6 @@
-"""The denoising objectives in numpy, for the random-access (cached) pipeline: no TensorFlow.
+"""The denoising objectives in numpy, no TensorFlow: their one implementation.
 
-Same semantics as the TF ops of :mod:`t5pre.data.denoising` (T5's span corruption: exact noise
+What :mod:`t5pre.data.denoising`'s objectives run on every path (T5's span corruption: exact noise
 and span counts from :func:`~t5pre.data.denoising.noise_counts`, span lengths a uniformly random
 composition, the mask alternating non-noise/noise, optional random roll; prefix-LM; i.i.d.
 denoising), but every random number is a counter-based hash of an *example key*

@@ -20,12 +20,23 @@ from typing import Callable, Mapping
 from t5pre.errors import ConfigError, DataError
 
 _caches: dict = {}
+_known: dict = {}
 COUNTS_FILE = "num_examples.json"
 
 
 def register_cache(task_name: str, cache_dir: str) -> None:
-    """Make ``rate_num_examples`` read ``task_name``'s counts from this cache's manifest."""
-    _caches[str(task_name)] = str(cache_dir)
+    """Make ``rate_num_examples`` read ``task_name``'s counts from this cache's manifest (for the
+    splits it holds; training registers the implicit caches it opens)."""
+    dirs = _caches.setdefault(str(task_name), [])
+    if str(cache_dir) in dirs:
+        dirs.remove(str(cache_dir))
+    dirs.insert(0, str(cache_dir))
+
+
+def register_count(task, split: str, count: int) -> None:
+    """Record ``task``'s number of documents in ``split`` for this process (training registers
+    what its token caches hold), keyed like the recorded counts: a changed source is not hit."""
+    _known[_source_key(task, split)] = int(count)
 
 
 def _counts_path() -> str:
@@ -63,12 +74,20 @@ def _record_count(key: str, count: int) -> None:
 
 def num_examples(task, split: str = "train", cache_dir: str | None = None) -> int:
     """Examples (documents) of ``task``'s ``split``: from a cache, a recorded count, or counted."""
-    cache_dir = cache_dir or _caches.get(task.name)
-    if cache_dir:
-        from t5pre.data.cache import open_cache
+    from t5pre.data.cache import open_cache
 
+    if cache_dir:
         return open_cache(cache_dir, task=task).num_documents(split)
+    for registered in _caches.get(task.name, ()):
+        try:
+            cache = open_cache(registered, task=task)
+        except DataError:
+            continue
+        if split in cache.manifest["splits"]:
+            return cache.num_documents(split)
     key = _source_key(task, split)
+    if key in _known:
+        return _known[key]
     recorded = _load_counts().get(key)
     if recorded is not None:
         return int(recorded)

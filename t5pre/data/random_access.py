@@ -5,9 +5,11 @@ store built in memory), example ``i`` of a pretraining task is:
 
 1. pass ``p = i // N`` and chunk ``j`` = a seeded bijection of ``i mod N`` for pass ``p``
    (:class:`~t5pre.data.index_sampler.IndexSampler`), ``N`` the chunks per pass;
-2. the chunk ``stream[s_p + j*L : s_p + (j+1)*L]`` of the documents' concatenation, ``L`` the
-   objective's raw chunk length and ``s_p in [0, L)`` a per-pass shift: new chunk boundaries
-   every pass (a pass leaves out fewer than ``2L`` tokens at its ends);
+2. the chunk ``stream[s_p + j*L : s_p + (j+1)*L]`` of the documents' concatenation read as a
+   ring of ``T`` tokens, ``L`` the objective's raw chunk length and ``s_p in [0, T)`` a per-pass
+   shift (0 for pass 0, which so reads the data in order from its first token): every pass
+   covers every token once, with new chunk boundaries; the last chunk is the short rest
+   (``split_into_chunks``' ``keep_remainder``);
 3. the objective in numpy (:meth:`~t5pre.data.denoising.DenoisingObjective.numpy_corruptor`)
    keyed by ``hash(seed, p, j)``: fresh noise every pass, fixed by ``(seed, pass, position)``.
 
@@ -55,16 +57,15 @@ class RandomAccessTask:
             self.chunk_length = chunking._resolve_length(chunk_options["tokens_length"], ctx)
             self._corrupt = objective.numpy_corruptor(ctx)
             tokens = store.num_tokens
-            length = self.chunk_length
-            if tokens < max(2, objective.min_tokens):
+            minimum = max(2, objective.min_tokens)
+            if tokens < minimum:
                 raise DataError(f"task {task.name!r} split {split!r}: {tokens} tokens, too few "
                                 "for one example")
-            if tokens >= 2 * length - 1:  # room for a shift in [0, L) and at least one chunk
-                self._shifting, num_items = True, (tokens - length + 1) // length
-            else:
-                self._shifting = False
-                num_items = max(1, tokens // length)
-                self.chunk_length = min(length, tokens)
+            self.chunk_length = length = min(self.chunk_length, tokens)
+            num_items, remainder = divmod(tokens, length)
+            if remainder >= minimum and chunk_options.get("keep_remainder", True):
+                num_items += 1  # the short last chunk, as split_into_chunks keeps it
+            self.num_tokens = tokens
         else:
             num_items = store.num_documents
             if num_items < 1:
@@ -79,15 +80,95 @@ class RandomAccessTask:
             return ([np.asarray(self.store.document(int(j), "inputs"), np.int32) for j in positions],
                     [np.asarray(self.store.document(int(j), "targets"), np.int32)
                      for j in positions])
-        length = self.chunk_length
-        shifts = np.zeros_like(positions)
-        if self._shifting:
-            shifts = (hash_u64(self.seed, _SHIFT, passes) % np.uint64(length)).astype(np.int64)
-        tokens = self.store.stream(shifts + positions * length, length)
-        return self._corrupt(tokens, hash_u64(self.seed, _NOISE, passes, positions))
+        length, total = self.chunk_length, self.num_tokens
+        # The stream is read as a ring: pass p starts at shift s_p (0 for pass 0), so every pass
+        # covers every token once, with new chunk boundaries; the last chunk is the short rest.
+        shifts = (hash_u64(self.seed, _SHIFT, passes) % np.uint64(total)).astype(np.int64)
+        shifts[passes == 0] = 0
+        offsets = positions * length
+        sizes = np.minimum(length, total - offsets)
+        tokens = self.store.stream((shifts + offsets) % total, length)
+        keys = hash_u64(self.seed, _NOISE, passes, positions)
+        if (sizes == length).all():
+            return self._corrupt(tokens, keys)
+        full = np.flatnonzero(sizes == length)
+        inputs, targets = [None] * len(positions), [None] * len(positions)
+        groups = [(full, length)] + [(np.array([i]), int(sizes[i]))
+                                     for i in np.flatnonzero(sizes != length)]
+        for rows, size in groups:
+            if len(rows):
+                part_in, part_tg = self._corrupt(tokens[rows, :size], keys[rows])
+                for row, a, b in zip(rows, part_in, part_tg):
+                    inputs[row], targets[row] = a, b
+        return inputs, targets
 
     def features(self, indices, pack: bool = False) -> dict:
         """Model features (the converter's contract, one example per row) of ``indices``."""
+        inputs, targets = self.examples(indices)
+        return model_features(inputs, targets, self.sequence_length, pack)
+
+
+def apportion(rates, total: int) -> np.ndarray:
+    """Integer slots per rate summing to ``total`` (largest remainders; every positive rate
+    gets at least one slot)."""
+    rates = np.asarray(rates, np.float64)
+    exact = rates / rates.sum() * total
+    counts = np.maximum(np.floor(exact).astype(np.int64), (rates > 0).astype(np.int64))
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    k = 0
+    while counts.sum() < total:
+        counts[order[k % len(order)]] += 1
+        k += 1
+    while counts.sum() > total:
+        counts[int(np.argmax(counts))] -= 1
+    return counts
+
+
+class RandomAccessMixture:
+    """Examples of a mixture by global index, O(1): each block of ``BLOCK`` consecutive indices
+    holds, in a seeded order per block, exactly ``round(rate * BLOCK)`` examples of each task
+    (rates resolved to 1/65,536), and the ``r``-th slot of task ``t`` in block ``b`` is example
+    ``b * slots_t + r`` of that task's own :class:`RandomAccessTask` (its own order and noise,
+    seeded by the mixture seed and its name). Rates are ``mixture.rates()``
+    (``rate_num_examples`` included)."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, mixture, stores: dict, sequence_length, split: str, seed: int = 0,
+                 shuffle: bool = True):
+        from t5pre.data.registry import derive_seed
+
+        rates = mixture.rates()
+        tasks = {t.name: t for t in mixture.tasks}
+        self.names = list(rates)
+        self.sequence_length = {"inputs": int(sequence_length["inputs"]),
+                                "targets": int(sequence_length["targets"])}
+        self.parts = [RandomAccessTask(tasks[name], stores[name], sequence_length, split,
+                                       seed=derive_seed(int(seed), "mixture", name),
+                                       shuffle=shuffle) for name in self.names]
+        self.counts = apportion([rates[n] for n in self.names], self.BLOCK)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.sampler = IndexSampler(self.BLOCK, seed=derive_seed(int(seed), "sample"),
+                                    shuffle=True)
+
+    def task_indices(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """``(task number, index in that task)`` of the global ``indices``."""
+        blocks, slots = self.sampler(indices)
+        which = np.searchsorted(self.starts, slots, side="right") - 1
+        return which, blocks * self.counts[which] + (slots - self.starts[which])
+
+    def examples(self, indices) -> tuple[list, list]:
+        which, local = self.task_indices(indices)
+        inputs, targets = [None] * len(which), [None] * len(which)
+        for t, part in enumerate(self.parts):
+            rows = np.flatnonzero(which == t)
+            if len(rows):
+                part_inputs, part_targets = part.examples(local[rows])
+                for row, a, b in zip(rows, part_inputs, part_targets):
+                    inputs[row], targets[row] = a, b
+        return inputs, targets
+
+    def features(self, indices, pack: bool = False) -> dict:
         inputs, targets = self.examples(indices)
         return model_features(inputs, targets, self.sequence_length, pack)
 
@@ -121,6 +202,62 @@ def model_features(inputs, targets, sequence_length, pack: bool = False) -> dict
             out[f"{side}_segment_ids"] = mask.copy()
             out[f"{side}_positions"] = (np.arange(mask.shape[1])[None, :] * mask).astype(np.int32)
     return out
+
+
+def random_access_pipeline(source, sequence_length, *, split: str, seed: int, shuffle: bool,
+                           cache=None, log=print):
+    """The :class:`RandomAccessTask` (a task) or :class:`RandomAccessMixture` (a mixture) that
+    training reads and ``get_dataset`` serves: example ``i`` of it is example ``i`` of the run's
+    stream (``seed``: the run's data seed). Stores come from
+    :func:`~t5pre.data.implicit_cache.task_store` (``cache``: a task's configured cache)."""
+    from t5pre.data.implicit_cache import task_store
+
+    lengths = {"inputs": int(sequence_length["inputs"]), "targets": int(sequence_length["targets"])}
+    if getattr(source, "kind", "task") != "mixture" and not hasattr(source, "rates"):
+        store = task_store(source, split, lengths, cache_dir=cache, log=log)
+        return RandomAccessTask(source, store, lengths, split, seed=seed, shuffle=shuffle)
+    if cache is not None:
+        raise ConfigError(f"data.cache_dir: only a task can be read from one cache, "
+                          f"{getattr(source, 'name', source)!r} is a mixture (leave "
+                          "data.cache_dir unset: each of its tasks gets its own cache)")
+    tasks = list(source.tasks)
+    nested = [t.name for t in tasks if getattr(t, "kind", "task") == "mixture"]
+    if nested:
+        raise ConfigError(f"mixture {source.name!r}: training reads mixtures of tasks; "
+                          f"{nested} are mixtures (list their tasks instead)")
+    stores = {t.name: task_store(t, split, lengths, log=log) for t in tasks}
+    return RandomAccessMixture(source, stores, lengths, split, seed=seed, shuffle=shuffle)
+
+
+def examples_dataset(pipeline, *, shard_info=None, num_epochs=None, block: int = 256):
+    """``pipeline``'s examples ``{"inputs", "targets"}`` (int32, 1-D, EOS included) as an unbatched
+    ``tf.data.Dataset``, in global index order: what ``get_dataset`` serves, the very examples
+    training reads. ``shard_info=(k, n)`` keeps indices ``k, k+n, ...``; ``num_epochs`` stops
+    after that many passes (a task's ``num_items`` each), None repeats forever."""
+    import tensorflow as tf
+
+    index, count = tuple(shard_info) if shard_info else (0, 1)
+    stop = np.iinfo(np.int64).max if num_epochs is None else int(num_epochs) * pipeline.num_items
+
+    def rows(indices):
+        inputs, targets = pipeline.examples(np.asarray(indices, np.int64))
+        out = []
+        for side in (inputs, targets):
+            out.append(np.concatenate(side).astype(np.int32) if side else np.zeros(0, np.int32))
+            out.append(np.array([len(r) for r in side], np.int64))
+        return out
+
+    def to_examples(indices):
+        values = tf.numpy_function(rows, [indices], [tf.int32, tf.int64, tf.int32, tf.int64],
+                                   stateful=False)
+        for v in values:
+            v.set_shape([None])
+        return {"inputs": tf.RaggedTensor.from_row_lengths(values[0], values[1]),
+                "targets": tf.RaggedTensor.from_row_lengths(values[2], values[3])}
+
+    return (tf.data.Dataset.range(int(index), stop, int(count)).batch(block)
+            .map(to_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .unbatch())
 
 
 def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_size: int,
@@ -164,4 +301,5 @@ def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_
             .prefetch(tf.data.AUTOTUNE))
 
 
-__all__ = ["RandomAccessTask", "model_features", "tf_dataset"]
+__all__ = ["RandomAccessTask", "RandomAccessMixture", "apportion", "model_features", "tf_dataset",
+           "random_access_pipeline", "examples_dataset"]

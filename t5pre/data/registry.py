@@ -234,7 +234,17 @@ class Task(DatasetProvider):
 
     def _build_dataset(self, sequence_length, split, shuffle, seed, shard_info, num_epochs,
                        shuffle_buffer_size):
-        """Unbatched dataset of preprocessed examples (see the module doc for the order)."""
+        """Unbatched dataset of preprocessed examples (see the module doc for the order).
+
+        A pretraining task (tokenize -> chunk -> objective) serves the random-access path's
+        examples: example ``i`` is what training reads at global position ``i`` for this seed
+        (its token cache is built once, see :mod:`t5pre.data.implicit_cache`)."""
+        if sequence_length and _is_random_access(self):
+            from t5pre.data.random_access import examples_dataset, random_access_pipeline
+
+            pipeline = random_access_pipeline(self, sequence_length, split=split, seed=seed,
+                                              shuffle=shuffle, log=_log_to_stderr)
+            return examples_dataset(pipeline, shard_info=shard_info, num_epochs=num_epochs)
         shard_index = shard_info[0] if shard_info else 0
         dataset = self.source.get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
         # Repeat the *source*, not the preprocessed examples: random preprocessors (denoising)
@@ -310,6 +320,25 @@ class Task(DatasetProvider):
             return example
 
         return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _is_random_access(task) -> bool:
+    """A pretraining task (tokenize -> split_into_chunks -> one objective): training and
+    ``get_dataset`` read it by global index, with fresh chunks and noise every pass."""
+    if getattr(task, "kind", None) != "task":
+        return False
+    from t5pre.data.cache import pretraining_parts
+
+    try:
+        return pretraining_parts(task)[0] is not None
+    except DataError:
+        return False
+
+
+def _log_to_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------- Mixture
@@ -402,6 +431,13 @@ class Mixture(DatasetProvider):
         import tensorflow as tf
 
         features = self.output_features
+        if (sequence_length and num_epochs is None
+                and all(_is_random_access(t) for t in self.tasks)):
+            from t5pre.data.random_access import examples_dataset, random_access_pipeline
+
+            pipeline = random_access_pipeline(self, sequence_length, split=split, seed=seed,
+                                              shuffle=shuffle, log=_log_to_stderr)
+            return examples_dataset(pipeline, shard_info=shard_info)
         rates = self.rates()
         tasks = {t.name: t for t in self.tasks}
         datasets, weights = [], []

@@ -636,10 +636,14 @@ class FunctionSource(DataSource):
     so ``fn`` must be deterministic for a given ``(split, shuffle, seed)``.
     """
 
-    def __init__(self, fn: Callable, splits: Sequence[str] = ("train", "validation"), *, name: str | None = None):
+    def __init__(self, fn: Callable, splits: Sequence[str] = ("train", "validation"), *, name: str | None = None,
+                 fingerprint: str | Callable | None = None):
         super().__init__(splits)
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", repr(fn))
+        # What identifies fn's data (a string, or fingerprint(split) -> str): lets training keep
+        # its token cache across runs (t5pre.data.implicit_cache); None: tokenized at each start.
+        self.fingerprint = fingerprint
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int = 0, shard_info=None):
         self.check_split(split)

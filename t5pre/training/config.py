@@ -121,8 +121,10 @@ class DataSection:
     seed: Optional[int] = _field(None, doc="data seed; null -> training.seed")
     train_split: str = _field("train")
     eval_split: Optional[str] = _field("validation", doc="null disables periodic evaluation")
-    cache_dir: Optional[str] = _field(None, doc="a `t5pre data cache` directory for the train "
-                                      "split: O(1) exact resume at any step and worker count")
+    cache_dir: Optional[str] = _field(None, doc="a `t5pre data cache` directory of the task (for "
+                                      "the splits it holds); null: the task's implicit cache "
+                                      "under $T5PRE_CACHE_DIR, built once. Resume is O(1) and "
+                                      "exact either way")
 
 
 @dataclasses.dataclass

@@ -210,8 +210,7 @@ class Trainer:
             split=split, global_batch_size=global_batch_size or self.config.training.batch_size,
             pack=d.pack, shuffle=shuffle, seed=self.config.data_seed if seed is None else seed,
             num_epochs=None, start_examples=start_examples, take_batches=take_batches,
-            feature_converter=self.feature_converter,
-            cache=d.cache_dir if split == d.train_split else None)
+            feature_converter=self.feature_converter, cache=d.cache_dir, log=self.log)
 
     def _check_run(self) -> None:
         """Checks and warnings that need the task (splits) and the backend (replicas)."""
@@ -233,6 +232,10 @@ class Trainer:
         if self._eval_enabled and d.eval_split == d.train_split:
             self.log(f"warning: data.eval_split and data.train_split are both {d.train_split!r}: "
                      "the evaluation measures examples the model trains on")
+        if d.pack:
+            self.log("note: data.pack: the training path reads one example per row (segment ids "
+                     "and positions added, nothing packed); chunked pretraining examples fill "
+                     "the lengths already")
         if 0 < t.steps <= o.warmup_steps and o.warmup_steps:
             self.log(f"warning: training.steps ({t.steps}) <= optimizer.warmup_steps "
                      f"({o.warmup_steps}): the whole run is warm-up and the learning rate never "
@@ -432,7 +435,7 @@ class Trainer:
         self.build()
         t, d = self.config.training, self.config.data
         self._check_model_dir(self.model)
-        step, data_examples, old_pipelines, latest = self._resume()
+        step, data_examples, _, latest = self._resume()
         if latest:
             self.log(f"resumed from {latest} (step {step})")
         else:
@@ -448,12 +451,7 @@ class Trainer:
             writer.text("train", 0, "config", "```\n" + self.config.to_yaml() + "\n```")
             writer.hparams(self.config.to_dict(), run_name=os.path.basename(
                 os.path.abspath(self.model_dir)))
-        pipelines = self.worker.num_workers
-        if (step < t.steps and old_pipelines is not None and old_pipelines != pipelines
-                and not d.cache_dir):
-            self.log(f"warning: the checkpoint's data was read by {old_pipelines} input "
-                     f"pipelines, now {pipelines}: shards differ, so the data position is "
-                     "approximate")
+        pipelines = self.worker.num_workers  # recorded; the position is global, so exact for any
         return _Run(step=step, start_step=step, saved_step=step, data_examples=data_examples,
                     pipelines=pipelines, last_ckpt=latest, writer=writer)
 
