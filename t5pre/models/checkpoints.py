@@ -745,6 +745,17 @@ def read_model_arrays(path: str, keys=None) -> dict:
         return {k[len("model/"):]: a for k, a in arrays.items() if k.startswith("model/")}
     reader = _tf_reader(path)
     tf = _tf()
+    # The object graph is the last record of the .data file: reading it checks that the file is
+    # whole (a truncated checkpoint is damaged even when the model's tensors survived), and the
+    # step that it is the checkpoint its name says.
+    try:
+        reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+        step = int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (IndexError, ValueError, tf.errors.OpError) as e:
+        raise _corrupt(path, e) from None
+    if step != checkpoint_step(path):
+        raise CorruptCheckpoint(f"{path}: holds step {step}, expected {checkpoint_step(path)} "
+                                "(corrupt)")
     out = {}
     for name in reader.get_variable_to_shape_map():
         match = _TF_MODEL_KEY.match(name)
