@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from t5pre.errors import T5preError
+from t5pre.errors import T5preError, WorkerLostError
 from t5pre.lazy import lazy_exports
 
 _EXPORTS = dict.fromkeys(["add_run_arguments", "add_module_argument", "import_modules",
@@ -89,7 +89,10 @@ def main(argv=None):
         return args.func(args) or 0
     except T5preError as e:
         print(f"t5pre: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
+        code = getattr(e, "exit_code", 2)
+        if isinstance(e, WorkerLostError):
+            _exit_lost_worker(code)
+        return code
     except KeyboardInterrupt:
         print("t5pre: interrupted", file=sys.stderr)
         return 130
@@ -99,6 +102,15 @@ def main(argv=None):
             raise
         print(f"t5pre: error: {converted}", file=sys.stderr)
         return 2
+
+
+def _exit_lost_worker(code: int) -> None:
+    """A multi-process JAX run whose peer is gone cannot shut down cleanly (JAX's exit handler
+    waits for the dead process, then aborts): leave now with the code."""
+    if "jax" in sys.modules:
+        from t5pre.training.distribution_jax import exit_now
+
+        exit_now(code)
 
 
 class _QuietTensorFlowFinder:
