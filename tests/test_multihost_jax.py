@@ -59,6 +59,9 @@ class Run:
     def __init__(self, model_dir, cache, *, processes=2, devices=1, steps=STEPS,
                  strategy="data_parallel"):
         self.model_dir, self.files, self.procs = str(model_dir), [], []
+        self.log = self.model_dir + ".out"
+        while os.path.exists(self.log + "0"):  # a re-run keeps the first run's output
+            self.log += "+"
         port = _free_port()
         cmd = [sys.executable, "-m", "t5pre", "pretrain", "--model-dir", self.model_dir,
                "--steps", str(steps), "--set", f"data.cache_dir={cache}",
@@ -67,13 +70,13 @@ class Run:
             extra = {} if processes == 1 else {
                 "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                 "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
-            f = open(f"{self.model_dir}.out{i}", "w+")
+            f = open(f"{self.log}{i}", "w")
             self.files.append(f)
             self.procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                                env=_env(devices, **extra)))
 
     def output(self, i=0):
-        with open(f"{self.model_dir}.out{i}") as f:
+        with open(f"{self.log}{i}") as f:
             return f.read()
 
     def wait_for_step(self, step, timeout=240):
@@ -164,6 +167,7 @@ def test_sigkill_of_one_process_ends_the_other_with_exit_4_and_the_rerun_resumes
     run.kill()
     out = run.output(survivor)
     assert code == 4, out[-3000:]
+    print(f"process {survivor} exited {code} {elapsed:.1f} s after the SIGKILL of {victim}")
     assert elapsed < 40, elapsed
     last = out.strip().splitlines()[-1]
     assert last.startswith("t5pre: error: a worker of this 2-worker run stopped answering"), \
