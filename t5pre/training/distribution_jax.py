@@ -211,12 +211,16 @@ def preemption_sync_available() -> bool:
     return distributed.global_state.preemption_sync_manager is not None
 
 
-def reached_stop_point(step: int) -> bool:
+def reached_stop_point(step: int, requested_here: bool = False) -> bool:
     """True on every process at the same step once any process got SIGTERM (JAX's preemption
-    sync point). Every process must call it after every step, with the same step numbers."""
+    sync point). Every process must call it after every step, with the same step numbers.
+    ``requested_here`` is not needed: JAX's notifier catches SIGTERM itself."""
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.reached_preemption_sync_point(step))
+
+
+reached_stop_point.catches_sigterm = True
 
 
 def check_strategy_name(name: str, backend: str) -> str:

@@ -4,10 +4,12 @@ The loop saves a checkpoint of the current step and raises :class:`TrainingInter
 same command resumes exactly. Backend-neutral (no TensorFlow or JAX here).
 
 With several processes every process must stop at the same step (each takes part in the
-save), but a signal often reaches only one of them. The backend then gives a ``sync`` point
-(on JAX: the preemption service, :func:`t5pre.training.distribution_jax.reached_stop_point`):
-SIGTERM is left to it, SIGINT is forwarded to it as SIGTERM, and :meth:`StopRequests.should_stop`
-asks it, so every process stops at the step it names."""
+save), but a signal often reaches only one of them. The backend then gives a ``sync``
+``(step, requested_here) -> bool`` that every process asks after every step and that answers
+the same on all of them: on JAX the preemption service
+(:func:`t5pre.training.distribution_jax.reached_stop_point`, which catches SIGTERM itself, so
+SIGTERM is left to it and SIGINT is forwarded to it as SIGTERM); on TensorFlow's
+MultiWorkerMirroredStrategy an all-reduce of the local flags."""
 
 from __future__ import annotations
 
@@ -34,11 +36,13 @@ class StopRequests:
     allows no other) and the previous ones are restored on exit."""
 
     def __init__(self, sync=None):
-        """``sync``: a ``step -> bool`` agreed by every process (it must be asked after every
-        step), which learns of a stop from SIGTERM itself; None for one process."""
+        """``sync``: a ``(step, requested_here) -> bool`` agreed by every process (asked after
+        every step); with a true ``catches_sigterm`` attribute it learns of SIGTERM itself.
+        None for one process."""
         self.signal_name = None
         self._previous = {}
         self._sync = sync
+        self._sync_sigterm = bool(getattr(sync, "catches_sigterm", False))
 
     def __enter__(self):
         import signal
@@ -47,7 +51,7 @@ class StopRequests:
         if threading.current_thread() is not threading.main_thread():
             return self
         # With a sync point, SIGTERM belongs to it (its C-level handler must stay installed).
-        for sig in (signal.SIGINT,) if self._sync else (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGINT,) if self._sync_sigterm else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except (ValueError, OSError):  # e.g. not allowed in an embedded interpreter
@@ -60,7 +64,7 @@ class StopRequests:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: the user wants out now
         self.signal_name = signal.Signals(signum).name
-        if self._sync is not None:
+        if self._sync_sigterm:
             import os
 
             os.kill(os.getpid(), signal.SIGTERM)  # tell every process, through the sync point
@@ -73,13 +77,13 @@ class StopRequests:
         """Whether to stop after ``step`` (every process gets the same answer with a sync)."""
         if self._sync is None:
             return self.requested
-        return bool(self._sync(step))
+        return bool(self._sync(step, self.requested))
 
     def describe(self) -> str:
         """What stopped the run, for the last line."""
         if self.signal_name is not None:
             return self.signal_name
-        return "SIGTERM" if self._sync is None else "SIGTERM to one of the processes"
+        return "SIGTERM" if self._sync is None else "SIGTERM or SIGINT to one of the workers"
 
     def __exit__(self, *exc):
         import signal
