@@ -38,6 +38,16 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+EXIT_CODES = """exit codes:
+  0    done
+  2    bad input: a config, flag, data file or checkpoint (one line names it)
+  3    the model directory cannot be written (disk full, permissions); checkpoints intact
+  4    a worker/process of a multi-worker run stopped answering; every surviving process
+       exits with 4; restart every process with the same command to resume
+  130  stopped by SIGTERM or Ctrl-C (to any one process of a multi-process run) after a
+       checkpoint of the current step; the same command resumes"""
+
+
 def doc_description(doc: str) -> dict:
     """`add_parser` keywords that show a command module's whole docstring (its examples too) as
     the sub-command's ``--help`` description, with the reST literal quotes removed."""
@@ -49,6 +59,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="t5pre",
         description="T5-style denoising pretraining and fine-tuning on Keras 3.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from t5pre import __version__
 
