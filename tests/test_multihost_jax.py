@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from t5pre.training.signals import StopRequests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
@@ -145,6 +145,7 @@ def reference(cache, tmp_path_factory):
     return one, two
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_two_devices_bit_for_bit(reference):
     one, two = reference
     assert "process 0 of 2" in two.output() and "over 2 cpu device(s)" in one.output()
@@ -153,6 +154,7 @@ def test_two_processes_equal_one_process_with_two_devices_bit_for_bit(reference)
     _assert_same(_arrays(two.model_dir, STEPS), _arrays(one.model_dir, STEPS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker", "chief"])
 def test_sigkill_of_one_process_ends_the_other_with_exit_4_and_the_rerun_resumes(
         reference, cache, tmp_path, victim):
@@ -184,6 +186,7 @@ def test_sigkill_of_one_process_ends_the_other_with_exit_4_and_the_rerun_resumes
         {s: ref[s] for s in range(steps[-1] + 1, STEPS + 1)}
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_its_checkpoint(
         cache, tmp_path):
     from t5pre.models.checkpoints import all_checkpoint_steps, latest_checkpoint
@@ -206,6 +209,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_its_checkpoint(
     assert len(_arrays(run.model_dir, step)) > 0  # complete: every array and its sha256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,second", [((2, 1), (1, 1)), ((1, 2), (2, 1))],
                          ids=["2procs-then-1", "1proc-then-2"])
 def test_fsdp_checkpoint_resumes_on_another_process_count(reference, cache, tmp_path, first,
@@ -221,3 +225,47 @@ def test_fsdp_checkpoint_resumes_on_another_process_count(reference, cache, tmp_
     # fsdp sums in another order: equal to the data-parallel run within float tolerance
     _assert_same(_arrays(str(model_dir), STEPS), _arrays(reference[1].model_dir, STEPS),
                  atol=1e-4)
+
+
+def _wait_until(condition):
+    deadline = time.time() + 5
+    while not condition() and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def test_stop_requests_leave_sigterm_to_a_sync_point_that_catches_it_and_forward_sigint():
+    asked = []
+
+    def sync(step, requested_here):  # JAX's preemption sync point, stood in for
+        asked.append((step, requested_here))
+        return step == 3
+
+    sync.catches_sigterm = True
+    notices = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: notices.append("SIGTERM"))
+    try:
+        with StopRequests(sync=sync) as stop:
+            assert signal.getsignal(signal.SIGTERM) != stop._handle  # left to the notifier
+            os.kill(os.getpid(), signal.SIGINT)
+            _wait_until(lambda: notices)
+            assert notices == ["SIGTERM"] and stop.describe() == "SIGINT"
+            assert [stop.should_stop(s) for s in (1, 2, 3)] == [False, False, True]
+        assert asked == [(1, True), (2, True), (3, True)]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_stop_requests_give_the_local_flag_to_an_all_reduce_sync():
+    asked = []
+
+    def sync(step, requested_here):  # TensorFlow's all-reduce of the local flags
+        asked.append(requested_here)
+        return requested_here
+
+    with StopRequests(sync=sync) as stop:
+        assert not stop.should_stop(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        _wait_until(lambda: stop.requested)
+        assert stop.should_stop(2) and stop.describe() == "SIGTERM"
+    assert asked == [False, True]
+    assert StopRequests(sync=sync).describe() == "SIGTERM or SIGINT to one of the workers"
