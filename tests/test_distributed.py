@@ -5,6 +5,7 @@ batch; the workers stay in lock-step; and Keras' own gradient all-reduce is real
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -213,3 +214,48 @@ def test_slurm_cluster_errors_are_clear(monkeypatch):
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
     assert resolve_strategy_name("auto", cluster="slurm") == "multi_worker"
     assert resolve_strategy_name("auto") == "one_device"  # tf_config ignores Slurm
+
+
+@pytest.mark.slow
+def test_multi_worker_sigterm_to_the_chief_alone_stops_both_at_the_same_step(tmp_path):
+    """A preemption notice often reaches one host first: both workers agree on the stop (an
+    all-reduce of the local flags after every step) and save the same checkpoint."""
+    import signal
+    import time
+
+    from t5pre.models.checkpoints import all_checkpoint_steps
+
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs, logs = [], []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        logs.append(tmp_path / f"w{i}.log")
+        cmd = [sys.executable, "-m", "t5pre.training.testing", "--model-dir",
+               str(tmp_path / "mw"), "--slow", "0.3"]
+        for o in RUN + ("strategy.name=multi_worker", "training.steps=60",
+                        "training.checkpoint_every=20"):
+            cmd += ["--set", o]
+        env = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+                   TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)
+        procs.append(subprocess.Popen(cmd, stdout=open(logs[-1], "w"),
+                                      stderr=subprocess.STDOUT, env=env))
+    try:
+        deadline = time.time() + 300
+        while "step 3/" not in logs[0].read_text() and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), logs[0].read_text()[-2000:]
+            time.sleep(0.2)
+        procs[0].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outs = [log.read_text() for log in logs]
+    stops = [re.search(r"TrainingInterrupted: (.*): stopped at step (\d+);", out) for out in outs]
+    assert all(stops), outs[0][-2000:] + outs[1][-2000:]
+    step = int(stops[0].group(2))
+    assert stops[0].group(1) == "SIGTERM" and int(stops[1].group(2)) == step < 60
+    assert all_checkpoint_steps(str(tmp_path / "mw"))[-1] == step

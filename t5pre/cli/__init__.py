@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from t5pre.errors import T5preError
+from t5pre.errors import T5preError, WorkerLostError
 from t5pre.lazy import import_tensorflow_quietly as _import_tensorflow_quietly
 from t5pre.lazy import lazy_exports
 
@@ -39,6 +39,16 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+EXIT_CODES = """exit codes:
+  0    done
+  2    bad input: a config, flag, data file or checkpoint (one line names it)
+  3    the model directory cannot be written (disk full, permissions); checkpoints intact
+  4    a worker/process of a multi-worker run stopped answering; every surviving process
+       exits with 4; restart every process with the same command to resume
+  130  stopped by SIGTERM or Ctrl-C (to any one process of a multi-process run) after a
+       checkpoint of the current step; the same command resumes"""
+
+
 def doc_description(doc: str) -> dict:
     """`add_parser` keywords that show a command module's whole docstring (its examples too) as
     the sub-command's ``--help`` description, with the reST literal quotes removed."""
@@ -50,6 +60,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="t5pre",
         description="T5-style denoising pretraining and fine-tuning on Keras 3.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from t5pre import __version__
 
@@ -90,7 +101,10 @@ def main(argv=None):
         return args.func(args) or 0
     except T5preError as e:
         print(f"t5pre: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
+        code = getattr(e, "exit_code", 2)
+        if isinstance(e, WorkerLostError):
+            _exit_lost_worker(code)
+        return code
     except KeyboardInterrupt:
         print("t5pre: interrupted", file=sys.stderr)
         return 130
@@ -100,6 +114,15 @@ def main(argv=None):
             raise
         print(f"t5pre: error: {converted}", file=sys.stderr)
         return 2
+
+
+def _exit_lost_worker(code: int) -> None:
+    """A multi-process JAX run whose peer is gone cannot shut down cleanly (JAX's exit handler
+    waits for the dead process, then aborts): leave now with the code."""
+    if "jax" in sys.modules:
+        from t5pre.training.distribution_jax import exit_now
+
+        exit_now(code)
 
 
 class _QuietTensorFlowFinder:

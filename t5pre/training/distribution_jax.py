@@ -22,6 +22,15 @@ the environment describes a multi-process run: the JAX coordinator variables
 (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``), or a Slurm
 step with more than one task (``srun``; JAX reads ``SLURM_*`` itself). Process 0 is the chief.
 It must run before JAX touches a device, so the CLI calls it first thing.
+
+**Stopping and failing together.** In a multi-process run JAX's preemption service is on:
+SIGTERM to any one process (a preemption notice often reaches one host first) is caught by
+JAX's notifier and shared through the coordination service; :func:`reached_stop_point` then
+answers True on every process at the same step (the loop asks it after every step, about
+8 us on CPU), so every process saves the same checkpoint and exits 130. A lost process is
+noticed by the coordination service's heartbeat (``T5PRE_JAX_HEARTBEAT_TIMEOUT`` seconds,
+default 15) or at once by a collective; either way every surviving process prints one line and
+exits with code 4 (:func:`install_abort_exit`: the runtime's own reaction is ``abort()``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,10 @@ FSDP_PATTERNS = (r".*_kernel", r".*/kernel", r"(.*/)?token_embedding/embeddings"
 FSDP_MIN_SIZE = 1024
 
 _initialized = False
+
+HEARTBEAT_TIMEOUT_ENV = "T5PRE_JAX_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT = 15  # seconds: a lost process ends the run within ~2x this
+LOST_WORKER_EXIT = 4  # WorkerLostError.exit_code (not imported: this runs in a signal handler)
 
 
 def keras_backend_name(imported: bool = True) -> str:
@@ -91,21 +104,123 @@ def initialize_multi_host() -> bool:
         return False
     import jax
 
+    kwargs = {"heartbeat_timeout_seconds": heartbeat_timeout()}
     try:
         if kind == "jax":
-            kwargs = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"]}
+            kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
             for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
                              ("process_id", "JAX_PROCESS_ID")):
                 if os.environ.get(var):
                     kwargs[key] = int(os.environ[var])
-            jax.distributed.initialize(**kwargs)
-        else:
-            jax.distributed.initialize()  # JAX's Slurm cluster detection
+        jax.distributed.initialize(**kwargs)  # without an address: JAX's Slurm detection
     except (RuntimeError, ValueError) as e:
         raise ConfigError(f"cannot start the {kind} multi-process JAX run "
                           f"(jax.distributed.initialize): {e}") from None
     _initialized = True
+    install_abort_exit(jax.process_count())
     return True
+
+
+def heartbeat_timeout() -> int:
+    """Seconds without a heartbeat after which JAX's coordination service declares a process
+    dead (``T5PRE_JAX_HEARTBEAT_TIMEOUT``; JAX's own default, 100 s, is too slow a reaction)."""
+    value = os.environ.get(HEARTBEAT_TIMEOUT_ENV, "")
+    try:
+        seconds = int(value) if value else DEFAULT_HEARTBEAT_TIMEOUT
+    except ValueError:
+        raise ConfigError(f"{HEARTBEAT_TIMEOUT_ENV}={value!r}: give whole seconds") from None
+    if seconds < 1:
+        raise ConfigError(f"{HEARTBEAT_TIMEOUT_ENV}={value!r}: must be at least 1")
+    return seconds
+
+
+def multi_host_initialized() -> bool:
+    return _initialized
+
+
+def lost_worker_message(processes: int, detail: str = "", model_dir: str | None = None) -> str:
+    """The one line a surviving process prints when a peer is lost (WorkerLostError's text)."""
+    where = f"the checkpoints in {model_dir}" if model_dir else "the checkpoints written"
+    return (f"a worker of this {processes}-worker run stopped answering"
+            f"{f' ({detail})' if detail else ''}; {where} are intact: restart every worker "
+            "with the same command to resume")
+
+
+_abort_handler = None  # the ctypes callback must outlive the handler's installation
+
+
+def install_abort_exit(processes: int) -> bool:
+    """Turns the JAX distributed runtime's ``abort()`` into the documented exit.
+
+    When the coordination service reports a dead peer (a missed heartbeat, or the chief's
+    coordinator gone), XLA's client logs a fatal error and calls ``abort()`` from a C++ thread:
+    exit 134 and a C++ stack trace, not the documented "stopped answering" line and exit 4.
+    JAX exposes no callback that works for this (``missed_heartbeat_callback`` cannot be given
+    through ``jax.distributed.initialize``), so a C-level SIGABRT handler (ctypes) prints the
+    line and leaves with ``os._exit(4)``. Checkpoints are safe: a save in progress leaves only a
+    ``ckpt-N_temp*`` directory that the next run removes. Returns whether it was installed."""
+    global _abort_handler
+    import ctypes
+    import signal
+    import sys
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
+    except (OSError, AttributeError):
+        return False
+    line = ("t5pre: error: " + lost_worker_message(
+        processes, "the JAX distributed runtime aborted; see its log lines above") + "\n")
+
+    def on_abort(signum):  # runs in the aborting C++ thread, with the GIL taken by ctypes
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        os.write(2, line.encode())
+        os._exit(LOST_WORKER_EXIT)
+
+    _abort_handler = handler_type(on_abort)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, handler_type]
+    libc.signal(signal.SIGABRT, _abort_handler)
+    return True
+
+
+def exit_now(code: int) -> None:
+    """Leaves a multi-process JAX run at once with ``code`` (after a lost peer): JAX's exit
+    handler would wait for the dead process at the shutdown barrier and then abort."""
+    if not _initialized:
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def preemption_sync_available() -> bool:
+    """Whether JAX's preemption service runs (a multi-process run; it catches SIGTERM)."""
+    if not _initialized:
+        return False
+    from jax._src import distributed
+
+    return distributed.global_state.preemption_sync_manager is not None
+
+
+def reached_stop_point(step: int, requested_here: bool = False) -> bool:
+    """True on every process at the same step once any process got SIGTERM (JAX's preemption
+    sync point). Every process must call it after every step, with the same step numbers.
+    ``requested_here`` is not needed: JAX's notifier catches SIGTERM itself."""
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(step))
+
+
+reached_stop_point.catches_sigterm = True
 
 
 def check_strategy_name(name: str, backend: str) -> str:

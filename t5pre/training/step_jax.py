@@ -337,11 +337,32 @@ class JaxBackend:
         return _Prefetcher(dataset, self.place, depth=2)
 
     def worker_lost_errors(self) -> tuple:
-        """What a lost peer process raises in a multi-process JAX run (XLA's runtime errors)."""
+        """What a lost peer process raises in a multi-process JAX run: XLA's runtime errors,
+        and a ValueError for a failed Gloo collective (CPU); :meth:`is_worker_lost` decides."""
         import jax
 
         errors = tuple(e for e in (getattr(jax.errors, "JaxRuntimeError", None),) if e)
-        return errors or (RuntimeError,)
+        return (errors or (RuntimeError,)) + (ValueError,)
+
+    @staticmethod
+    def is_worker_lost(error: BaseException) -> bool:
+        """Whether an error of :meth:`worker_lost_errors` comes from a lost peer (a ValueError
+        only when a collective failed; any other ValueError is a bug to show as it is)."""
+        import jax
+
+        runtime = getattr(jax.errors, "JaxRuntimeError", RuntimeError)
+        if isinstance(error, runtime):
+            return True
+        text = str(error)
+        return any(k in text for k in ("Gloo", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+                                        "Connection reset", "Connection closed"))
+
+    def stop_sync(self):
+        """``step -> bool``, the same answer on every process, when a SIGTERM/SIGINT to one
+        process must stop them all (JAX's preemption sync point); None for one process."""
+        from t5pre.training.distribution_jax import preemption_sync_available, reached_stop_point
+
+        return reached_stop_point if preemption_sync_available() else None
 
     def start_profiler(self, log_dir: str) -> None:
         import jax

@@ -106,6 +106,24 @@ class TFBackend:
         from t5pre.training.strategy import describe
         return describe(self.strategy)
 
+    def stop_sync(self):
+        """With several workers, ``(step, requested_here) -> bool``: an all-reduce of the local
+        stop flags after every step, so a signal to one worker stops all at the same step."""
+        if self.worker.num_workers <= 1:
+            return None
+        tf = _tf()
+        strategy = self.strategy
+
+        @tf.function
+        def agree(flag):
+            flags = strategy.run(lambda: tf.identity(flag))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
+
+        def sync(step, requested_here):
+            return float(agree(tf.constant(1.0 if requested_here else 0.0))) > 0
+
+        return sync
+
     def worker_lost_errors(self) -> tuple:
         tf = _tf()
         return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)

@@ -22,8 +22,10 @@ run, naming the last checkpoint from before the streak (none is written during a
 SIGTERM (a preempted VM, ``kill``, a cluster manager) and Ctrl-C stop the run between two steps
 after saving a checkpoint of the current step (:mod:`t5pre.training.signals`): nothing is lost
 and the same command resumes. ``train`` then raises ``TrainingInterrupted`` (a
-KeyboardInterrupt; the CLI exits with 130). With several workers every worker must receive the
-signal, as every worker takes part in the save.
+KeyboardInterrupt; the CLI exits with 130). With several JAX processes a signal to any one of
+them stops every process at the same step (the backend's ``stop_sync``, JAX's preemption sync
+point); on TensorFlow every worker must receive the signal, as every worker takes part in the
+save.
 """
 
 from __future__ import annotations
@@ -383,7 +385,8 @@ class Trainer:
             except OSError as e:  # disk full, read-only or unwritable directory
                 raise StorageError.from_os_error(e, self.model_dir) from None
             except self.backend.worker_lost_errors() as e:
-                if self.worker.num_workers <= 1:
+                lost = getattr(self.backend, "is_worker_lost", lambda error: True)
+                if self.worker.num_workers <= 1 or isinstance(e, T5preError) or not lost(e):
                     raise
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise WorkerLostError(
@@ -467,7 +470,7 @@ class Trainer:
             d.train_split, shuffle=d.shuffle, start_examples=run.data_examples)))
         train_step = self.backend.train_step_fn(self.model, self.optimizer, self.loss_fn, t)
         self._flops = self._flops_per_token() if t.peak_flops else None
-        stop = StopRequests()
+        stop = StopRequests(sync=getattr(self.backend, "stop_sync", lambda: None)())
         profiler = _Profiler(profile_range(t.profile_steps), summaries.log_dir(self.model_dir),
                              enabled=self.is_chief, log=self.log, backend=self.backend)
         try:
@@ -568,14 +571,15 @@ class Trainer:
                                      for k, v in self._run_eval(run.step, run.writer).items()})
 
     def _maybe_stop(self, run: "_Run", stop: StopRequests) -> None:
-        if not stop.requested or run.step >= self.config.training.steps:
+        # Asked after every step (a sync point needs every process at every step).
+        if not stop.should_stop(run.step) or run.step >= self.config.training.steps:
             return
-        # Every worker gets the signal (a cluster manager stops them all) and every worker
-        # must take part in the save; the chief's copy is kept.
+        # Every worker stops here (a sync point names the same step to all) and every worker
+        # takes part in the save; the chief's copy is kept.
         if run.saved_step != run.step and not run.bad_streak:
             self._save(run)
         run.writer.flush()
-        message = (f"{stop.signal_name}: stopped at step {run.step}; checkpoint saved to "
+        message = (f"{stop.describe()}: stopped at step {run.step}; checkpoint saved to "
                    f"{run.last_ckpt}; re-run the same command to resume")
         self.log(message)
         raise TrainingInterrupted(message, run.step, run.last_ckpt)
