@@ -78,6 +78,8 @@ def _flag_rows(parser) -> list[str]:
                 if isinstance(metavar, tuple):
                     metavar = " ".join(metavar)
                 names += f" {metavar}"
+                if action.nargs in ("*", "+"):
+                    names += " ..."
         else:
             names = action.metavar or action.dest
             if action.nargs in ("*", "+"):
@@ -159,6 +161,8 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in inner) + " or null"
     if dataclasses.is_dataclass(tp):
         return "section"
+    if tp is typing.Any:
+        return "any"
     return getattr(tp, "__name__", str(tp))
 
 
