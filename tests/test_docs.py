@@ -411,3 +411,13 @@ def test_readme_tour_embedded(tmp_path):
     assert (tmp_path / "exported" / "saved_model.pb").is_file()
     scores = json.loads((tmp_path / "results" / "sum.json").read_text())
     assert scores, scores
+
+
+def test_readme_python_example_runs(tmp_path):
+    """Issue 19, item 1: the README's Python API example ran into `module 't5pre' has no
+    attribute 'evaluation'`. Not marked slow: it guards the first Python a newcomer copies."""
+    blocks = [b for b in read_blocks("README.md") if b.language == "python" and b.runs
+              and "TaskRegistry.add" in b.text]
+    assert len(blocks) == 1
+    make_reader_files(tmp_path)
+    run_block(blocks[0], tmp_path)
