@@ -272,6 +272,15 @@ def test_finetune_from_squad_json_then_evaluate(pretrained, tmp_path, capsys):
     assert summary["task"] == "files_squad" and summary["num_examples"] == 3
     assert set(summary["scores"]) >= {"em", "f1"}
 
+    # a re-run needs nothing repeated: `finetune --model-dir DIR --steps 4` continues this run
+    code, out, err = run_cli(capsys, "finetune", "--model-dir", ft, "--steps", "4")
+    assert code == 0, err
+    assert "continuing the fine-tuning run recorded in" in out and "files_squad" in out
+    assert (ft / "checkpoints" / "ckpt-4.index").is_file()
+    assert json.loads((ft / "finetune.json").read_text())["data"]["format"] == "squad"
+    code, _, err = run_cli(capsys, "finetune", "--model-dir", tmp_path / "new")
+    assert code == 2 and "--init-from is required" in err and "Traceback" not in err
+
 
 def test_finetune_needs_fields_for_jsonl(pretrained, tmp_path, capsys):
     (tmp_path / "t.jsonl").write_text('{"text": "a"}\n')

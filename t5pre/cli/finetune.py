@@ -48,9 +48,11 @@ def register(subparsers):
         **doc_description(__doc__))
     add_run_arguments(parser, "a path or a packaged name: default_summarize, debian_descriptions, "
                               "squad, cnn_dailymail; default: default_summarize")
-    parser.add_argument("--init-from", required=True, metavar="DIR[@ckpt-N]",
+    parser.add_argument("--init-from", metavar="DIR[@ckpt-N]",
                         help="the model to start from: a pretraining model dir, a save_pretrained "
-                             "dir, a Hugging Face T5 dir, or 'random'")
+                             "dir, a Hugging Face T5 dir, or 'random'; required for a new run, "
+                             "recorded for a re-run (`t5pre finetune --model-dir DIR` continues "
+                             "the run in DIR with nothing repeated)")
     parser.add_argument("--init-checkpoint", type=int, help=argparse.SUPPRESS)  # removed
     parser.add_argument("--task", help="the downstream task (default: the config's data.task)")
     parser.add_argument("--use-model-vocabulary", action="store_true",
@@ -119,6 +121,32 @@ def config_path(value):
     return str(ref)
 
 
+def recorded_run(model_dir) -> dict:
+    """What a re-run without ``--init-from`` continues: the fine-tuning run recorded in
+    ``model_dir`` (``finetune.json``: the init source; ``config.yaml``: the resolved run config,
+    whose architecture fields are dropped because fine-tuning takes them from the init model
+    again). ConfigError when ``model_dir`` holds no fine-tuning run."""
+    from t5pre.models.layout import FINETUNE_INFO_FILE, RUN_CONFIG_FILE
+    from t5pre.models.store import read_json_info
+    from t5pre.training.config import CHANGEABLE_MODEL_FIELDS, read_yaml
+
+    info = read_json_info(model_dir, FINETUNE_INFO_FILE)
+    saved = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if info is None or not os.path.isfile(saved):
+        raise ConfigError(f"--init-from is required: {model_dir} holds no fine-tuning run to "
+                          "continue (no finetune.json and config.yaml there)")
+    config, _ = read_yaml(saved)
+    model = config.get("model") or {}
+    model["overrides"] = {k: v for k, v in (model.get("overrides") or {}).items()
+                          if k in CHANGEABLE_MODEL_FIELDS}
+    model.pop("init_from", None)
+    config["model"] = model
+    init_from = info.get("init_from") or RANDOM_INIT
+    print(f"continuing the fine-tuning run recorded in {model_dir} (init {init_from}, "
+          f"task {info.get('task')})")
+    return {"init_from": init_from, "config": config}
+
+
 def run(args):
     from t5pre.finetune import finetune
     from t5pre.models.store import resolve_init
@@ -132,8 +160,14 @@ def run(args):
     overrides += files_overrides(args)
     if args.use_model_vocabulary:
         overrides.append("finetune.use_model_vocabulary=true")
-    run_config = load_finetune_config(config_path(args.config), overrides, task=args.task,
-                                      steps=args.steps, model_dir=args.model_dir)
+    recorded = None
+    if args.init_from is None:
+        recorded = recorded_run(args.model_dir)
+        args.init_from = recorded["init_from"]
+    run_config = load_finetune_config(
+        None if recorded and not args.config else config_path(args.config), overrides,
+        task=args.task, steps=args.steps, model_dir=args.model_dir,
+        defaults=recorded["config"] if recorded and not args.config else None)
     modules = list(dict.fromkeys(list(run_config.data.modules) + list(args.module)))
     import_modules(modules)
     run_config.data.modules = modules

@@ -734,19 +734,21 @@ FINETUNE_RUN_DEFAULTS = {
 
 
 def load_finetune_config(path: str | None = None, overrides=(), *, task: str | None = None,
-                         steps: int | None = None, model_dir: str | None = None) -> RunConfig:
+                         steps: int | None = None, model_dir: str | None = None,
+                         defaults: dict | None = None) -> RunConfig:
     """A fine-tune run config: :func:`load_config` over :data:`FINETUNE_RUN_DEFAULTS`.
 
     ``task`` / ``steps`` (the CLI's ``--task`` / ``--steps``) come last; ``--task`` replaces
-    whatever the file trains on. ``model.overrides`` may only change
+    whatever the file trains on. ``defaults`` (a recorded run's config, for a re-run) replaces
+    the fine-tuning defaults. ``model.overrides`` may only change
     :data:`CHANGEABLE_MODEL_FIELDS` (the architecture is the init model's)."""
     items = list(overrides)
     if task:
         items += [f"data.task={task}", "data.mixture=null"]
     if steps is not None:
         items.append(FlagOverride(f"training.steps={steps}", f"--steps {steps}"))
-    return load_config(path, items, defaults=FINETUNE_RUN_DEFAULTS, model_dir=model_dir,
-                       finetune=True)
+    return load_config(path, items, defaults=defaults or FINETUNE_RUN_DEFAULTS,
+                       model_dir=model_dir, finetune=True)
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
