@@ -178,13 +178,13 @@ def test_a_killed_build_leaves_a_usable_state(cache_home, task):
     ignored and cleaned by the next build."""
     key = implicit_cache.cache_key(task, "train")
     path = implicit_cache.cache_path(task, key)
-    os.makedirs(path + ".tmp-99999/train")
-    with open(path + ".tmp-99999/train/shard-00000.targets.tokens.tmp", "wb") as f:
+    os.makedirs(path + "_temp-99999/train")
+    with open(path + "_temp-99999/train/shard-00000.targets.tokens.tmp", "wb") as f:
         f.write(b"\0" * 100)
     os.makedirs(os.path.join(path, "train"))  # no manifest: unfinished
     cache = implicit_cache.ensure_cache(task, "train", log=None)
     assert cache.path == path and cache.num_documents("train") == 300
-    assert not os.path.exists(path + ".tmp-99999")
+    assert not os.path.exists(path + "_temp-99999")
 
 
 _BUILDER = textwrap.dedent("""
@@ -230,9 +230,9 @@ def test_sigkill_mid_build_then_two_processes_build_once(cache_home, tmp_path):
     assert "BUILDING" in seen[-1], seen
     os.kill(hung.pid, signal.SIGKILL)
     hung.wait(timeout=60)
-    leftovers = [p for p in os.listdir(cache_home) if ".tmp-" in p]
+    leftovers = [p for p in os.listdir(cache_home) if "_temp-" in p]
     assert leftovers  # the kill left a half-built temp directory (never a cache)
-    assert not [p for p in os.listdir(cache_home) if ".tmp-" not in p and ".lock" not in p]
+    assert not [p for p in os.listdir(cache_home) if "_temp-" not in p and ".lock" not in p]
     procs = [_builder(tmp_path, pattern, "build") for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -240,7 +240,7 @@ def test_sigkill_mid_build_then_two_processes_build_once(cache_home, tmp_path):
     assert results[0] == results[1] and results[0][0].endswith(" 120"), outs
     builds = sum(out.count("building the token cache of task") for out in outs)
     assert builds == 1, outs  # the second process waited, then reused the first one's cache
-    assert not [p for p in os.listdir(cache_home) if ".tmp-" in p]
+    assert not [p for p in os.listdir(cache_home) if "_temp-" in p]
 
 
 def test_an_infinite_source_is_one_clear_error(cache_home):

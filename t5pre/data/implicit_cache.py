@@ -16,8 +16,8 @@ examples are stored, trimmed to them). A pretraining task stores tokenized docum
 not depend on its objective: tasks over the same source and tokenizer (UL2's four denoisers)
 share one cache. A changed file, vocabulary, length or preprocessor gives a new cache.
 
-Safety: the cache is built in ``<dir>.tmp-<pid>`` and renamed into place when complete (a cache
-is its manifest, written last), under an exclusive ``flock`` on ``<dir>.lock``: a second process
+Safety: the cache is built in ``<dir>_temp-*`` and renamed into place when complete
+(:func:`t5pre.files.atomic_directory`; a cache is its manifest, written last), under an exclusive ``flock`` on ``<dir>.lock``: a second process
 asking for the same cache waits, then reuses it; leftovers of a killed build are deleted by the
 next builder (the kernel drops a dead process's lock). Progress lines go to ``log``.
 
@@ -192,6 +192,7 @@ def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = N
     """The implicit :class:`~t5pre.data.cache.TokenCache` of ``task``'s ``split``, built once;
     None when its source has no fingerprint (see the module doc)."""
     from t5pre.data.cache import MANIFEST, build_cache
+    from t5pre.files import atomic_directory
 
     task.check_split(split)
     key = cache_key(task, split, sequence_length)
@@ -219,40 +220,22 @@ def ensure_cache(task, split: str, sequence_length=None, *, root: str | None = N
             except DataError as e:
                 if log:
                     log(f"rebuilding the token cache {path}: {e}")
-        for leftover in glob.glob(glob.escape(path) + ".tmp-*"):
+        for leftover in (glob.glob(glob.escape(path) + "_temp-*")
+                         + glob.glob(glob.escape(path) + "_old-*")):
             shutil.rmtree(leftover, ignore_errors=True)  # a killed build's (we hold the lock)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
         if log:
             log(f"building the token cache of task {task.name!r} split {split!r} (once; later "
                 f"runs reuse it) in {path}")
-        try:
-            manifest = build_cache(task, tmp, splits=[split], sequence_length=sequence_length,
-                                   progress=log, key=key, workers=workers, modules=modules)
-            os.rename(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _fsync_dir(os.path.dirname(path))
+        # Built in a staging directory renamed into place (t5pre.files, the one atomic writer).
+        with atomic_directory(path, replace=True) as staging:
+            manifest = build_cache(task, str(staging), splits=[split],
+                                   sequence_length=sequence_length, progress=log, key=key,
+                                   workers=workers, modules=modules)
         if log:
             counts = ", ".join(f"{s} {e['documents']:,} documents"
                                for s, e in manifest["splits"].items())
             log(f"token cache of {task.name!r}: {counts} in {manifest['build']['seconds']:.1f} s")
     return _open(path, task, key)
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_lengths(cache, sequence_length):
