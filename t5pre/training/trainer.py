@@ -234,10 +234,6 @@ class Trainer:
         if self._eval_enabled and d.eval_split == d.train_split:
             self.log(f"warning: data.eval_split and data.train_split are both {d.train_split!r}: "
                      "the evaluation measures examples the model trains on")
-        if d.pack:
-            self.log("note: data.pack: the training path reads one example per row (segment ids "
-                     "and positions added, nothing packed); chunked pretraining examples fill "
-                     "the lengths already")
         if 0 < t.steps <= o.warmup_steps and o.warmup_steps:
             self.log(f"warning: training.steps ({t.steps}) <= optimizer.warmup_steps "
                      f"({o.warmup_steps}): the whole run is warm-up and the learning rate never "
@@ -466,8 +462,12 @@ class Trainer:
                      f"(pass a larger --steps to continue)")
             run.writer.close()
             return TrainResult(run.step, {}, 0, run.last_ckpt, [])
-        batches = iter(self.backend.distribute(self._dataset_fn(
-            d.train_split, shuffle=d.shuffle, start_examples=run.data_examples)))
+        dataset_fn = self._dataset_fn(d.train_split, shuffle=d.shuffle,
+                                      start_examples=run.data_examples)
+        if dataset_fn.packing_note:
+            self.log(dataset_fn.packing_note)
+        run.examples_per_step = t.batch_size * dataset_fn.examples_per_row
+        batches = iter(self.backend.distribute(dataset_fn))
         train_step = self.backend.train_step_fn(self.model, self.optimizer, self.loss_fn, t)
         self._flops = self._flops_per_token() if t.peak_flops else None
         stop = StopRequests(sync=getattr(self.backend, "stop_sync", lambda: None)())
@@ -505,7 +505,7 @@ class Trainer:
         run.step += 1
         run.eta.mark(run.step)
         profiler.after_step(run.step)
-        run.data_examples += t.batch_size
+        run.data_examples += run.examples_per_step
         finite = bool(out["finite"])
         if finite:
             run.bad_streak = 0
@@ -598,6 +598,7 @@ class _Run:
     writer: object
     bad_streak: int = 0
     skipped: int = 0
+    examples_per_step: int = 0  # global examples a step consumes (batch size x packed per row)
     window: "_Window" = dataclasses.field(default_factory=lambda: _Window())
     history: list = dataclasses.field(default_factory=list)
     last_metrics: dict = dataclasses.field(default_factory=dict)
