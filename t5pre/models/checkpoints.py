@@ -12,13 +12,13 @@ involve collectives), but only the chief's copy is kept: other workers write int
 temporary directory that is deleted right after. Every worker restores from the chief's
 directory, which therefore has to be on a filesystem all workers see (GCS, NFS, ...).
 
-**Formats.** ``format="tf"`` (the TensorFlow backend): ``ckpt-N.index`` + ``ckpt-N.data-*``
-written by ``tf.train.Checkpoint``. ``format="arrays"`` (the JAX backend; no TensorFlow
-involved): a directory ``ckpt-N/`` holding one ``.npy`` file per variable and ``manifest.json``
-(for each variable: its key -- ``model/<Keras path>`` or ``optimizer/<Keras path>`` -- file,
-shape, dtype and sha256; and ``step``, ``data_examples``, ``data_pipelines``). It is written into
-``ckpt-N_temp-*/`` and renamed into place, then the state file is updated, so the atomicity
-argument above holds for it too. Both formats share the state file (``checkpoints/checkpoint``,
+**Formats.** Each is a store in its own module that writes and reads one checkpoint
+(``read``, ``write``, ``storage_errors``, ``delete``, ``close``); this module owns everything
+else. ``format="tf"`` (the TensorFlow backend, :mod:`t5pre.models.checkpoint_tf`):
+``ckpt-N.index`` + ``ckpt-N.data-*`` written by ``tf.train.Checkpoint``. ``format="arrays"``
+(:mod:`t5pre.models.checkpoint_arrays`; no TensorFlow involved): a directory ``ckpt-N/`` of
+``.npy`` files and ``manifest.json``, built in ``ckpt-N_temp-*/`` and renamed into place, then
+the state file is updated, so the atomicity argument above holds for it too. All formats share the state file (``checkpoints/checkpoint``,
 the same text format TensorFlow writes), rotation, fallback past damaged checkpoints and the
 removal of orphans; :func:`latest_checkpoint`, :func:`find_checkpoint` and
 :func:`restore_model_weights` read either, so a directory trained on JAX exports on TensorFlow
@@ -27,51 +27,29 @@ removal of orphans; :func:`latest_checkpoint`, :func:`find_checkpoint` and
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 
-from t5pre.errors import CheckpointError, StorageError
-from t5pre.files import atomic_directory, atomic_write_json, atomic_write_text
+from t5pre.errors import CheckpointError, CorruptCheckpoint, StorageError
+from t5pre.files import atomic_write_text
+from t5pre.lazy import tensorflow as _tf
+from t5pre.models import checkpoint_arrays, checkpoint_tf
+from t5pre.models.checkpoint_arrays import (  # noqa: F401 (public names, kept here)
+    ARRAYS_FORMAT_VERSION, MANIFEST, ArrayStore, is_arrays_checkpoint, load_arrays,
+    read_manifest)
+from t5pre.models.checkpoint_tf import TFStore, model_weights_trackable  # noqa: F401
+from t5pre.models.checkpoint_variables import assign_arrays, keyed_variables  # noqa: F401
 from t5pre.models.layout import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR
 
 CHECKPOINT_SUBDIR = CHECKPOINTS_DIR
 _NAME = "ckpt"
 FORMATS = ("tf", "arrays")
-MANIFEST = "manifest.json"
-ARRAYS_FORMAT_VERSION = 1
-
-
-from t5pre.lazy import tensorflow as _tf  # noqa: E402
-
-
-def _corrupt(path: str, error: BaseException) -> CheckpointError:
-    """The error for a checkpoint whose files cannot be read back (a truncated or missing
-    ``.data`` file: TensorFlow raises a bare IndexError, DataLossError or NotFoundError)."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-    return CorruptCheckpoint(f"{path}: checkpoint is truncated or corrupt ({first}); delete "
-                             f"{path}.* to use the previous one")
-
-
-def _is_corruption(error: BaseException) -> bool:
-    tf = _tf()
-    if isinstance(error, (IndexError, tf.errors.DataLossError, tf.errors.NotFoundError)):
-        return True
-    # A zeroed or overwritten .data file: TF's crc check fails inside a generic OpError.
-    text = str(error).lower()
-    return any(k in text for k in ("checksum does not match", "data loss", "corrupt",
-                                   "read less bytes"))
 
 
 def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_SUBDIR)
-
-
-def is_arrays_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MANIFEST))
 
 
 def checkpoint_exists(path: str) -> bool:
@@ -134,284 +112,6 @@ def all_checkpoint_steps(model_dir: str) -> list[int]:
     return sorted(steps_on_disk(model_dir) if steps is None else steps)
 
 
-def model_weights_trackable(model):
-    """The model's variables as a name-keyed trackable, for ``tf.train.Checkpoint``.
-
-    We do not hand the Keras model itself to tf.train.Checkpoint: Keras 3 layers kept in Python
-    lists are not reliably edges of TF's object graph (a T5's blocks were reachable only through
-    the optimizer), so a model-only restore could silently skip them. Keying every variable by
-    its Keras path (``encoder_block_0/attention/qkv_kernel``) makes the checkpoint independent
-    of how the model tracks its sub-layers."""
-    tf = _tf()
-    holder = tf.Module(name="model_weights")
-    weights = {}
-    for i, v in enumerate(model.weights):
-        key = getattr(v, "path", None) or getattr(v, "name", None) or f"variable_{i}"
-        if key in weights:
-            key = f"{key}_{i}"
-        weights[key] = v
-    holder.weights = weights
-    return holder
-
-
-class _TFStore:
-    """``tf.train.Checkpoint`` files ``ckpt-N.index`` / ``ckpt-N.data-*``."""
-
-    def __init__(self, model, optimizer):
-        tf = _tf()
-        with tf.init_scope():
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.data_examples = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.data_pipelines = tf.Variable(1, dtype=tf.int64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(
-            model=model_weights_trackable(model), optimizer=optimizer, step=self.step,
-            data_examples=self.data_examples, data_pipelines=self.data_pipelines)
-        # `write` (unlike `save`) does not create the save counter that `restore` expects to
-        # match; creating it first puts it in every checkpoint, as CheckpointManager did.
-        with tf.init_scope():
-            self.checkpoint.save_counter  # noqa: B018 (creates the variable)
-
-    def position(self) -> tuple[int, int, int]:
-        return (int(self.step.numpy()), int(self.data_examples.numpy()),
-                int(self.data_pipelines.numpy()))
-
-    def read(self, path: str) -> None:
-        tf = _tf()
-        if not tf.io.gfile.exists(path + ".index"):
-            raise CorruptCheckpoint(f"{path}: {os.path.basename(path)}.index is missing")
-        try:
-            status = self.checkpoint.restore(path)
-            status.assert_existing_objects_matched()
-        except (IndexError, AssertionError, ValueError, tf.errors.OpError) as e:
-            if _is_corruption(e):
-                raise _corrupt(path, e) from None
-            first = str(e).strip().splitlines()[0][:300]
-            raise CheckpointError(
-                f"{path}: checkpoint does not match this model/optimizer ({first}); was the "
-                "model directory trained with another model or optimizer config?") from None
-
-    def write(self, path: str, step: int, data_examples: int, data_pipelines: int) -> str:
-        self.step.assign(step)
-        self.data_examples.assign(data_examples)
-        self.data_pipelines.assign(data_pipelines)
-        return self.checkpoint.write(path)
-
-    def storage_errors(self) -> tuple:
-        tf = _tf()
-        return (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
-                tf.errors.FailedPreconditionError, tf.errors.UnknownError, OSError)
-
-    @staticmethod
-    def delete(path: str) -> None:
-        _delete_checkpoint_files(path)
-
-
-def _variable_key(v, i: int) -> str:
-    return getattr(v, "path", None) or getattr(v, "name", None) or f"variable_{i}"
-
-
-def keyed_variables(model, optimizer=None) -> dict:
-    """``{"model/<path>": variable, "optimizer/<path>": variable}`` (duplicates get ``_i``, as
-    in :func:`model_weights_trackable`)."""
-    out = {}
-    for prefix, variables in (("model", model.weights),
-                              ("optimizer", optimizer.variables if optimizer is not None else [])):
-        for i, v in enumerate(variables):
-            key = _variable_key(v, i)
-            if f"{prefix}/{key}" in out:
-                key = f"{key}_{i}"
-            out[f"{prefix}/{key}"] = v
-    return out
-
-
-def _to_numpy(value):
-    """A variable's value as a host numpy array (gathers an array sharded over processes)."""
-    import numpy as np
-
-    value = getattr(value, "value", value)
-    if getattr(value, "is_fully_addressable", True) is False:
-        from jax.experimental import multihost_utils
-
-        value = multihost_utils.process_allgather(value, tiled=True)
-    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
-        try:
-            return np.asarray(value.numpy())
-        except (AttributeError, TypeError):
-            pass
-    return np.asarray(value)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class _HashingWriter:
-    """A write-only file that hashes what goes through it (no second read of the file)."""
-
-    def __init__(self, f):
-        self.f, self.sha256 = f, hashlib.sha256()
-
-    def write(self, data):
-        self.sha256.update(data)
-        return self.f.write(data)
-
-
-def _save_array(path: str, array) -> tuple[str, str]:
-    """Writes ``array`` as .npy; returns the dtype name to record (bfloat16 goes as uint16) and
-    the file's sha256."""
-    import numpy as np
-
-    dtype = str(array.dtype)
-    if dtype == "bfloat16":
-        array = array.view(np.uint16)
-    with open(path, "wb") as f:
-        writer = _HashingWriter(f)
-        np.lib.format.write_array(writer, np.require(array, requirements="C"), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    return dtype, writer.sha256.hexdigest()
-
-
-def _load_array(path: str, dtype: str):
-    import numpy as np
-
-    array = np.load(path, allow_pickle=False)
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        array = array.view(ml_dtypes.bfloat16)
-    return array
-
-
-def read_manifest(path: str) -> dict:
-    """The manifest of an arrays checkpoint (CorruptCheckpoint when missing or unreadable)."""
-    file = os.path.join(path, MANIFEST)
-    try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
-            raise ValueError("no 'arrays' table")
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{path}: {MANIFEST} is missing") from None
-    except (OSError, ValueError) as e:
-        raise CorruptCheckpoint(f"{path}: {MANIFEST} is unreadable ({e}); delete {path} to "
-                                "use the previous checkpoint") from None
-    return manifest
-
-
-def load_arrays(path: str, keys=None, *, verify: bool = True) -> dict:
-    """``{key: numpy array}`` of an arrays checkpoint (only ``keys`` when given), each checked
-    against the manifest's shape, dtype and sha256 (CorruptCheckpoint on any difference)."""
-    manifest = read_manifest(path)
-    out = {}
-    for key, entry in manifest["arrays"].items():
-        if keys is not None and key not in keys:
-            continue
-        file = os.path.join(path, entry["file"])
-        try:
-            if verify and _sha256(file) != entry["sha256"]:
-                raise CorruptCheckpoint(f"{path}: {entry['file']} ({key}) fails its sha256 "
-                                        f"check (truncated or damaged); delete {path} to use "
-                                        "the previous checkpoint")
-            array = _load_array(file, entry["dtype"])
-        except CorruptCheckpoint:
-            raise
-        except (OSError, ValueError) as e:
-            raise CorruptCheckpoint(f"{path}: {entry['file']} ({key}) cannot be read "
-                                    f"({e}); delete {path} to use the previous checkpoint") \
-                from None
-        if list(array.shape) != list(entry["shape"]):
-            raise CorruptCheckpoint(f"{path}: {key} has shape {list(array.shape)}, the manifest "
-                                    f"says {entry['shape']} (corrupt)")
-        out[key] = array
-    return out
-
-
-def _assign_arrays(path: str, variables: dict, arrays: dict, what: str) -> None:
-    """Assigns ``arrays`` into ``variables`` (both keyed alike); CheckpointError naming the
-    first difference when the checkpoint holds another model/optimizer."""
-    missing = [k for k in variables if k not in arrays]
-    if missing:
-        raise CheckpointError(
-            f"{path}: checkpoint does not match this {what} (no value for "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); was the model "
-            "directory trained with another model or optimizer config?")
-    for key, v in variables.items():
-        a = arrays[key]
-        if tuple(a.shape) != tuple(v.shape):
-            raise CheckpointError(
-                f"{path}: checkpoint does not match this {what} ({key} has shape "
-                f"{tuple(a.shape)} there, {tuple(v.shape)} here)")
-    for key, v in variables.items():
-        v.assign(arrays[key].astype(v.dtype) if str(arrays[key].dtype) != str(v.dtype)
-                 else arrays[key])
-
-
-class _ArrayStore:
-    """``ckpt-N/`` directories of .npy files + manifest.json (see the module docstring)."""
-
-    def __init__(self, model, optimizer):
-        self.model, self.optimizer = model, optimizer
-        self._position = (0, 0, 1)
-
-    def position(self) -> tuple[int, int, int]:
-        return self._position
-
-    def read(self, path: str) -> None:
-        variables = keyed_variables(self.model, self.optimizer)
-        manifest = read_manifest(path)
-        listed = manifest["arrays"]
-        extra = [k for k in listed if k not in variables]
-        missing = [k for k in variables if k not in listed]
-        if extra or missing:
-            diff = (missing or extra)[:3]
-            raise CheckpointError(
-                f"{path}: checkpoint does not match this model/optimizer ("
-                f"{'missing' if missing else 'unexpected'}: {', '.join(diff)}); was the model "
-                "directory trained with another model or optimizer config?")
-        arrays = load_arrays(path)
-        _assign_arrays(path, variables, arrays, "model/optimizer")
-        try:
-            self._position = (int(manifest["step"]), int(manifest["data_examples"]),
-                              int(manifest["data_pipelines"]))
-        except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpoint(f"{path}: {MANIFEST} lacks step/data position") from None
-
-    def write(self, path: str, step: int, data_examples: int, data_pipelines: int,
-              *, keep: bool = True) -> str:
-        """Gathers every value (all processes must call), then writes ``path`` if ``keep``."""
-        arrays = {k: _to_numpy(v) for k, v in keyed_variables(self.model,
-                                                             self.optimizer).items()}
-        self._position = (step, data_examples, data_pipelines)
-        if not keep:
-            return path
-        # built in ckpt-N_temp-*/ (remove_orphans deletes what a kill leaves); a damaged
-        # checkpoint of the same step is replaced
-        with atomic_directory(path, replace=True) as temp:
-            entries = {}
-            for i, (key, array) in enumerate(arrays.items()):
-                file = f"{i:05d}.npy"
-                dtype, digest = _save_array(os.path.join(temp, file), array)
-                entries[key] = {"file": file, "shape": list(array.shape), "dtype": dtype,
-                                "sha256": digest}
-            manifest = {"format": "t5pre-arrays", "format_version": ARRAYS_FORMAT_VERSION,
-                        "step": int(step), "data_examples": int(data_examples),
-                        "data_pipelines": int(data_pipelines), "arrays": entries}
-            atomic_write_json(os.path.join(temp, MANIFEST), manifest, indent=1)
-        return path
-
-    def storage_errors(self) -> tuple:
-        return (OSError,)
-
-    @staticmethod
-    def delete(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 class CheckpointKeeper:
     """Saves and restores a run's state; chief-only writes (see module docstring).
 
@@ -439,8 +139,8 @@ class CheckpointKeeper:
         self.max_to_keep = max_to_keep
         self.format = format
         self._log = log or (lambda msg: None)
-        self._store = _TFStore(model, optimizer) if format == "tf" else _ArrayStore(model,
-                                                                                     optimizer)
+        self._store = TFStore(model, optimizer) if format == "tf" else ArrayStore(model,
+                                                                                   optimizer)
         if format == "tf":  # the TF objects, as before (callers read keeper.step etc.)
             self.checkpoint = self._store.checkpoint
             self.step = self._store.step
@@ -450,13 +150,14 @@ class CheckpointKeeper:
         self._write_dir = self.directory if is_chief or format == "arrays" else \
             tempfile.mkdtemp(prefix="t5pre-nonchief-ckpt-")
         self._kept = None  # steps in the state file, oldest first (None = not read yet)
+        self._position = (0, 0, 1)  # (step, data_examples, data_pipelines) of the last restore/save
 
     def latest(self) -> str | None:
         return latest_checkpoint(self.model_dir)
 
     def restored_position(self) -> tuple[int, int]:
         """``(data_examples, data_pipelines)`` of the last restore or save."""
-        _, examples, pipelines = self._store.position()
+        _, examples, pipelines = self._position
         return examples, pipelines
 
     def _path(self, step: int, directory: str | None = None) -> str:
@@ -491,8 +192,8 @@ class CheckpointKeeper:
             raise CheckpointError(
                 f"{path}: a JAX-backend (arrays) checkpoint; resume it with KERAS_BACKEND=jax, "
                 "or start a new --model-dir with model.init_from set to this directory")
-        self._store.read(path)
-        step = self._store.position()[0]
+        self._position = self._store.read(path)
+        step = self._position[0]
         expected = checkpoint_step(path)
         if step != expected:
             raise CorruptCheckpoint(f"{path}: holds step {step}, expected {expected} (corrupt)")
@@ -533,6 +234,7 @@ class CheckpointKeeper:
         at any moment leaves the previous state. Then checkpoints beyond ``max_to_keep`` are
         deleted, oldest first."""
         store = self._store
+        self._position = (step, data_examples, data_pipelines)
         if not self.is_chief:
             if self.format == "arrays":  # takes part in gathering sharded values, writes nothing
                 store.write(self._path(step), step, data_examples, data_pipelines, keep=False)
@@ -584,10 +286,6 @@ class CheckpointKeeper:
     def close(self):
         if not self.is_chief and self.format == "tf":
             shutil.rmtree(self._write_dir, ignore_errors=True)
-
-
-class CorruptCheckpoint(CheckpointError):
-    """A checkpoint's files are missing, truncated or damaged."""
 
 
 _STATE_LINE = re.compile(r'\s*(\w+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([-+0-9.eE]+))\s*')
@@ -686,50 +384,6 @@ def _write_state(directory: str, latest: str, all_paths: list[str]) -> None:
     atomic_write_text(os.path.join(directory, CHECKPOINT_STATE_FILE), text)
 
 
-def _delete_checkpoint_files(prefix: str) -> None:
-    tf = _tf()
-    for f in tf.io.gfile.glob(prefix + ".*"):
-        try:
-            tf.io.gfile.remove(f)
-        except tf.errors.OpError:
-            pass
-
-
-_TF_MODEL_KEY = re.compile(r"^model/weights/(?P<name>.+)/\.ATTRIBUTES/VARIABLE_VALUE$")
-
-
-def _unescape_tf_name(name: str) -> str:
-    """Undoes TensorFlow's object-graph escaping of a child name (``.`` -> ``..``,
-    ``/`` -> ``.S``), giving back the Keras path a variable was keyed by."""
-    out, i = [], 0
-    while i < len(name):
-        if name[i] == "." and i + 1 < len(name) and name[i + 1] in ".S":
-            out.append("." if name[i + 1] == "." else "/")
-            i += 2
-        else:
-            out.append(name[i])
-            i += 1
-    return "".join(out)
-
-
-def _tf_reader(path: str):
-    """A ``tf.train.CheckpointReader`` of a TensorFlow checkpoint: it reads tensors by name
-    without building any TensorFlow object, so it works the same under every Keras backend."""
-    try:
-        tf = _tf()
-    except ImportError:
-        raise CheckpointError(
-            f"{path}: a TensorFlow-format checkpoint, and TensorFlow is not installed here; "
-            "install it (pip install tensorflow), or on a host with TensorFlow export the "
-            "weights first (`t5pre export --format hf`) and start from that directory") from None
-    if not tf.io.gfile.exists(path + ".index"):
-        raise CorruptCheckpoint(f"{path}: {os.path.basename(path)}.index is missing")
-    try:
-        return tf.train.load_checkpoint(path)
-    except (IndexError, ValueError, tf.errors.OpError) as e:
-        raise _corrupt(path, e) from None
-
-
 def read_model_arrays(path: str, keys=None) -> dict:
     """``{Keras path: numpy array}`` of the model weights held by the checkpoint ``path``, in
     either format (only ``keys`` when given).
@@ -740,48 +394,8 @@ def read_model_arrays(path: str, keys=None) -> dict:
     ``tf.train.Checkpoint`` on the JAX backend matched no variable -- Keras' JAX variables are
     not TensorFlow trackables -- and silently kept the initial values.)"""
     if is_arrays_checkpoint(path):
-        wanted = None if keys is None else {f"model/{k}" for k in keys}
-        arrays = load_arrays(path, keys=wanted)
-        return {k[len("model/"):]: a for k, a in arrays.items() if k.startswith("model/")}
-    reader = _tf_reader(path)
-    tf = _tf()
-    # The object graph is the last record of the .data file: reading it checks that the file is
-    # whole (a truncated checkpoint is damaged even when the model's tensors survived), and the
-    # step that it is the checkpoint its name says.
-    try:
-        reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
-        step = int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
-    except (IndexError, ValueError, tf.errors.OpError) as e:
-        raise _corrupt(path, e) from None
-    if step != checkpoint_step(path):
-        raise CorruptCheckpoint(f"{path}: holds step {step}, expected {checkpoint_step(path)} "
-                                "(corrupt)")
-    out = {}
-    for name in reader.get_variable_to_shape_map():
-        match = _TF_MODEL_KEY.match(name)
-        if not match:
-            continue
-        key = _unescape_tf_name(match.group("name"))
-        if keys is not None and key not in keys:
-            continue
-        try:
-            out[key] = _as_numpy_dtype(reader.get_tensor(name))
-        except (IndexError, ValueError, tf.errors.OpError) as e:
-            raise _corrupt(path, e) from None
-    return out
-
-
-def _as_numpy_dtype(array):
-    """TensorFlow's reader returns bfloat16 in its own numpy dtype; ml_dtypes' is the one JAX
-    and the arrays format use."""
-    import numpy as np
-
-    array = np.asarray(array)
-    if str(array.dtype) == "bfloat16" and type(array.dtype).__module__ != "ml_dtypes":
-        import ml_dtypes
-
-        array = array.view(np.uint16).view(ml_dtypes.bfloat16)
-    return array
+        return checkpoint_arrays.read_model_arrays(path, keys)
+    return checkpoint_tf.read_model_arrays(path, keys, expected_step=checkpoint_step(path))
 
 
 def restore_model_weights(model, model_dir: str, checkpoint=None) -> str:
@@ -793,5 +407,5 @@ def restore_model_weights(model, model_dir: str, checkpoint=None) -> str:
     path = find_checkpoint(model_dir, checkpoint)
     variables = {k[len("model/"):]: v for k, v in keyed_variables(model).items()}
     arrays = read_model_arrays(path, keys=set(variables))
-    _assign_arrays(path, variables, arrays, "model")
+    assign_arrays(path, variables, arrays, "model")
     return path
