@@ -105,14 +105,27 @@ def test_nonfinite_batch_skips_the_update(steps):
 
 
 @pytest.mark.slow
-def test_arrays_checkpoint_round_trip_exact_resume_and_corrupt_fallback(tmp_path):
-    out = run_worker(tmp_path, "checkpoint", str(tmp_path / "run"))
+@pytest.mark.parametrize("fmt", ["arrays", "orbax"])
+def test_checkpoint_round_trip_exact_resume_rotation_and_corrupt_fallback(tmp_path, fmt):
+    """Each JAX format (tests/jax_step_worker.py, fsdp over 2 devices): the restored state is
+    the saved one, bit for bit, in the same layout and in another (data_parallel); the next
+    step equals the uninterrupted one; rotation keeps 2; a truncated file in the newest
+    checkpoint falls back to the previous one with a warning naming it; a zeroed file and a
+    flipped byte are CorruptCheckpoint too."""
+    out = run_worker(tmp_path, "checkpoint", str(tmp_path / "run"), fmt)
     assert out["restored_step"] == 3 and out["round_trip"] is True
     assert out["position"] == [24, 1]
     assert out["exact_resume"] is True  # restored state + step 4 == the uninterrupted step 4
+    assert out["other_layout"] is True
     assert out["kept"] == ["checkpoint", "ckpt-2", "ckpt-3"]  # max_to_keep=2 rotated ckpt-1
     assert out["fallback_step"] == 2 and out["fallback_position"] == [16, 1]
-    assert any("sha256" in line and "ckpt-3" in line for line in out["logs"]), out["logs"]
+    says = "sha256" if fmt == "arrays" else "cannot be read"
+    assert any(says in line and "ckpt-3" in line and "falling back" in line
+               for line in out["logs"]), out["logs"]
+    for how, message in out["damaged"].items():
+        assert "ckpt-2" in message and ("sha256" in message or "fingerprint" in message
+                                        or "cannot be read" in message), (how, message)
+    print(fmt, "blocking save seconds", out["blocking"], out["damaged"])
 
 
 # --------------------------------------------------------------------------- whole runs

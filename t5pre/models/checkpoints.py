@@ -31,30 +31,86 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 from t5pre.errors import CheckpointError, CorruptCheckpoint, StorageError
 from t5pre.files import atomic_write_text
 from t5pre.lazy import tensorflow as _tf
-from t5pre.models import checkpoint_arrays, checkpoint_tf
+from t5pre.models import checkpoint_arrays, checkpoint_orbax, checkpoint_tf
 from t5pre.models.checkpoint_arrays import (  # noqa: F401 (public names, kept here)
     ARRAYS_FORMAT_VERSION, MANIFEST, ArrayStore, is_arrays_checkpoint, load_arrays,
     read_manifest)
+from t5pre.models.checkpoint_orbax import is_orbax_checkpoint
 from t5pre.models.checkpoint_tf import TFStore, model_weights_trackable  # noqa: F401
 from t5pre.models.checkpoint_variables import assign_arrays, keyed_variables  # noqa: F401
 from t5pre.models.layout import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR
 
 CHECKPOINT_SUBDIR = CHECKPOINTS_DIR
 _NAME = "ckpt"
-FORMATS = ("tf", "arrays")
+FORMATS = ("tf", "arrays", "orbax")
+#: The formats of the JAX backend; a JAX run reads both (a directory may move from one to the
+#: other) and writes the one it was given.
+JAX_FORMATS = ("arrays", "orbax")
+#: ``training.checkpoint_format``: auto, or one of FORMATS.
+FORMAT_CHOICES = ("auto",) + FORMATS
 
 
 def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_SUBDIR)
 
 
-def checkpoint_exists(path: str) -> bool:
-    """Whether ``path`` (``.../ckpt-N``) has its files, in either format."""
+def checkpoint_format_of(path: str) -> str | None:
+    """``"tf"``, ``"arrays"`` or ``"orbax"``: the format of the checkpoint ``path``
+    (``.../ckpt-N``) by its files; None when it has none."""
+    if is_orbax_checkpoint(path):
+        return "orbax"
     if is_arrays_checkpoint(path):
+        return "arrays"
+    if os.path.exists(path + ".index"):
+        return "tf"
+    if "://" in path and _tf().io.gfile.exists(path + ".index"):
+        return "tf"
+    return None
+
+
+def choose_format(model_dir: str, requested: str, backend: str, log=None) -> str:
+    """The format a run writes: ``requested`` (``training.checkpoint_format``) checked against
+    the backend; ``auto`` is ``tf`` on TensorFlow and, on JAX, the format of the directory's
+    newest checkpoint when it is a JAX one (a run keeps its format), else ``orbax`` (``arrays``
+    with a note when orbax-checkpoint is not installed)."""
+    from t5pre.errors import ConfigError
+
+    if requested not in FORMAT_CHOICES:
+        raise ConfigError(f"training.checkpoint_format = {requested!r}: use one of "
+                          f"{', '.join(FORMAT_CHOICES)}")
+    if backend == "tensorflow":
+        if requested in JAX_FORMATS:
+            raise ConfigError(f"training.checkpoint_format = {requested!r} is a JAX-backend "
+                              "format; on TensorFlow use auto or tf (or set KERAS_BACKEND=jax)")
+        return "tf"
+    if requested == "tf":
+        raise ConfigError("training.checkpoint_format = 'tf' needs the TensorFlow backend; on "
+                          "JAX use auto, orbax or arrays")
+    if requested == "auto":
+        latest = latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+        kind = checkpoint_format_of(latest) if latest else None
+        if kind in JAX_FORMATS:
+            return kind
+        requested = "orbax"
+        try:
+            import orbax.checkpoint  # noqa: F401
+        except ImportError:
+            (log or (lambda m: None))(
+                "note: orbax-checkpoint is not installed: checkpoints in the arrays format "
+                "(gathered to process 0); pip install 't5pre[jax]' for per-process Orbax "
+                "checkpoints")
+            return "arrays"
+    return requested
+
+
+def checkpoint_exists(path: str) -> bool:
+    """Whether ``path`` (``.../ckpt-N``) has its files, in any format."""
+    if is_arrays_checkpoint(path) or is_orbax_checkpoint(path):
         return True
     if os.path.exists(path + ".index"):
         return True
@@ -113,25 +169,32 @@ def all_checkpoint_steps(model_dir: str) -> list[int]:
 
 
 class CheckpointKeeper:
-    """Saves and restores a run's state; chief-only writes (see module docstring).
+    """Saves and restores a run's state; the state file is the chief's (see module docstring).
 
     The state holds the model and optimizer variables, ``step``, ``data_examples`` (global
     examples consumed) and ``data_pipelines`` (input pipelines when they were consumed);
     :meth:`restored_position` gives the last two as ints after a restore. ``format`` is ``"tf"``
-    (``tf.train.Checkpoint``) or ``"arrays"`` (numpy files, the JAX backend's); everything
-    below is shared by both.
+    (``tf.train.Checkpoint``), ``"arrays"`` (numpy files) or ``"orbax"`` (per-process Orbax
+    checkpoints, asynchronous); everything below is shared by all. A JAX keeper (arrays or
+    orbax) restores either JAX format and writes its own.
 
     Recovery (nothing is lost to a damaged file): :meth:`restore_latest` tries the checkpoints
     newest first and falls back past any that cannot be read (a missing ``.index`` or manifest,
-    a truncated or zeroed ``.data`` or ``.npy`` file), saying which and why; when the
-    ``checkpoint`` state file itself is unreadable it recovers the list from the checkpoints on
-    disk. Rotation deletes a checkpoint only when ``max_to_keep`` newer checkpoints that were
-    written by this keeper or restored by it exist, so a good checkpoint is never dropped for a
-    damaged newer one.
+    a truncated or zeroed ``.data``, ``.npy`` or Orbax file, a value that fails its sha256 or
+    fingerprint), saying which and why; when the ``checkpoint`` state file itself is unreadable
+    it recovers the list from the checkpoints on disk. Rotation deletes a checkpoint only when
+    ``max_to_keep`` newer checkpoints that were written by this keeper or restored by it exist,
+    so a good checkpoint is never dropped for a damaged newer one.
+
+    Asynchronous saves (orbax): :meth:`save` returns while the files are still being written;
+    the checkpoint is listed in the state file (and rotation runs) only once they are complete
+    -- by :meth:`poll` (the trainer calls it every step; it never blocks), :meth:`wait`, the
+    next :meth:`save`, a restore or :meth:`close`. A kill before that leaves it unlisted.
     """
 
     def __init__(self, model_dir: str, *, model, optimizer, is_chief: bool = True,
-                 max_to_keep: int = 3, log=None, format: str = "tf"):
+                 max_to_keep: int = 3, log=None, format: str = "tf",
+                 asynchronous: bool = True):
         if format not in FORMATS:
             raise ValueError(f"checkpoint format {format!r}: use one of {', '.join(FORMATS)}")
         self.model_dir = model_dir
@@ -139,18 +202,35 @@ class CheckpointKeeper:
         self.max_to_keep = max_to_keep
         self.format = format
         self._log = log or (lambda msg: None)
-        self._store = TFStore(model, optimizer) if format == "tf" else ArrayStore(model,
-                                                                                   optimizer)
+        self._model, self._optimizer = model, optimizer
+        self._asynchronous = asynchronous
+        self._stores = {}
+        self._store = self._store_for(format)
         if format == "tf":  # the TF objects, as before (callers read keeper.step etc.)
             self.checkpoint = self._store.checkpoint
             self.step = self._store.step
             self.data_examples = self._store.data_examples
             self.data_pipelines = self._store.data_pipelines
         self.directory = checkpoint_dir(model_dir)
-        self._write_dir = self.directory if is_chief or format == "arrays" else \
+        self._write_dir = self.directory if is_chief or format != "tf" else \
             tempfile.mkdtemp(prefix="t5pre-nonchief-ckpt-")
         self._kept = None  # steps in the state file, oldest first (None = not read yet)
         self._position = (0, 0, 1)  # (step, data_examples, data_pipelines) of the last restore/save
+        self._pending = None  # (step, listed-before) of an asynchronous save not yet listed
+        self._polled = 0.0
+
+    def _store_for(self, format: str):
+        """The store writing and reading ``format`` (one per format, made on first use)."""
+        if format not in self._stores:
+            if format == "tf":
+                store = TFStore(self._model, self._optimizer)
+            elif format == "arrays":
+                store = ArrayStore(self._model, self._optimizer)
+            else:
+                store = checkpoint_orbax.OrbaxStore(self._model, self._optimizer,
+                                                    asynchronous=self._asynchronous)
+            self._stores[format] = store
+        return self._stores[format]
 
     def latest(self) -> str | None:
         return latest_checkpoint(self.model_dir)
@@ -179,20 +259,28 @@ class CheckpointKeeper:
 
     def restore(self, path: str) -> int:
         """Restores everything from ``path``; returns the step. CheckpointError when the
-        checkpoint does not fit the model/optimizer (e.g. another model size), CorruptCheckpoint
-        when its files cannot be read."""
-        if self.format == "arrays" and not is_arrays_checkpoint(path):
-            if os.path.exists(path + ".index"):
+        checkpoint does not fit the model/optimizer (e.g. another model size) or is another
+        backend's, CorruptCheckpoint when its files cannot be read."""
+        self.wait()
+        kind = checkpoint_format_of(path)
+        if self.format == "tf":
+            if kind in JAX_FORMATS:
+                raise CheckpointError(
+                    f"{path}: a JAX-backend ({kind}) checkpoint; resume it with "
+                    "KERAS_BACKEND=jax, or start a new --model-dir with model.init_from set "
+                    "to this directory")
+            store = self._store
+        else:
+            if kind == "tf":
                 raise CheckpointError(
                     f"{path}: a TensorFlow checkpoint; this run (JAX backend) resumes only "
                     "its own format. Resume it on the TensorFlow backend, or start a new "
                     "--model-dir with model.init_from set to this directory")
-            raise CorruptCheckpoint(f"{path}: {MANIFEST} is missing")
-        if self.format == "tf" and is_arrays_checkpoint(path):
-            raise CheckpointError(
-                f"{path}: a JAX-backend (arrays) checkpoint; resume it with KERAS_BACKEND=jax, "
-                "or start a new --model-dir with model.init_from set to this directory")
-        self._position = self._store.read(path)
+            if kind is None:
+                raise CorruptCheckpoint(f"{path}: missing or incomplete (neither {MANIFEST} nor "
+                                        "an Orbax manifest/ in it)")
+            store = self._store_for(kind)
+        self._position = store.read(path)
         step = self._position[0]
         expected = checkpoint_step(path)
         if step != expected:
@@ -203,6 +291,7 @@ class CheckpointKeeper:
         """Restores the newest checkpoint that can be read: ``(step, path)``, ``(0, None)`` for a
         directory without checkpoints. Damaged ones are skipped with a warning naming them; if
         every checkpoint is damaged, CheckpointError (never a silent restart at step 1)."""
+        self.wait()
         kept = self._read_kept()
         damaged = []
         for step in sorted(kept, reverse=True):
@@ -232,9 +321,23 @@ class CheckpointKeeper:
 
         The data files are written first and the state file last (an atomic rename), so a kill
         at any moment leaves the previous state. Then checkpoints beyond ``max_to_keep`` are
-        deleted, oldest first."""
+        deleted, oldest first. An asynchronous store returns at once; the listing follows when
+        its files are complete (:meth:`poll`, :meth:`wait`)."""
+        self.wait()
         store = self._store
         self._position = (step, data_examples, data_pipelines)
+        if self.format == "orbax":  # every process writes its own shards
+            listed = list(self._read_kept()) if self.is_chief else []
+            if self.is_chief:
+                os.makedirs(self.directory, exist_ok=True)
+            try:
+                path = store.write(self._path(step), step, data_examples, data_pipelines)
+            except store.storage_errors() as e:
+                self._failed(step, listed, e)
+            self._pending = (step, listed)
+            if not store.asynchronous:
+                self.wait()
+            return path if self.is_chief else None
         if not self.is_chief:
             if self.format == "arrays":  # takes part in gathering sharded values, writes nothing
                 store.write(self._path(step), step, data_examples, data_pipelines, keep=False)
@@ -244,34 +347,70 @@ class CheckpointKeeper:
                 shutil.rmtree(self._write_dir, ignore_errors=True)
             return None
         listed = self._read_kept()
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            path = store.write(self._path(step), step, data_examples, data_pipelines)
+            self._list(step, listed)
+        except store.storage_errors() as e:
+            self._failed(step, listed, e)
+        return path
+
+    def _list(self, step: int, listed: list[int]) -> None:
+        """The chief's last act of a save: ``ckpt-STEP`` goes into the state file, then the
+        checkpoints beyond ``max_to_keep`` are deleted, oldest first."""
         kept = [s for s in listed if s != step]
         kept.append(step)
         drop = kept[:-self.max_to_keep] if self.max_to_keep and len(kept) > self.max_to_keep \
             else []
         kept = kept[len(drop):]
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            path = store.write(self._path(step), step, data_examples, data_pipelines)
-            _write_state(self.directory, path, [self._path(s) for s in kept])
-        except store.storage_errors() as e:
-            if step not in listed:  # a partial ckpt-STEP never stays behind
-                store.delete(self._path(step))
-            raise StorageError.from_os_error(e, self.model_dir) from None
+        _write_state(self.directory, self._path(step), [self._path(s) for s in kept])
         self._kept = kept
         for old in drop:
-            store.delete(self._path(old))
-        return path
+            self._store.delete(self._path(old))
+
+    def _failed(self, step: int, listed: list[int], error: BaseException):
+        if self.is_chief and step not in listed:  # a partial ckpt-STEP never stays behind
+            self._store.delete(self._path(step))
+        raise StorageError.from_os_error(error, self.model_dir) from None
+
+    def poll(self) -> None:
+        """Lists an asynchronous save whose files are complete; never blocks (at most one look
+        at the file system a second)."""
+        if self._pending is None:
+            return
+        now = time.monotonic()
+        if now - self._polled < 1.0:
+            return
+        self._polled = now
+        if self._store.committed():
+            self.wait()
+
+    def wait(self) -> None:
+        """Blocks until an asynchronous save is complete and listed (StorageError if it
+        failed)."""
+        if self._pending is None:
+            return
+        (step, listed), self._pending = self._pending, None
+        store = self._store
+        try:
+            store.wait()
+            if self.is_chief:
+                self._list(step, listed)
+        except store.storage_errors() as e:
+            self._failed(step, listed, e)
 
     def remove_orphans(self) -> list[str]:
         """Deletes what killed saves leave behind (``ckpt-N_temp*``, ``ckpt-N_old-*`` of a
-        replaced damaged checkpoint, ``checkpoint.tmp*``).
-        Only call it while holding the model directory's lock."""
+        replaced damaged checkpoint, Orbax's ``ckpt-N.orbax-checkpoint-tmp*``,
+        ``checkpoint.tmp*``). Only call it while holding the model directory's lock."""
         removed = []
         if not self.is_chief or not os.path.isdir(self.directory):
             return removed
         for name in os.listdir(self.directory):
             full = os.path.join(self.directory, name)
             if (re.fullmatch(rf"{_NAME}-\d+_(temp|old-).*", name)
+                    or re.fullmatch(rf"{_NAME}-\d+{re.escape(checkpoint_orbax.TMP_SUFFIX)}.*",
+                                    name)
                     or name.startswith(CHECKPOINT_STATE_FILE + ".tmp")):
                 if os.path.isdir(full):
                     shutil.rmtree(full, ignore_errors=True)
@@ -283,7 +422,15 @@ class CheckpointKeeper:
                 removed.append(name)
         return removed
 
-    def close(self):
+    def close(self) -> None:
+        """Finishes a pending asynchronous save (a failure is logged: close runs on the way out
+        of a run that may be failing already) and releases the stores."""
+        try:
+            self.wait()
+        except StorageError as e:
+            self._log(f"warning: the last checkpoint was not completed ({e})")
+        for store in self._stores.values():
+            store.close()
         if not self.is_chief and self.format == "tf":
             shutil.rmtree(self._write_dir, ignore_errors=True)
 
@@ -346,7 +493,8 @@ def read_state_steps(model_dir: str) -> list[int] | None:
 
 
 def steps_on_disk(model_dir: str) -> list[int]:
-    """Steps with a ``ckpt-N.index`` file or a ``ckpt-N/manifest.json``, oldest first."""
+    """Steps with a ``ckpt-N.index`` file, a ``ckpt-N/manifest.json`` or an Orbax
+    ``ckpt-N/manifest/``, oldest first."""
     directory = checkpoint_dir(model_dir)
     if not os.path.isdir(directory):
         return []
@@ -357,7 +505,7 @@ def steps_on_disk(model_dir: str) -> list[int]:
             steps.add(int(m.group(1)))
             continue
         m = re.fullmatch(rf"{_NAME}-(\d+)", n)
-        if m and is_arrays_checkpoint(os.path.join(directory, n)):
+        if m and checkpoint_exists(os.path.join(directory, n)):
             steps.add(int(m.group(1)))
     return sorted(steps)
 
@@ -393,9 +541,25 @@ def read_model_arrays(path: str, keys=None) -> dict:
     same tensors on JAX and the other way round. (Restoring a TensorFlow checkpoint through
     ``tf.train.Checkpoint`` on the JAX backend matched no variable -- Keras' JAX variables are
     not TensorFlow trackables -- and silently kept the initial values.)"""
+    if is_orbax_checkpoint(path):
+        arrays = checkpoint_orbax.read_model_arrays(path, keys)
+        step = checkpoint_orbax.read_position(path)[0]
+        if step != checkpoint_step(path):
+            raise CorruptCheckpoint(f"{path}: holds step {step}, expected "
+                                    f"{checkpoint_step(path)} (corrupt)")
+        return arrays
     if is_arrays_checkpoint(path):
         return checkpoint_arrays.read_model_arrays(path, keys)
     return checkpoint_tf.read_model_arrays(path, keys, expected_step=checkpoint_step(path))
+
+
+def read_checkpoint_arrays(path: str) -> dict:
+    """Every array of a JAX-format checkpoint (arrays or orbax) as numpy, keyed
+    ``model/<Keras path>`` / ``optimizer/<Keras path>``, each checked (sha256 / fingerprint);
+    for tests and tools that compare whole states."""
+    if is_orbax_checkpoint(path):
+        return checkpoint_orbax.read_arrays(path)
+    return load_arrays(path)
 
 
 def restore_model_weights(model, model_dir: str, checkpoint=None) -> str:
