@@ -165,6 +165,12 @@ def test_sigkill_of_one_process_ends_the_other_with_exit_4_and_the_rerun_resumes
 
     run = Run(tmp_path / "run", cache)
     run.wait_for_step(6)
+    # Orbax saves asynchronously: a checkpoint is listed once its files are complete (ckpt-4 at
+    # the latest when the save of ckpt-8 starts); kill once one is, so that there is one to
+    # resume from (a kill before that resumes from the previous listed one, here none).
+    deadline = time.time() + 60
+    while not all_checkpoint_steps(str(run.model_dir)) and time.time() < deadline:
+        time.sleep(0.05)
     run.procs[victim].send_signal(signal.SIGKILL)
     killed_at = time.time()
     survivor = 1 - victim

@@ -374,12 +374,12 @@ class CheckpointKeeper:
         raise StorageError.from_os_error(error, self.model_dir) from None
 
     def poll(self) -> None:
-        """Lists an asynchronous save whose files are complete; never blocks (at most one look
-        at the file system a second)."""
+        """Lists an asynchronous save whose files are complete; never blocks (at most four
+        looks at the file system a second)."""
         if self._pending is None:
             return
         now = time.monotonic()
-        if now - self._polled < 1.0:
+        if now - self._polled < 0.25:
             return
         self._polled = now
         if self._store.committed():
