@@ -83,8 +83,15 @@ def choose_format(model_dir: str, requested: str, backend: str, log=None) -> str
     if requested not in FORMAT_CHOICES:
         raise ConfigError(f"training.checkpoint_format = {requested!r}: use one of "
                           f"{', '.join(FORMAT_CHOICES)}")
+    latest = latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+    kind = checkpoint_format_of(latest) if latest else None
     if backend == "tensorflow":
         if requested in JAX_FORMATS:
+            if kind in JAX_FORMATS:  # a JAX run's recorded config: say what the directory is
+                raise CheckpointError(
+                    f"{latest}: a JAX-backend ({kind}) checkpoint; resume it with "
+                    "KERAS_BACKEND=jax, or start a new --model-dir with model.init_from set to "
+                    "this directory")
             raise ConfigError(f"training.checkpoint_format = {requested!r} is a JAX-backend "
                               "format; on TensorFlow use auto or tf (or set KERAS_BACKEND=jax)")
         return "tf"
@@ -92,8 +99,6 @@ def choose_format(model_dir: str, requested: str, backend: str, log=None) -> str
         raise ConfigError("training.checkpoint_format = 'tf' needs the TensorFlow backend; on "
                           "JAX use auto, orbax or arrays")
     if requested == "auto":
-        latest = latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
-        kind = checkpoint_format_of(latest) if latest else None
         if kind in JAX_FORMATS:
             return kind
         requested = "orbax"
