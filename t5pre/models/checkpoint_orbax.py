@@ -178,43 +178,38 @@ def _fingerprint_fn():
             stride *= x.shape[d]
         return jnp.sum(_mix(words_of(x), index, jnp.uint32), dtype=jnp.uint32)
 
-    def fingerprints(xs):
-        return jnp.stack([fingerprint(x) for x in xs])
-
-    return fingerprints
+    return fingerprint
 
 
 def fingerprints_jax(arrays) -> list:
-    """The fingerprints of JAX arrays, computed where they live (sharded arrays included: the
-    result is a replicated vector, so no host gathers anything); None where not covered.
+    """The fingerprints of JAX arrays, computed where they live (sharded arrays included: each
+    result is a replicated scalar, so no host gathers anything); None where not covered.
 
-    One jitted program per set of devices, waited for before the next: XLA's CPU client can
-    deadlock when several programs with collectives run at once."""
+    One small jitted program per array (compiled once per shape), each waited for before the
+    next: XLA's CPU client can deadlock when several programs with collectives run at once, and
+    on 2 CPU cores this measured 2x faster than one program over all arrays, and 3.5x faster
+    to compile (``base`` + AdamW, 595 arrays of 10 shapes: 1.2 s against 2.7 s; 2.2 s against
+    7.9 s the first time)."""
     import jax
     import numpy as np
 
     if "fn" not in _JITTED:
         _JITTED["fn"] = _fingerprint_fn()
-    results = [None] * len(arrays)
-    groups = {}
-    for i, x in enumerate(arrays):
+    results = []
+    for x in arrays:
         if np.dtype(x.dtype).itemsize not in (1, 2, 4):
+            results.append(None)
             continue
         sharding = x.sharding
-        groups.setdefault(frozenset(sharding.device_set), []).append(i)
-    for indices in groups.values():
-        first = arrays[indices[0]].sharding
-        mesh = getattr(first, "mesh", None)
+        mesh = getattr(sharding, "mesh", None)
         out = None
-        if mesh is not None and hasattr(first, "spec"):
+        if mesh is not None and hasattr(sharding, "spec"):
             out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         key = ("jit", out)
         if key not in _JITTED:
             _JITTED[key] = jax.jit(_JITTED["fn"], out_shardings=out)
-        vector = _JITTED[key]([arrays[i] for i in indices])
-        values = np.asarray(vector.addressable_shards[0].data)
-        for i, value in zip(indices, values):
-            results[i] = int(value)
+        value = _JITTED[key](x)
+        results.append(int(np.asarray(value.addressable_shards[0].data)))
     return results
 
 
