@@ -261,7 +261,11 @@ class Trainer:
             **self._checkpoint_format())
 
     def _checkpoint_format(self) -> dict:
-        fmt = getattr(self.backend, "checkpoint_format", "tf")
+        """``training.checkpoint_format`` resolved for the backend and the directory
+        (:func:`t5pre.models.checkpoints.choose_format`)."""
+        backend = "jax" if getattr(self.backend, "name", "") == "jax" else "tensorflow"
+        fmt = checkpoints.choose_format(self.model_dir, self.config.training.checkpoint_format,
+                                        backend, log=self.log)
         return {} if fmt == "tf" else {"format": fmt}
 
     # ---------------------------------------------------------------------------- helpers
@@ -479,8 +483,10 @@ class Trainer:
                 self._step(run, batches, train_step, profiler)
                 self._maybe_log(run)
                 self._maybe_checkpoint(run)
+                self.keeper.poll()  # lists an asynchronous save once its files are complete
                 self._maybe_evaluate(run)
                 self._maybe_stop(run, stop)
+            self.keeper.wait()  # the last checkpoint listed before the run says done
         finally:
             stop.__exit__(None, None, None)
             profiler.stop()
@@ -578,6 +584,7 @@ class Trainer:
         # takes part in the save; the chief's copy is kept.
         if run.saved_step != run.step and not run.bad_streak:
             self._save(run)
+        self.keeper.wait()  # listed before the message names it
         run.writer.flush()
         message = (f"{stop.describe()}: stopped at step {run.step}; checkpoint saved to "
                    f"{run.last_ckpt}; re-run the same command to resume")
