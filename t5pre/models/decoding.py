@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from keras.tree import map_structure as tree_map
 
 from t5pre.errors import ConfigError
 
@@ -109,9 +110,9 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
     k = beam_size
     batch = ops.shape(encoder_token_ids)[0]
     encoder_outputs = model.encode(encoder_token_ids, encoder_padding_mask)
-    # Cross keys/values per example, then one copy per beam (beams of an example are adjacent).
-    cross_kv = ops.repeat(model.cross_key_values(encoder_outputs), k, axis=1)
-    beam_mask = ops.repeat(encoder_padding_mask, k, axis=0)
+    # Cross keys/values once per example: the decoder step attends from all K beams of an
+    # example at once (beams of an example are adjacent rows of the self-attention cache).
+    cross_kv = model.cross_key_values(encoder_outputs)
     cache = model.init_cache(batch * k, max_length)
     first_beam_only = ops.concatenate(
         [ops.zeros((1,), "float32"), ops.full((k - 1,), NEG_INF, "float32")]
@@ -134,7 +135,8 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
         return ops.logical_and(i < max_length, undecided)
 
     def body(i, previous, alive_seq, alive_logp, finished_seq, finished_score, cache):
-        logits, cache = model.decode_step(previous, i, cache, cross_kv, beam_mask)
+        logits, cache = model.decode_step(previous, i, cache, cross_kv, encoder_padding_mask,
+                                          beams=k)
         vocab = ops.shape(logits)[-1]
         log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocab))
         candidates = ops.reshape(log_probs + alive_logp[:, :, None], (batch, k * vocab))
@@ -150,7 +152,7 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
         kept_source = gather_beams(source_beam, keep)
         previous = ops.reshape(gather_beams(token, keep), (batch * k,))
         flat_source = ops.reshape(ops.arange(batch)[:, None] * k + kept_source, (-1,))
-        cache = ops.take(cache, flat_source, axis=1)
+        cache = tree_map(lambda c: ops.take(c, flat_source, axis=0), cache)
 
         # Finished: merge the candidates that just ended into the K best so far.
         ended_score = ops.where(ends, top_logp / _length_penalty(i + 1, alpha), NEG_INF)
