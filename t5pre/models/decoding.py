@@ -39,7 +39,10 @@ def _stateless_uniform(shape, seed, step):
         import tensorflow as tf
 
         seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
-        return tf.random.stateless_uniform(shape, seed=seeds, minval=1e-12, maxval=1.0)
+        # Philox named: the default ("auto-select") may pick another generator under XLA, and
+        # then a compiled decoder would draw other samples than a graph with the same seed.
+        return tf.random.stateless_uniform(shape, seed=seeds, minval=1e-12, maxval=1.0,
+                                           alg="philox")
     if backend == "jax":
         import jax
 
@@ -70,6 +73,12 @@ def _write(tokens, index, values):
     return ops.where(at, ops.expand_dims(values, -1), tokens)
 
 
+def _empty_rows(encoder_padding_mask):
+    """Rows without a single input token (bool [B]): padding rows added to fill a batch
+    bucket. They decode to nothing (all pad, score 0) and never keep the loop running."""
+    return ops.logical_not(ops.any(ops.cast(encoder_padding_mask, "bool"), axis=-1))
+
+
 def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length, sample, top_k,
                       top_p, temperature, seed, eos_id):
     batch = ops.shape(encoder_token_ids)[0]
@@ -78,7 +87,7 @@ def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length
     cache = model.init_cache(batch, max_length)
     tokens = ops.zeros((batch, max_length), dtype="int32")
     previous = ops.full((batch,), PAD_ID, dtype="int32")
-    finished = ops.zeros((batch,), dtype="bool")
+    finished = _empty_rows(encoder_padding_mask)
     scores = ops.zeros((batch,), dtype="float32")
 
     def cond(i, previous, tokens, cache, finished, scores):
@@ -120,7 +129,10 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
     alive_seq = ops.zeros((batch, k, max_length), dtype="int32")
     alive_logp = ops.tile(first_beam_only[None, :], (batch, 1))
     finished_seq = ops.zeros((batch, k, max_length), dtype="int32")
-    finished_score = ops.full((batch, k), NEG_INF, dtype="float32")
+    # An empty row starts with K finished (empty) hypotheses of score 0: no alive beam can
+    # beat them, so it is decided from the start and decodes to nothing.
+    finished_score = ops.where(_empty_rows(encoder_padding_mask)[:, None], 0.0,
+                               ops.full((batch, k), NEG_INF, dtype="float32"))
     previous = ops.full((batch * k,), PAD_ID, dtype="int32")
     best_possible_factor = _length_penalty(max_length, alpha)
 
@@ -181,7 +193,9 @@ def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, m
     """Decode a batch of encoder inputs -> (tokens int32 [B, max_length], scores float32 [B]).
 
     `method`: "greedy", "sample" (with `top_k`, `top_p`, `temperature`, `seed`) or "beam"
-    (`beam_size`, length-penalty `alpha`). Traceable: wrap in `tf.function` / `jax.jit`.
+    (`beam_size`, length-penalty `alpha`). Traceable: wrap in `tf.function` (with or without
+    `jit_compile`) / `jax.jit`; `compile_decoder` does. A row whose padding mask is all zero
+    (no input at all: batch padding) gives all-pad tokens and score 0.
     """
     if method not in METHODS:
         raise ConfigError(f"decoding method must be one of {list(METHODS)}, got {method!r}")
@@ -203,40 +217,112 @@ def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, m
                              method == "sample", top_k, top_p, temperature, seed, eos_id)
 
 
-def compile_decoder(model, settings):
-    """`decode` with `settings` (a `DecodeSettings`, lengths resolved) fixed, compiled for the
-    backend: `tf.function` on TensorFlow (`reduce_retracing` keeps batches of different widths to
-    one trace), `jax.jit` on JAX (one compile per batch shape). Returns `run(ids, mask) ->
-    (tokens, scores)`.
+#: Compiled decoders pad a batch to `padded_batch_size(rows)` rows and
+#: `padded_width(tokens)` encoder tokens, so that an XLA program, compiled once per shape,
+#: is compiled for a few shapes only (batch: powers of two; width: powers of two and their
+#: midpoints, 8 at least). Padding rows have an all-zero mask and padding tokens are masked,
+#: so they change no result.
+MIN_PADDED_WIDTH = 8
 
-    Kept on the model per setting, so repeated calls (every evaluation of a fine-tuning run, every
-    batch of a file) reuse one trace. A `tf.function` reads the variables when it runs; a jitted
-    function captures their values, so on JAX it is rebuilt once the weights have changed.
+
+def padded_batch_size(rows: int) -> int:
+    size = 1
+    while size < rows:
+        size *= 2
+    return size
+
+
+def padded_width(tokens: int) -> int:
+    size = padded_batch_size(max(int(tokens), MIN_PADDED_WIDTH))
+    return 3 * size // 4 if size >= 16 and 3 * size // 4 >= tokens else size
+
+
+def padded_sizes(limit: int, padding) -> list:
+    """Every size `padding` (`padded_batch_size` / `padded_width`) gives up to `limit` rows or
+    tokens, ascending (for the in-graph padding of the serving SavedModel)."""
+    sizes, n = [], 1
+    while not sizes or sizes[-1] < limit:
+        size = padding(n)
+        if not sizes or size > sizes[-1]:
+            sizes.append(size)
+        n = size + 1
+    return sizes
+
+
+def compile_decoder(model, settings, eos_id=EOS_ID):
+    """`decode` with `settings` (a `DecodeSettings`, lengths resolved) fixed, compiled for the
+    backend. Returns `run(ids, mask) -> (tokens, scores)` (numpy in, numpy out). `eos_id` is the
+    vocabulary's (-1: never stop, as benchmarks/decode.py runs it).
+
+    TensorFlow, `settings.xla` (the default): the whole decode (encoder, loop, cache updates)
+    is one XLA program, `tf.function(jit_compile=True)`; XLA compiles it once per input shape,
+    so batches are padded to a few shapes (`padded_batch_size`, `padded_width`) and the
+    padding rows are cut from the result. `xla=False`: a plain `tf.function` graph
+    (`reduce_retracing` keeps batches of different widths to one trace, no padding).
+    JAX: `jax.jit`, always XLA, padded likewise; the weights are arguments of the jitted
+    function (`keras.StatelessScope`), so new weights (fine-tuning's periodic evaluation)
+    reuse the compiled program.
+
+    Kept on the model per setting, so repeated calls (every evaluation of a fine-tuning run,
+    every batch of a file) reuse one trace and its compiled shapes.
     """
-    kwargs = settings.decode_kwargs()
-    key = tuple(sorted(kwargs.items()))
+    kwargs = {**settings.decode_kwargs(), "eos_id": int(eos_id)}
     backend = keras.backend.backend()
-    weights = _weights_version(model) if backend == "jax" else None
+    xla = bool(settings.xla) or backend == "jax"
+    key = (tuple(sorted(kwargs.items())), xla)
     cache = model.__dict__.setdefault("_t5pre_decoders", {})
-    if key not in cache or cache[key][0] != weights:
+    if key not in cache:
         def run(ids, mask):
             return decode(model, ids, mask, **kwargs)
 
         if backend == "tensorflow":
             import tensorflow as tf
 
-            run = tf.function(run, reduce_retracing=True)
+            compiled = tf.function(run, reduce_retracing=True, jit_compile=xla)
         elif backend == "jax":
             import jax
 
-            run = jax.jit(run)
-        cache[key] = (weights, run)
-    return cache[key][1]
+            variables = list(model.variables)
+
+            def stateless(values, ids, mask):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return run(ids, mask)
+
+            jitted = jax.jit(stateless)
+
+            def compiled(ids, mask):
+                return jitted([v.value for v in variables], ids, mask)
+        else:
+            compiled = run
+        cache[key] = _padded(compiled) if xla else _as_numpy(compiled)
+    return cache[key]
 
 
-def _weights_version(model) -> tuple:
-    """Changes whenever a variable is assigned (JAX arrays are immutable: assigning replaces it)."""
-    return tuple(id(v.value) for v in model.variables)
+def _as_numpy(fn):
+    import numpy as np
+
+    def run(ids, mask):
+        tokens, scores = fn(ids, mask)
+        return np.asarray(tokens), np.asarray(scores)
+
+    return run
+
+
+def _padded(fn):
+    """`fn` on inputs padded to `padded_batch_size` x `padded_width`, padding rows cut off."""
+    import numpy as np
+
+    def run(ids, mask):
+        ids, mask = np.asarray(ids, "int32"), np.asarray(mask, "int32")
+        rows, width = ids.shape
+        shape = (padded_batch_size(rows), padded_width(width))
+        if shape != ids.shape:
+            ids = np.pad(ids, [(0, shape[0] - rows), (0, shape[1] - width)])
+            mask = np.pad(mask, [(0, shape[0] - rows), (0, shape[1] - width)])
+        tokens, scores = fn(ids, mask)
+        return np.asarray(tokens)[:rows], np.asarray(scores)[:rows]
+
+    return run
 
 
 def uncached_greedy(model, encoder_token_ids, encoder_padding_mask, max_length, eos_id=EOS_ID):
