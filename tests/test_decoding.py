@@ -274,6 +274,33 @@ def test_compiled_decoder_gives_the_reference_tokens(eos_model, method):
         np.testing.assert_array_equal(alone, reference[1:2])
 
 
+def test_compiled_sampling_does_not_depend_on_the_padding(eos_model):
+    """A sample is drawn per row and step, so padding the batch changes no row's samples:
+    `compile_decoder` (batch padded to 8 rows) draws what `decode` draws, compiled the same way
+    (TensorFlow's XLA draws other numbers than its graph kernels for a seed: both are checked
+    against their own kind)."""
+    import keras
+
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.decoding import compile_decoder, decode
+
+    ids, mask = eos_batch()
+    kwargs = dict(max_length=8, method="sample", top_k=20, temperature=1.5, seed=7)
+    references = {False: decode(eos_model, ids, mask, **kwargs)[0]}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(lambda i, m: decode(eos_model, i, m, **kwargs), jit_compile=True)
+        references[True] = compiled(tf.constant(ids), tf.constant(mask))[0]
+    else:
+        references[True] = references[False]  # JAX: one generator, compiled or not
+    for xla, reference in references.items():
+        settings = DecodeSettings(sample=True, top_k=20, temperature=1.5, seed=7,
+                                  max_decode_length=8, max_input_length=8, xla=xla)
+        tokens, _ = compile_decoder(eos_model, settings)(ids, mask)
+        np.testing.assert_array_equal(tokens, np.asarray(reference))
+
+
 def test_empty_rows_decode_to_nothing(model, batch):
     from t5pre.models.decoding import decode
 

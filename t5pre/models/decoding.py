@@ -4,6 +4,10 @@ The encoder runs once; each decoder layer's cross-attention keys/values are comp
 self-attention key/value cache is preallocated at `max_length` and written one position per step
 (`T5Model.decode_step`). Every shape is static and the loop is `keras.ops.while_loop`, so the
 same code traces inside `tf.function` (and a SavedModel export) on TensorFlow and jits on JAX.
+`compile_decoder` (what predict, evaluate and fine-tuning's evaluation run) compiles the whole
+decode, loop included, into one XLA program on either backend (`DecodeSettings.xla`): with tiny
+ops per step, a graph executor's per-op cost dominated a TensorFlow-graph decode (its CPU time
+equalled its wall time on 2 cores); benchmarks/decode.py prints where the time goes.
 
 Output convention (all methods): int32 tokens `[B, max_length]` holding the generated ids after
 the start token (pad id 0), EOS included, pad after EOS; a row that never emits EOS runs to
@@ -39,10 +43,10 @@ def _stateless_uniform(shape, seed, step):
         import tensorflow as tf
 
         seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
-        # Philox named: the default ("auto-select") may pick another generator under XLA, and
-        # then a compiled decoder would draw other samples than a graph with the same seed.
-        return tf.random.stateless_uniform(shape, seed=seeds, minval=1e-12, maxval=1.0,
-                                           alg="philox")
+        # Under XLA this draws other numbers than TensorFlow's kernel for the same seed (even
+        # with the algorithm named): an XLA-compiled decoder samples reproducibly, but not the
+        # tokens of the plain graph.
+        return tf.random.stateless_uniform(shape, seed=seeds, minval=1e-12, maxval=1.0)
     if backend == "jax":
         import jax
 
