@@ -1,43 +1,55 @@
-"""Decoding throughput: t5pre (cached and uncached, Keras/TF) against Hugging Face `generate`.
+"""Decoding speed: t5pre's compiled decoder against Hugging Face `generate`, same weights.
 
 One random T5 (dimensions from a t5pre size config) is created in Hugging Face transformers,
 saved to a temporary directory and converted with `t5pre.models.from_hf`, so both sides decode
-with *the same weights* and, for greedy, should emit the same tokens (the match rate is printed;
-float round-off can flip a near-tie and make a row diverge after that point).
+with *the same weights* and should emit the same tokens (the match rate is printed; float
+round-off can flip a near-tie and make a row diverge after that point).
 
 Every contender generates exactly `--new-tokens` tokens per example: EOS is disabled on both
 sides (t5pre `eos_id=-1`; HF `eos_token_id=None`), so the token counts, and the work, match.
 tokens/s = batch * new tokens / seconds (output tokens, not beams x tokens).
 
-Contenders:
+Contenders, per method (greedy, beam) and batch size:
 
-* ``t5pre cached``: `t5pre.models.decoding.decode` (encoder once, cross keys/values once,
-  preallocated self-attention cache, `while_loop`) inside one `tf.function`.
-* ``t5pre uncached``: the same loop without a cache, written here: encoder once, then at every
-  step the full teacher-forced decoder over a fixed-length token buffer (`T5Model.decode`),
-  reading the logits at the current position. Static shapes, one trace. Greedy only.
-* ``t5pre uncached eager`` (``--eager-uncached``): `decoding.uncached_greedy`, the model's own
-  eager reference (whole model per step, prefix growing); slow, for reference.
+* ``t5pre``: what `t5pre predict` / `evaluate` run, `t5pre.models.decoding.compile_decoder`
+  with the default `DecodeSettings` (the whole decode one XLA program: `tf.function(jit_compile=
+  True)` on TensorFlow, `jax.jit` on JAX), numpy in, numpy out.
+* ``t5pre graph`` (TensorFlow, `--graph`, on by default): the same with `xla=False`, the loop as
+  a plain `tf.function` graph (t5pre's decoding before 2026-12-04).
+* ``t5pre uncached`` (TensorFlow, `--uncached`): greedy without a cache, written here: encoder
+  once, then at every step the full teacher-forced decoder over a fixed-length token buffer.
 * ``HF generate``: `T5ForConditionalGeneration.generate(num_beams=1|K, do_sample=False,
   use_cache=True, max_new_tokens=min_new_tokens=N)` in PyTorch, under `torch.inference_mode`.
 
-Beam search: t5pre runs T5/t5x-style beam search (2K candidates, length penalty alpha=0.6);
-HF's `generate(num_beams=K)` has the same structure (2K candidates); the tokens need not match.
+Where the time goes (`--breakdown`, on by default): the encoder alone (t5pre: encoder and the
+cross-attention keys/values, compiled like the decoder; HF: `model.encoder`) and a decode of one
+new token, timed in the same windows; per step = (full decode - one-token decode) / (N - 1).
+`cores` = process CPU time / wall time: how many cores a contender kept busy.
 
-Threads and timing as in `train_step.py`: same thread count for TF and torch, contenders
-interleaved window by window, median of windows.
+Beam search: t5pre runs T5/t5x-style beam search (2K candidates, length penalty alpha=0.6);
+HF's `generate(num_beams=K)` has the same structure (2K candidates).
+
+Threads: `--threads 1,2` runs one child process per thread count (TensorFlow's thread pools are
+fixed once it starts); in each, TF intra- and inter-op pools (which XLA's compiled code uses
+too) and torch's threads are set to N; on JAX, XLA's Eigen pool is single-threaded for N = 1
+(`--xla_cpu_multi_thread_eigen=false`). `--backend tensorflow,jax` likewise runs a child per
+Keras backend. Contenders are interleaved window by window (order flipped every window) and
+each figure is the median of the windows; a summary table of all children ends the run.
 
 Usage::
 
-    python benchmarks/decode.py                       # tiny, batch 8, 128 inputs, 32 new tokens
+    python benchmarks/decode.py --onednn on --windows 5     # tiny, batch 8, 128 inputs, 32 new
+    python benchmarks/decode.py --onednn on --threads 1,2 --batch 1,8,32 --backend tensorflow,jax
     python benchmarks/decode.py --size small --batch 4 --new-tokens 16 --methods greedy
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +59,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import default_threads, print_table, set_threads, timed  # noqa: E402
+from train_step import default_threads, set_threads, timed  # noqa: E402
+
+
+def _ints(text):
+    return [int(x) for x in str(text).split(",") if x.strip()]
 
 
 def parse_args(argv=None):
@@ -56,21 +72,28 @@ def parse_args(argv=None):
     p.add_argument("--size", default="tiny")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="embedding rows (default: the config's; 4224 when it is null)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=_ints, default=[8], help="comma list of batch sizes")
     p.add_argument("--inputs-length", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--methods", default="greedy,beam", help="comma list of greedy, beam")
-    p.add_argument("--no-uncached", action="store_true", help="skip the t5pre uncached loop")
-    p.add_argument("--eager-uncached", action="store_true",
-                   help="also time decoding.uncached_greedy (eager; slow)")
+    p.add_argument("--backend", default=None,
+                   help="comma list of Keras backends, tensorflow and/or jax (default: "
+                        "KERAS_BACKEND, else tensorflow)")
+    p.add_argument("--no-graph", dest="graph", action="store_false",
+                   help="skip the t5pre graph (xla=False) contender")
+    p.add_argument("--uncached", action="store_true", help="also time the uncached greedy loop")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                   help="skip the encoder-only and one-token contenders")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1, help="decodes per timed window")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_ints, default=None,
+                   help="comma list (default: all cores, 1 when the machine is already busy)")
     p.add_argument("--onednn", choices=["default", "on", "off"], default="default",
                    help="set TF_ENABLE_ONEDNN_OPTS=1/0 before TensorFlow is imported")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", default=None, help=argparse.SUPPRESS)  # a child's results
     return p.parse_args(argv)
 
 
@@ -112,38 +135,73 @@ def build_models(args):
     return config, hf, model
 
 
-def random_inputs(config, args):
+def random_inputs(config, args, batch):
     rng = np.random.default_rng(args.seed)
-    ids = rng.integers(2, config.vocab_size, size=(args.batch, args.inputs_length), dtype=np.int32)
+    ids = rng.integers(2, config.vocab_size, size=(batch, args.inputs_length), dtype=np.int32)
     return ids, np.ones_like(ids)
+
+
+def compiled(model, fn):
+    """`fn(ids, mask)` compiled as `compile_decoder` compiles decoding (XLA; on JAX with the
+    weights as arguments), numpy out."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        variables = list(model.variables)
+
+        def stateless(values, ids, mask):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(ids, mask)
+
+        jitted = jax.jit(stateless)
+        return lambda ids, mask: jax.tree.map(
+            np.asarray, jitted([v.value for v in variables], ids, mask))
+    import tensorflow as tf
+
+    function = tf.function(fn, jit_compile=True)
+    return lambda ids, mask: tf.nest.map_structure(np.asarray, function(ids, mask))
 
 
 # -- contenders -------------------------------------------------------------------------------------
 
-class T5preCached:
-    def __init__(self, model, ids, mask, method, new_tokens, beam_size):
-        import tensorflow as tf
+class T5preDecoder:
+    """`compile_decoder` as `t5pre predict` runs it (EOS disabled)."""
 
-        from t5pre.models.decoding import decode
+    def __init__(self, name, model, ids, mask, method, new_tokens, beam_size, xla=True):
+        from t5pre.models.decode_settings import DecodeSettings
+        from t5pre.models.decoding import compile_decoder
 
-        self.name = f"t5pre cached {method}"
-        self._fn = tf.function(lambda i, m: decode(
-            model, i, m, max_length=new_tokens, method=method, beam_size=beam_size, eos_id=-1))
-        self._args = (tf.constant(ids), tf.constant(mask))
+        self.name = name
+        settings = DecodeSettings(beam_size=beam_size if method == "beam" else 1,
+                                  max_decode_length=new_tokens, max_input_length=ids.shape[1],
+                                  xla=xla)
+        self._run = compile_decoder(model, settings, eos_id=-1)
+        self._args = (ids, mask)
 
     def __call__(self):
-        tokens, _ = self._fn(*self._args)
-        return np.asarray(tokens)
+        return self._run(*self._args)[0]
+
+
+class T5preEncoder:
+    def __init__(self, name, model, ids, mask):
+        self.name = name
+        self._run = compiled(model, lambda i, m: model.cross_key_values(model.encode(i, m)))
+        self._args = (ids, mask)
+
+    def __call__(self):
+        return self._run(*self._args)
 
 
 class T5preUncached:
     """Greedy without a cache: one full decoder pass over a fixed-length buffer per new token."""
 
-    def __init__(self, model, ids, mask, new_tokens):
+    def __init__(self, name, model, ids, mask, new_tokens):
         import tensorflow as tf
         from keras import ops
 
-        self.name = "t5pre uncached greedy"
+        self.name = name
         length = new_tokens
 
         def run(ids, mask):
@@ -171,22 +229,11 @@ class T5preUncached:
         return np.asarray(self._fn(*self._args))
 
 
-class T5preEagerUncached:
-    def __init__(self, model, ids, mask, new_tokens):
-        from t5pre.models.decoding import uncached_greedy
-
-        self.name = "t5pre uncached eager greedy"
-        self._run = lambda: uncached_greedy(model, ids, mask, new_tokens, eos_id=-1)
-
-    def __call__(self):
-        return self._run()
-
-
 class HFGenerate:
-    def __init__(self, hf, ids, mask, method, new_tokens, beam_size):
+    def __init__(self, name, hf, ids, mask, method, new_tokens, beam_size):
         import torch
 
-        self.name = f"HF generate {method}"
+        self.name = name
         self._torch = torch
         self._hf = hf
         self._inputs = dict(input_ids=torch.from_numpy(ids.astype(np.int64)),
@@ -204,64 +251,204 @@ class HFGenerate:
         return out[:, 1:].numpy()  # drop the start token
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.onednn != "default":
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
-    if args.threads is None:
-        args.threads = default_threads()
-    set_threads(args.threads)
+class HFEncoder:
+    def __init__(self, name, hf, ids, mask):
+        import torch
+
+        self.name = name
+        self._torch = torch
+        self._hf = hf
+        self._inputs = dict(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                            attention_mask=torch.from_numpy(mask.astype(np.int64)))
+
+    def __call__(self):
+        with self._torch.inference_mode():
+            return self._hf.encoder(**self._inputs).last_hidden_state.numpy()
+
+
+# -- one process: one backend, one thread count -----------------------------------------------------
+
+def contenders_for(args, backend, config, hf, model, method, batch):
+    """(main contenders, breakdown contenders) of one method and batch size."""
+    ids, mask = random_inputs(config, args, batch)
+    k, n = args.beam_size, args.new_tokens
+    tag = f"{method} b{batch}"
+    main = [T5preDecoder(f"t5pre {tag}", model, ids, mask, method, n, k)]
+    if args.graph and backend == "tensorflow":
+        main.append(T5preDecoder(f"t5pre graph {tag}", model, ids, mask, method, n, k, xla=False))
+    if args.uncached and method == "greedy" and backend == "tensorflow":
+        main.append(T5preUncached(f"t5pre uncached {tag}", model, ids, mask, n))
+    if not args.no_hf:
+        main.append(HFGenerate(f"HF generate {tag}", hf, ids, mask, method, n, k))
+    breakdown = []
+    if args.breakdown and n > 1:
+        breakdown.append(T5preDecoder(f"t5pre 1 token {tag}", model, ids, mask, method, 1, k))
+        if not args.no_hf:
+            breakdown.append(HFGenerate(f"HF generate 1 token {tag}", hf, ids, mask, method, 1, k))
+        if method == methods_of(args)[0]:  # the encoder does not depend on the method
+            breakdown.append(T5preEncoder(f"t5pre encoder b{batch}", model, ids, mask))
+            if not args.no_hf:
+                breakdown.append(HFEncoder(f"HF encoder b{batch}", hf, ids, mask))
+    return main, breakdown
+
+
+def methods_of(args):
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        if method not in ("greedy", "beam"):
+            raise SystemExit(f"unknown method {method!r}")
+    return methods
+
+
+def run_one(args, backend, threads):
+    """Time every contender of this process; returns the result rows (and prints tables)."""
+    set_threads(threads)
     import transformers
 
     transformers.logging.set_verbosity_error()
     config, hf, model = build_models(args)
-    ids, mask = random_inputs(config, args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    contenders = []
-    for method in methods:
-        if method not in ("greedy", "beam"):
-            raise SystemExit(f"unknown method {method!r}")
-        contenders.append(T5preCached(model, ids, mask, method, args.new_tokens, args.beam_size))
-        if method == "greedy" and not args.no_uncached:
-            contenders.append(T5preUncached(model, ids, mask, args.new_tokens))
-        if method == "greedy" and args.eager_uncached:
-            contenders.append(T5preEagerUncached(model, ids, mask, args.new_tokens))
-        if not args.no_hf:
-            contenders.append(HFGenerate(hf, ids, mask, method, args.new_tokens, args.beam_size))
-
     print(f"model {config.name or args.size}: d_model={config.d_model} d_ff={config.d_ff} "
           f"heads={config.num_heads}x{config.d_kv} layers={config.num_encoder_layers}+"
           f"{config.num_decoder_layers} vocab={config.vocab_size}; same random weights both sides")
-    print(f"batch {args.batch}, inputs {args.inputs_length}, {args.new_tokens} new tokens, beam "
-          f"{args.beam_size}; threads {args.threads}; {args.windows} windows x {args.repeats} "
-          f"decodes; load average {os.getloadavg()[0]:.1f}")
+    print(f"backend {backend}; threads {threads} (TF intra/inter-op pools, torch); inputs "
+          f"{args.inputs_length}, {args.new_tokens} new tokens, beam {args.beam_size}; "
+          f"{args.windows} windows x {args.repeats} decodes; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    for batch in args.batch:
+        for method in methods_of(args):
+            main, breakdown = contenders_for(args, backend, config, hf, model, method, batch)
+            contenders = main + breakdown
+            outputs = {}
+            for c in contenders:  # first call: tracing / compiling, and the tokens to compare
+                t0 = time.perf_counter()
+                outputs[c.name] = c()
+                print(f"  ready: {c.name} ({time.perf_counter() - t0:.1f} s first call)",
+                      flush=True)
+            times = {c.name: {"wall": [], "cpu": []} for c in contenders}
+            for w in range(args.windows):
+                for c in (contenders if w % 2 == 0 else contenders[::-1]):
+                    wall, cpu = timed(lambda: [c() for _ in range(args.repeats)])
+                    times[c.name]["wall"].append(wall / args.repeats)
+                    times[c.name]["cpu"].append(cpu / args.repeats)
+            rows += report(args, backend, threads, method, batch, main, breakdown, times, outputs)
+    return rows
 
-    outputs = {}
-    for c in contenders:  # first call: tracing / warm-up, and the tokens for the parity check
-        t0 = time.perf_counter()
-        outputs[c.name] = c()
-        print(f"  ready: {c.name} ({time.perf_counter() - t0:.1f} s first call)")
-    times = {c.name: {"wall": [], "cpu": []} for c in contenders}
-    for w in range(args.windows):
-        for c in (contenders if w % 2 == 0 else contenders[::-1]):
-            wall, cpu = timed(lambda: [c() for _ in range(args.repeats)])
-            times[c.name]["wall"].append(wall / args.repeats)
-            times[c.name]["cpu"].append(cpu / args.repeats)
 
-    groups = [(f"HF generate {m}" if not args.no_hf else None,
-               [c.name for c in contenders if m in c.name.split()]) for m in methods]
-    print_table(times, groups, {"tokens/s": args.batch * args.new_tokens}, unit="decode")
-    if not args.no_hf:
-        print("\nsame tokens as HF (same weights; EOS disabled both sides):")
-        for method in methods:
-            theirs = outputs[f"HF generate {method}"]
-            for name in groups[methods.index(method)][1]:
-                if name.startswith("HF"):
-                    continue
-                same = outputs[name] == theirs
-                print(f"  {name:44s} {same.mean():7.1%} of tokens, {same.all(axis=1).mean():4.0%}"
-                      " of rows")
-    return times, outputs
+def _median(times, name, key="wall"):
+    return statistics.median(times[name][key])
+
+
+def report(args, backend, threads, method, batch, main, breakdown, times, outputs):
+    tag = f"{method} b{batch}"
+    hf_name = f"HF generate {tag}"
+    reference = times.get(hf_name)
+    print(f"\n{method}, batch {batch}, {threads} thread(s), {backend}")
+    print(f"{'contender':34s} {'s/decode':>9s} {'spread':>6s} {'cpu s':>8s} {'cores':>5s} "
+          f"{'tokens/s':>9s} {'x HF':>5s} {'x HF cpu':>8s} {'= HF tokens':>11s}")
+    rows = []
+    for c in main:
+        wall, cpu = _median(times, c.name), _median(times, c.name, "cpu")
+        spread = (max(times[c.name]["wall"]) - min(times[c.name]["wall"])) / wall
+        ratio = cpu_ratio = same = ""
+        row = dict(backend=backend, threads=threads, method=method, batch=batch,
+                   contender=c.name.replace(f" {tag}", ""), wall=wall, cpu=cpu, spread=spread,
+                   load=os.getloadavg()[0])
+        if reference is not None and c.name != hf_name:
+            row["x_hf"] = _median(times, hf_name) / wall
+            row["x_hf_cpu"] = _median(times, hf_name, "cpu") / cpu
+            row["same_tokens"] = float((np.asarray(outputs[c.name])
+                                        == np.asarray(outputs[hf_name])).mean())
+            ratio, cpu_ratio = f"{row['x_hf']:.2f}", f"{row['x_hf_cpu']:.2f}"
+            same = f"{row['same_tokens']:.1%}"
+        rows.append(row)
+        print(f"{c.name.replace(f' {tag}', ''):34s} {wall:9.4f} {spread:6.0%} {cpu:8.4f} "
+              f"{cpu / wall:5.2f} {batch * args.new_tokens / wall:9.0f} {ratio:>5s} "
+              f"{cpu_ratio:>8s} {same:>11s}")
+    if breakdown:
+        print("  where the time goes (ms, wall; per step = (full - one token) / "
+              f"{args.new_tokens - 1}):")
+        for side, full in (("t5pre", f"t5pre {tag}"), ("HF", hf_name)):
+            one = f"{side} 1 token {tag}" if side == "t5pre" else f"HF generate 1 token {tag}"
+            if full not in times or one not in times:
+                continue
+            encoder = f"{side} encoder b{batch}"
+            total, first = _median(times, full), _median(times, one)
+            step = (total - first) / (args.new_tokens - 1)
+            enc = (f"encoder {1000 * _median(times, encoder):7.1f}, " if encoder in times
+                   else "")
+            print(f"    {side:6s} {enc}1-token decode {1000 * first:7.1f}, per step "
+                  f"{1000 * step:6.2f} ({(total - first) / total:4.0%} of the decode in steps 2+)"
+                  f", cores {_median(times, full, 'cpu') / total:4.2f}")
+            rows.append(dict(backend=backend, threads=threads, method=method, batch=batch,
+                             contender=f"{side} breakdown", first_token=first, per_step=step,
+                             encoder=_median(times, encoder) if encoder in times else None))
+    print(f"  load average now {os.getloadavg()[0]:.1f}", flush=True)
+    return rows
+
+
+# -- the parent: one child per backend and thread count ----------------------------------------------
+
+def summary(rows, args):
+    print("\n== summary: t5pre (compile_decoder, the default path) vs HF generate ==")
+    print(f"{'backend':10s} {'thr':>3s} {'method':6s} {'batch':>5s} {'t5pre s':>8s} "
+          f"{'HF s':>8s} {'x HF':>5s} {'x HF cpu':>8s} {'t5pre cores':>11s} {'HF cores':>8s} "
+          f"{'= HF':>6s} {'graph x HF':>10s} {'load':>5s}")
+    keyed = {(r["backend"], r["threads"], r["method"], r["batch"], r["contender"]): r
+             for r in rows}
+    for (backend, threads, method, batch, contender), r in keyed.items():
+        if contender != "t5pre":
+            continue
+        hf = keyed.get((backend, threads, method, batch, "HF generate"))
+        graph = keyed.get((backend, threads, method, batch, "t5pre graph"))
+        if hf is None:
+            continue
+        print(f"{backend:10s} {threads:3d} {method:6s} {batch:5d} {r['wall']:8.4f} "
+              f"{hf['wall']:8.4f} {r['x_hf']:5.2f} {r['x_hf_cpu']:8.2f} "
+              f"{r['cpu'] / r['wall']:11.2f} {hf['cpu'] / hf['wall']:8.2f} "
+              f"{r['same_tokens']:6.1%} {graph['x_hf'] if graph else float('nan'):10.2f} "
+              f"{r['load']:5.1f}")
+    print("x HF = HF time / t5pre time (>1: t5pre faster), by wall and by process CPU time; "
+          "cores = CPU time / wall time; '= HF': share of tokens equal to HF's; graph x HF: "
+          "the xla=False path; load: the load average when the row was measured")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.onednn != "default":
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
+    backends = [b.strip() for b in (args.backend or os.environ.get("KERAS_BACKEND")
+                                    or "tensorflow").split(",") if b.strip()]
+    threads = args.threads or [default_threads()]
+    if len(backends) == 1 and len(threads) == 1:
+        backend, n = backends[0], threads[0]
+        os.environ["KERAS_BACKEND"] = backend
+        if backend == "jax" and n == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_cpu_multi_thread_eigen=false"
+                                       " intra_op_parallelism_threads=1").strip()
+        rows = run_one(args, backend, n)
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(rows, f)
+        else:
+            summary(rows, args)
+        return rows
+    rows = []
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for backend in backends:
+        for n in threads:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                out = f.name
+            command = [sys.executable, os.path.abspath(__file__), *passthrough,
+                       "--backend", backend, "--threads", str(n), "--json-out", out]
+            print(f"\n===== {backend}, {n} thread(s) =====", flush=True)
+            subprocess.run(command, check=True)
+            with open(out) as f:
+                rows += json.load(f)
+            os.unlink(out)
+    summary(rows, args)
+    return rows
 
 
 if __name__ == "__main__":

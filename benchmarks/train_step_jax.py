@@ -92,15 +92,19 @@ def parse_args(argv=None):
                    help="comma-separated steps to time: bare, trainer (default: both on jax, "
                         "trainer on tensorflow)")
     p.add_argument("--grad-accum", type=int, default=1, help="trainer step: micro-batches")
+    p.add_argument("--jit-compile", choices=["default", "on", "off", "both"], default="default",
+                   help="tensorflow trainer step: training.jit_compile (XLA); 'both' times the "
+                        "step with XLA off and on in one process, interleaved window by window")
     p.add_argument("--compare-backends", action="store_true",
                    help="time the trainer step on jax and on tensorflow (one process each) "
                         "and print the ratio")
     return p.parse_args(argv)
 
 
-def build_trainer_step(args, config):
+def build_trainer_step(args, config, jit_compile=None):
     """The Trainer's own step for this model and batch: ``backend.train_step_fn`` after the
-    same setup the Trainer does (numerics, model + optimizer under the backend's scope)."""
+    same setup the Trainer does (numerics, model + optimizer under the backend's scope).
+    ``jit_compile``: ``training.jit_compile`` (None: the config's default)."""
     import keras
 
     from t5pre.models.losses import seq2seq_loss
@@ -113,7 +117,8 @@ def build_trainer_step(args, config):
     run = from_dict({
         "data": {"task": "default_span_corruption"},  # named only; nothing is read
         "training": {"batch_size": args.batch, "precision": precision, "seed": args.seed,
-                     "grad_accum_steps": args.grad_accum},
+                     "grad_accum_steps": args.grad_accum,
+                     **({} if jit_compile is None else {"jit_compile": jit_compile})},
         "optimizer": {"name": args.optimizer, "warmup_steps": 100},
         "strategy": {"name": "auto"}})
     backend = make_backend(run.strategy)
@@ -206,6 +211,42 @@ def compare_backends(argv) -> int:
     return 0
 
 
+def compare_jit(args, config) -> int:
+    """The TF trainer step with ``training.jit_compile`` off and on, one process, windows
+    interleaved (order flipped every window); wall and process CPU time per step."""
+    if args.backend != "tensorflow":
+        print("error: --jit-compile both is for --backend tensorflow", file=sys.stderr)
+        return 2
+    steps = {}
+    for jit in (False, True):
+        run_once, described, _ = build_trainer_step(args, config, jit)
+        t0 = time.perf_counter()
+        first = run_once()
+        for _ in range(args.warmup):
+            run_once()
+        label = "XLA" if jit else "graph"
+        print(f"[{label}] {described}; trace/compile + first step "
+              f"{time.perf_counter() - t0:.1f}s, loss {first:.4f}", flush=True)
+        steps[label] = run_once
+    times = {k: {"wall": [], "cpu": []} for k in steps}
+    for w in range(args.windows):
+        for label in (list(steps) if w % 2 == 0 else list(steps)[::-1]):
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                last = steps[label]()
+            times[label]["wall"].append((time.perf_counter() - wall) / args.steps)
+            times[label]["cpu"].append((time.process_time() - cpu) / args.steps)
+            print(f"[{label}] window {w + 1}: {times[label]['wall'][-1] * 1e3:.1f} ms/step "
+                  f"(cpu {times[label]['cpu'][-1] * 1e3:.1f}), loss {last:.4f}", flush=True)
+    med = {k: {m: statistics.median(v[m]) for m in v} for k, v in times.items()}
+    for label, m in med.items():
+        print(f"[{label}] median {m['wall'] * 1e3:.1f} ms/step, cpu {m['cpu'] * 1e3:.1f} ms/step")
+    print(f"XLA speed-up: {med['graph']['wall'] / med['XLA']['wall']:.2f}x by wall, "
+          f"{med['graph']['cpu'] / med['XLA']['cpu']:.2f}x by CPU time; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def build_step(model, optimizer):
     """A jitted `state, batch -> loss, state` with state = (trainable, non-trainable, optimizer)."""
     import jax
@@ -261,8 +302,11 @@ def main(argv=None) -> int:
           f"{args.optimizer}, batch {b} x ({n} + {m}) tokens, "
           f"{flops_per_step / 1e12:.3f} TFLOP per step", flush=True)
     figures = {}
+    if "trainer" in what and args.jit_compile == "both":
+        return compare_jit(args, config)
     if "trainer" in what:
-        run_once, described, model = build_trainer_step(args, config)
+        jit = {"on": True, "off": False}.get(args.jit_compile)
+        run_once, described, model = build_trainer_step(args, config, jit)
         params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
         print(f"[trainer] {described}; {params / 1e6:.1f}M params, grad_accum {args.grad_accum}",
               flush=True)

@@ -211,3 +211,114 @@ def test_bad_decoding_settings(model, batch):
         decode(model, ids, mask, method="beam", beam_size=0)
     with pytest.raises(ConfigError, match="max_length"):
         decode(model, ids, mask, max_length=0)
+
+
+# ---------------------------------------------------------------- the compiled fast path
+@pytest.fixture(scope="module")
+def eos_model():
+    """A micro model that emits EOS (id 1) early in some rows and late or never in others:
+    the lm-head columns of EOS and of a token the model picks at step 1 of row 0 swapped."""
+    import keras
+
+    from t5pre.models.decoding import decode
+    from t5pre.models.t5 import T5Model
+
+    keras.utils.set_random_seed(3)
+    model = T5Model(T5Config(**MICRO))
+    assert model.lm_head is not None
+    ids, mask = eos_batch()
+    free = np.asarray(decode(model, ids, mask, max_length=8, eos_id=-1)[0])
+    token = int(free[0, 1])
+    kernel = np.asarray(model.lm_head.kernel).copy()
+    kernel[:, [1, token]] = kernel[:, [token, 1]]
+    model.lm_head.kernel.assign(kernel)
+    return model
+
+
+def eos_batch():
+    """Five rows (not a power of two) of different lengths: padding inside the batch."""
+    rng = np.random.default_rng(4)
+    lengths = [7, 3, 5, 1, 6]
+    ids = np.zeros((5, 7), "int32")
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(3, 60, n)
+    return ids, (ids != 0).astype("int32")
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_compiled_decoder_gives_the_reference_tokens(eos_model, method):
+    """`compile_decoder` (XLA on TensorFlow, jit on JAX; batch padded to 8 rows, width to 8)
+    and the plain graph give the tokens of the reference: `decode` run op by op (and, for
+    greedy, the uncached full-decoder loop), with padding in the batch and EOS early."""
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.decoding import compile_decoder, decode, uncached_greedy
+
+    ids, mask = eos_batch()
+    beam = 3 if method == "beam" else 1
+    reference, reference_scores = decode(eos_model, ids, mask, max_length=8, method=method,
+                                         beam_size=beam, alpha=0.6)
+    reference = np.asarray(reference)
+    ended = [(row == 1).any() and np.argmax(row == 1) < 7 for row in reference]
+    assert any(ended) and not all(ended), reference  # EOS early in some rows, not in all
+    if method == "greedy":
+        np.testing.assert_array_equal(reference, uncached_greedy(eos_model, ids, mask, 8))
+    for xla in (True, False):
+        settings = DecodeSettings(beam_size=beam, max_decode_length=8, max_input_length=8,
+                                  xla=xla)
+        tokens, scores = compile_decoder(eos_model, settings)(ids, mask)
+        assert tokens.shape == (5, 8) and scores.shape == (5,)
+        np.testing.assert_array_equal(tokens, reference)
+        np.testing.assert_allclose(scores, np.asarray(reference_scores), rtol=1e-4, atol=1e-5)
+        # one row alone: padded to a batch of one, width 8
+        alone, _ = compile_decoder(eos_model, settings)(ids[1:2, :3], mask[1:2, :3])
+        np.testing.assert_array_equal(alone, reference[1:2])
+
+
+def test_compiled_sampling_does_not_depend_on_the_padding(eos_model):
+    """A sample is drawn per row and step, so padding the batch changes no row's samples:
+    `compile_decoder` (batch padded to 8 rows) draws what `decode` draws, compiled the same way
+    (TensorFlow's XLA draws other numbers than its graph kernels for a seed: both are checked
+    against their own kind)."""
+    import keras
+
+    from t5pre.models.decode_settings import DecodeSettings
+    from t5pre.models.decoding import compile_decoder, decode
+
+    ids, mask = eos_batch()
+    kwargs = dict(max_length=8, method="sample", top_k=20, temperature=1.5, seed=7)
+    references = {False: decode(eos_model, ids, mask, **kwargs)[0]}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(lambda i, m: decode(eos_model, i, m, **kwargs), jit_compile=True)
+        references[True] = compiled(tf.constant(ids), tf.constant(mask))[0]
+    else:
+        references[True] = references[False]  # JAX: one generator, compiled or not
+    for xla, reference in references.items():
+        settings = DecodeSettings(sample=True, top_k=20, temperature=1.5, seed=7,
+                                  max_decode_length=8, max_input_length=8, xla=xla)
+        tokens, _ = compile_decoder(eos_model, settings)(ids, mask)
+        np.testing.assert_array_equal(tokens, np.asarray(reference))
+
+
+def test_empty_rows_decode_to_nothing(model, batch):
+    from t5pre.models.decoding import decode
+
+    ids, mask = batch
+    ids = np.concatenate([ids, np.zeros_like(ids[:1])])
+    mask = np.concatenate([mask, np.zeros_like(mask[:1])])
+    for method in ("greedy", "beam"):
+        tokens, scores = decode(model, ids, mask, max_length=6, method=method, beam_size=2)
+        expected, _ = decode(model, ids[:-1], mask[:-1], max_length=6, method=method, beam_size=2)
+        np.testing.assert_array_equal(np.asarray(tokens)[:-1], np.asarray(expected))
+        assert (np.asarray(tokens)[-1] == 0).all() and float(np.asarray(scores)[-1]) == 0.0
+
+
+def test_padded_shapes():
+    from t5pre.models.decoding import padded_batch_size, padded_sizes, padded_width
+
+    assert [padded_batch_size(n) for n in (1, 2, 3, 5, 8, 9, 32, 33)] == [1, 2, 4, 8, 8, 16, 32, 64]
+    assert [padded_width(n) for n in (1, 8, 9, 12, 13, 17, 25, 100, 128, 129, 512)] == [
+        8, 8, 12, 12, 16, 24, 32, 128, 128, 192, 512]
+    assert padded_sizes(100, padded_width) == [8, 12, 16, 24, 32, 48, 64, 96, 128]
+    assert padded_sizes(5, padded_batch_size) == [1, 2, 4, 8]

@@ -218,7 +218,7 @@ def test_export_metadata_and_overwrite(tiny, exports):
     greedy = read_export_metadata(exports["greedy"])
     assert greedy["decoding"] == {"method": "greedy", "beam": 1, "length_penalty": None,
                                   "max_input_length": INPUTS_LENGTH,
-                                  "max_decode_length": TARGETS_LENGTH}
+                                  "max_decode_length": TARGETS_LENGTH, "xla": True}
     assert greedy["source"]["layout"] == "training"
     assert greedy["source"]["checkpoint"].endswith("ckpt-3")
     assert greedy["vocabulary"]["vocab_size"] == tiny[1].vocab_size

@@ -1,7 +1,7 @@
 """The flags `t5pre predict`, `t5pre evaluate` and `t5pre export` share, spelled one way.
 
     --model-dir DIR  --checkpoint STEP  --beam-size K  --length-penalty ALPHA
-    --inputs-length N  --targets-length N
+    --inputs-length N  --targets-length N  --no-xla
 
 Earlier spellings (`--beam`, `--max-input-length` / `--input-length`, `--max-decode-length` /
 `--target-length`) are still accepted but hidden from `--help`; an error about a value names the
@@ -57,7 +57,7 @@ def add_model_arguments(parser, model_help: str) -> None:
 
 
 def add_decode_arguments(parser) -> None:
-    """`--beam-size`, `--length-penalty`, `--inputs-length`, `--targets-length`."""
+    """`--beam-size`, `--length-penalty`, `--inputs-length`, `--targets-length`, `--no-xla`."""
     from t5pre.models.decode_settings import DEFAULT_MAX_DECODE_LENGTH, DEFAULT_MAX_INPUT_LENGTH
 
     _add(parser, "beam_size", type=int, default=1, metavar="K",
@@ -71,6 +71,11 @@ def add_decode_arguments(parser) -> None:
     _add(parser, "max_decode_length", type=int, default=None, metavar="N",
          help="most generated tokens, EOS included (default: the targets length the model was "
               f"trained or fine-tuned at, else {DEFAULT_MAX_DECODE_LENGTH})")
+    parser.add_argument(FLAGS["xla"], dest="xla", action="store_false",
+                        help="run the decoding loop as a plain TensorFlow graph instead of one "
+                             "XLA-compiled program (the same tokens; XLA is faster but compiles "
+                             "once per padded batch shape, a few seconds each; JAX always "
+                             "compiles)")
 
 
 def decode_settings(args):
@@ -81,5 +86,6 @@ def decode_settings(args):
     names = {**FLAGS, **(getattr(args, "flag_spellings", None) or {})}
     return DecodeSettings(beam_size=args.beam_size, length_penalty=args.length_penalty,
                           max_decode_length=args.max_decode_length,
-                          max_input_length=args.max_input_length).validate(names)
+                          max_input_length=args.max_input_length,
+                          xla=getattr(args, "xla", True)).validate(names)
 

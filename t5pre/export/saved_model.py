@@ -86,6 +86,7 @@ def export_saved_model(model, vocabulary, export_dir, settings, *, overwrite: bo
                     "length_penalty": settings.length_penalty if settings.method == "beam" else None,
                     "max_input_length": settings.max_input_length,
                     "max_decode_length": settings.max_decode_length,
+                    "xla": settings.xla,
                 },
                 "vocabulary": {"vocab_size": int(vocabulary.vocab_size),
                                "extra_ids": int(vocabulary.extra_ids),

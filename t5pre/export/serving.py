@@ -17,6 +17,12 @@ search) as a `tf.while_loop`, then detokenisation (`Seq2SeqPreprocessor.decode_t
 EOS). Both signatures call one inner `tf.function`, so the decoding loop
 is traced and stored once.
 
+With `settings.xla` (the default, as in `t5pre predict`) the decoding (encoder and loop, ids in,
+ids out) is a `tf.function(jit_compile=True)` of its own inside the graph: XLA compiles it when
+a shape is first served, so the batch is padded in the graph to the shapes `compile_decoder`
+pads to (`padded_batch_size` rows, `padded_width` tokens) and the padding rows are cut off
+again. Tokenisation stays outside it (tensorflow-text's ops have no XLA kernels).
+
 Why a plain `tf.Module` rather than `keras.export.ExportArchive`: the module holds exactly what
 serving needs (the weights as a flat variable list, the tokenizer resource, two functions), its
 signatures return named outputs, and nothing Keras-specific is needed to load it: a consumer
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from t5pre.models.decoding import decode
+from t5pre.models.decoding import decode, padded_batch_size, padded_sizes, padded_width
 from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
 SERVING_SIGNATURE = "serving_default"
@@ -66,11 +72,24 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
                                            name="max_decode_length")
     module.beam_size = tf.Variable(int(settings.beam_size), trainable=False, name="beam_size")
 
+    xla = bool(settings.xla)
+
+    @tf.function(jit_compile=xla, autograph=False)
+    def decode_ids(ids, mask):
+        return decode(model, ids, mask, **decode_kwargs)
+
     @tf.function(input_signature=[text_spec], autograph=False)
     def generate(inputs):
         ids, mask = preprocessor.encode_tf(inputs)
-        tokens, scores = decode(model, ids, mask, **decode_kwargs)
-        return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
+        rows = tf.shape(ids)[0]
+        if xla:
+            shape = tf.stack([_padded(rows, padded_sizes(1 << 16, padded_batch_size)),
+                              _padded(tf.shape(ids)[1],
+                                      padded_sizes(max_input_length, padded_width))])
+            padding = tf.stack([tf.zeros([2], tf.int32), shape - tf.shape(ids)], axis=1)
+            ids, mask = tf.pad(ids, padding), tf.pad(mask, padding)
+        tokens, scores = decode_ids(ids, mask)
+        return tf.cast(tokens[:rows], tf.int32), tf.cast(scores[:rows], tf.float32)
 
     @tf.function(input_signature=[text_spec], autograph=False)
     def serve_text(inputs):
@@ -86,6 +105,13 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
     # time as an object-graph function (doubling the graph); the signatures are all we serve.
     module._t5pre_signatures = {SERVING_SIGNATURE: serve_text, IDS_SIGNATURE: serve_ids}
     return module
+
+
+def _padded(size, sizes):
+    """The first of `sizes` (ascending) >= `size`, in the graph (`size` itself past the end)."""
+    table = tf.constant(sizes, tf.int32)
+    index = tf.searchsorted(table, tf.reshape(size, [1]), side="left")[0]
+    return tf.maximum(tf.gather(table, tf.minimum(index, len(sizes) - 1)), size)
 
 
 def signatures(module) -> dict:

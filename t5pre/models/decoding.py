@@ -4,6 +4,10 @@ The encoder runs once; each decoder layer's cross-attention keys/values are comp
 self-attention key/value cache is preallocated at `max_length` and written one position per step
 (`T5Model.decode_step`). Every shape is static and the loop is `keras.ops.while_loop`, so the
 same code traces inside `tf.function` (and a SavedModel export) on TensorFlow and jits on JAX.
+`compile_decoder` (what predict, evaluate and fine-tuning's evaluation run) compiles the whole
+decode, loop included, into one XLA program on either backend (`DecodeSettings.xla`): with tiny
+ops per step, a graph executor's per-op cost dominated a TensorFlow-graph decode (its CPU time
+equalled its wall time on 2 cores); benchmarks/decode.py prints where the time goes.
 
 Output convention (all methods): int32 tokens `[B, max_length]` holding the generated ids after
 the start token (pad id 0), EOS included, pad after EOS; a row that never emits EOS runs to
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from keras.tree import map_structure as tree_map
 
 from t5pre.errors import ConfigError
 
@@ -38,6 +43,9 @@ def _stateless_uniform(shape, seed, step):
         import tensorflow as tf
 
         seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
+        # Under XLA this draws other numbers than TensorFlow's kernel for the same seed (even
+        # with the algorithm named): an XLA-compiled decoder samples reproducibly, but not the
+        # tokens of the plain graph.
         return tf.random.stateless_uniform(shape, seed=seeds, minval=1e-12, maxval=1.0)
     if backend == "jax":
         import jax
@@ -69,6 +77,12 @@ def _write(tokens, index, values):
     return ops.where(at, ops.expand_dims(values, -1), tokens)
 
 
+def _empty_rows(encoder_padding_mask):
+    """Rows without a single input token (bool [B]): padding rows added to fill a batch
+    bucket. They decode to nothing (all pad, score 0) and never keep the loop running."""
+    return ops.logical_not(ops.any(ops.cast(encoder_padding_mask, "bool"), axis=-1))
+
+
 def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length, sample, top_k,
                       top_p, temperature, seed, eos_id):
     batch = ops.shape(encoder_token_ids)[0]
@@ -77,7 +91,7 @@ def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length
     cache = model.init_cache(batch, max_length)
     tokens = ops.zeros((batch, max_length), dtype="int32")
     previous = ops.full((batch,), PAD_ID, dtype="int32")
-    finished = ops.zeros((batch,), dtype="bool")
+    finished = _empty_rows(encoder_padding_mask)
     scores = ops.zeros((batch,), dtype="float32")
 
     def cond(i, previous, tokens, cache, finished, scores):
@@ -109,9 +123,9 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
     k = beam_size
     batch = ops.shape(encoder_token_ids)[0]
     encoder_outputs = model.encode(encoder_token_ids, encoder_padding_mask)
-    # Cross keys/values per example, then one copy per beam (beams of an example are adjacent).
-    cross_kv = ops.repeat(model.cross_key_values(encoder_outputs), k, axis=1)
-    beam_mask = ops.repeat(encoder_padding_mask, k, axis=0)
+    # Cross keys/values once per example: the decoder step attends from all K beams of an
+    # example at once (beams of an example are adjacent rows of the self-attention cache).
+    cross_kv = model.cross_key_values(encoder_outputs)
     cache = model.init_cache(batch * k, max_length)
     first_beam_only = ops.concatenate(
         [ops.zeros((1,), "float32"), ops.full((k - 1,), NEG_INF, "float32")]
@@ -119,7 +133,10 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
     alive_seq = ops.zeros((batch, k, max_length), dtype="int32")
     alive_logp = ops.tile(first_beam_only[None, :], (batch, 1))
     finished_seq = ops.zeros((batch, k, max_length), dtype="int32")
-    finished_score = ops.full((batch, k), NEG_INF, dtype="float32")
+    # An empty row starts with K finished (empty) hypotheses of score 0: no alive beam can
+    # beat them, so it is decided from the start and decodes to nothing.
+    finished_score = ops.where(_empty_rows(encoder_padding_mask)[:, None], 0.0,
+                               ops.full((batch, k), NEG_INF, dtype="float32"))
     previous = ops.full((batch * k,), PAD_ID, dtype="int32")
     best_possible_factor = _length_penalty(max_length, alpha)
 
@@ -134,7 +151,8 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
         return ops.logical_and(i < max_length, undecided)
 
     def body(i, previous, alive_seq, alive_logp, finished_seq, finished_score, cache):
-        logits, cache = model.decode_step(previous, i, cache, cross_kv, beam_mask)
+        logits, cache = model.decode_step(previous, i, cache, cross_kv, encoder_padding_mask,
+                                          beams=k)
         vocab = ops.shape(logits)[-1]
         log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocab))
         candidates = ops.reshape(log_probs + alive_logp[:, :, None], (batch, k * vocab))
@@ -150,7 +168,7 @@ def _beam_search(model, encoder_token_ids, encoder_padding_mask, max_length, bea
         kept_source = gather_beams(source_beam, keep)
         previous = ops.reshape(gather_beams(token, keep), (batch * k,))
         flat_source = ops.reshape(ops.arange(batch)[:, None] * k + kept_source, (-1,))
-        cache = ops.take(cache, flat_source, axis=1)
+        cache = tree_map(lambda c: ops.take(c, flat_source, axis=0), cache)
 
         # Finished: merge the candidates that just ended into the K best so far.
         ended_score = ops.where(ends, top_logp / _length_penalty(i + 1, alpha), NEG_INF)
@@ -179,7 +197,9 @@ def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, m
     """Decode a batch of encoder inputs -> (tokens int32 [B, max_length], scores float32 [B]).
 
     `method`: "greedy", "sample" (with `top_k`, `top_p`, `temperature`, `seed`) or "beam"
-    (`beam_size`, length-penalty `alpha`). Traceable: wrap in `tf.function` / `jax.jit`.
+    (`beam_size`, length-penalty `alpha`). Traceable: wrap in `tf.function` (with or without
+    `jit_compile`) / `jax.jit`; `compile_decoder` does. A row whose padding mask is all zero
+    (no input at all: batch padding) gives all-pad tokens and score 0.
     """
     if method not in METHODS:
         raise ConfigError(f"decoding method must be one of {list(METHODS)}, got {method!r}")
@@ -201,40 +221,112 @@ def decode(model, encoder_token_ids, encoder_padding_mask=None, max_length=64, m
                              method == "sample", top_k, top_p, temperature, seed, eos_id)
 
 
-def compile_decoder(model, settings):
-    """`decode` with `settings` (a `DecodeSettings`, lengths resolved) fixed, compiled for the
-    backend: `tf.function` on TensorFlow (`reduce_retracing` keeps batches of different widths to
-    one trace), `jax.jit` on JAX (one compile per batch shape). Returns `run(ids, mask) ->
-    (tokens, scores)`.
+#: Compiled decoders pad a batch to `padded_batch_size(rows)` rows and
+#: `padded_width(tokens)` encoder tokens, so that an XLA program, compiled once per shape,
+#: is compiled for a few shapes only (batch: powers of two; width: powers of two and their
+#: midpoints, 8 at least). Padding rows have an all-zero mask and padding tokens are masked,
+#: so they change no result.
+MIN_PADDED_WIDTH = 8
 
-    Kept on the model per setting, so repeated calls (every evaluation of a fine-tuning run, every
-    batch of a file) reuse one trace. A `tf.function` reads the variables when it runs; a jitted
-    function captures their values, so on JAX it is rebuilt once the weights have changed.
+
+def padded_batch_size(rows: int) -> int:
+    size = 1
+    while size < rows:
+        size *= 2
+    return size
+
+
+def padded_width(tokens: int) -> int:
+    size = padded_batch_size(max(int(tokens), MIN_PADDED_WIDTH))
+    return 3 * size // 4 if size >= 16 and 3 * size // 4 >= tokens else size
+
+
+def padded_sizes(limit: int, padding) -> list:
+    """Every size `padding` (`padded_batch_size` / `padded_width`) gives up to `limit` rows or
+    tokens, ascending (for the in-graph padding of the serving SavedModel)."""
+    sizes, n = [], 1
+    while not sizes or sizes[-1] < limit:
+        size = padding(n)
+        if not sizes or size > sizes[-1]:
+            sizes.append(size)
+        n = size + 1
+    return sizes
+
+
+def compile_decoder(model, settings, eos_id=EOS_ID):
+    """`decode` with `settings` (a `DecodeSettings`, lengths resolved) fixed, compiled for the
+    backend. Returns `run(ids, mask) -> (tokens, scores)` (numpy in, numpy out). `eos_id` is the
+    vocabulary's (-1: never stop, as benchmarks/decode.py runs it).
+
+    TensorFlow, `settings.xla` (the default): the whole decode (encoder, loop, cache updates)
+    is one XLA program, `tf.function(jit_compile=True)`; XLA compiles it once per input shape,
+    so batches are padded to a few shapes (`padded_batch_size`, `padded_width`) and the
+    padding rows are cut from the result. `xla=False`: a plain `tf.function` graph
+    (`reduce_retracing` keeps batches of different widths to one trace, no padding).
+    JAX: `jax.jit`, always XLA, padded likewise; the weights are arguments of the jitted
+    function (`keras.StatelessScope`), so new weights (fine-tuning's periodic evaluation)
+    reuse the compiled program.
+
+    Kept on the model per setting, so repeated calls (every evaluation of a fine-tuning run,
+    every batch of a file) reuse one trace and its compiled shapes.
     """
-    kwargs = settings.decode_kwargs()
-    key = tuple(sorted(kwargs.items()))
+    kwargs = {**settings.decode_kwargs(), "eos_id": int(eos_id)}
     backend = keras.backend.backend()
-    weights = _weights_version(model) if backend == "jax" else None
+    xla = bool(settings.xla) or backend == "jax"
+    key = (tuple(sorted(kwargs.items())), xla)
     cache = model.__dict__.setdefault("_t5pre_decoders", {})
-    if key not in cache or cache[key][0] != weights:
+    if key not in cache:
         def run(ids, mask):
             return decode(model, ids, mask, **kwargs)
 
         if backend == "tensorflow":
             import tensorflow as tf
 
-            run = tf.function(run, reduce_retracing=True)
+            compiled = tf.function(run, reduce_retracing=True, jit_compile=xla)
         elif backend == "jax":
             import jax
 
-            run = jax.jit(run)
-        cache[key] = (weights, run)
-    return cache[key][1]
+            variables = list(model.variables)
+
+            def stateless(values, ids, mask):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return run(ids, mask)
+
+            jitted = jax.jit(stateless)
+
+            def compiled(ids, mask):
+                return jitted([v.value for v in variables], ids, mask)
+        else:
+            compiled = run
+        cache[key] = _padded(compiled) if xla else _as_numpy(compiled)
+    return cache[key]
 
 
-def _weights_version(model) -> tuple:
-    """Changes whenever a variable is assigned (JAX arrays are immutable: assigning replaces it)."""
-    return tuple(id(v.value) for v in model.variables)
+def _as_numpy(fn):
+    import numpy as np
+
+    def run(ids, mask):
+        tokens, scores = fn(ids, mask)
+        return np.asarray(tokens), np.asarray(scores)
+
+    return run
+
+
+def _padded(fn):
+    """`fn` on inputs padded to `padded_batch_size` x `padded_width`, padding rows cut off."""
+    import numpy as np
+
+    def run(ids, mask):
+        ids, mask = np.asarray(ids, "int32"), np.asarray(mask, "int32")
+        rows, width = ids.shape
+        shape = (padded_batch_size(rows), padded_width(width))
+        if shape != ids.shape:
+            ids = np.pad(ids, [(0, shape[0] - rows), (0, shape[1] - width)])
+            mask = np.pad(mask, [(0, shape[0] - rows), (0, shape[1] - width)])
+        tokens, scores = fn(ids, mask)
+        return np.asarray(tokens)[:rows], np.asarray(scores)[:rows]
+
+    return run
 
 
 def uncached_greedy(model, encoder_token_ids, encoder_padding_mask, max_length, eos_id=EOS_ID):

@@ -208,29 +208,28 @@ class T5Attention(keras.layers.Layer):
         ]
 
     def cross_key_values(self, encoder_outputs):
-        """Keys and values of the encoder outputs, head-major [2, B, H, N, dk] (computed once per
+        """(keys, values) of the encoder outputs, each head-major [B, H, N, dk] (computed once per
         decode, in the layout the per-step attention reads, so no step transposes them)."""
         kv = ops.matmul(_compute(self, encoder_outputs), _compute(self, self.key_value_kernel))
-        shape = ops.shape(kv)
-        kv = ops.reshape(kv, (shape[0], shape[1], 2, self.num_heads, self.key_value_dim))
-        return ops.transpose(kv, (2, 0, 3, 1, 4))
+        return tuple(ops.transpose(part, (0, 2, 1, 3)) for part in self._split_heads(kv, 2))
 
     def call(self, hidden_states, attention_bias, encoder_outputs=None, cross_key_values=None,
              cache=None, cache_index=None, training=None):
         """Attend from `hidden_states` [B, Q, d_model].
 
         `attention_bias` (float32, broadcastable to [B, H, Q, K]) carries position bias and mask.
-        Self-attention with `cache` ([2, B, H, T, dk]: keys, values) and `cache_index` (scalar)
-        writes this step's keys/values at `cache_index`, attends over the whole cache (the bias
-        masks positions not yet written) and returns `(output, cache)`.
-        Cross-attention takes `encoder_outputs` or precomputed `cross_key_values` ([2, B, H, N,
-        dk], see `cross_key_values`).
+        Self-attention with `cache` (keys, values: two [B, H, T, dk] tensors) and `cache_index`
+        (scalar) writes this step's keys/values at `cache_index`, attends over the whole cache
+        (the bias masks positions not yet written) and returns `(output, cache)`.
+        Cross-attention takes `encoder_outputs` or precomputed `cross_key_values` ((keys,
+        values), each [B, H, N, dk], see `cross_key_values`).
 
-        Decode-time keys/values are head-major with key|value on axis 0: reading them is then a
-        dim-0 slice, which TensorFlow serves without a copy, and no step transposes them
-        (`x[:, 0]`-style inner slices copied: measured 48% of a beam decode; with this layout
-        beam-4 decoding went from 1.13x to 1.74x HF `generate`, benchmarks/decode.py and the
-        README's Speed table). Training keeps the token-major [B, T, H, dk] projections.
+        Decode-time keys/values are head-major and held as separate tensors per layer and per
+        key|value: no step transposes, slices or re-stacks them. (Slices of one stacked tensor
+        copied: `x[:, 0]`-style inner slices cost 48% of a beam decode in a TF graph, and under
+        XLA even the dim-0 slices and the re-stacking of the cache were copied every step,
+        ~15% of a compiled greedy decode; benchmarks/decode.py.) Training keeps the
+        token-major [B, T, H, dk] projections.
         """
         x = _compute(self, hidden_states)
         if self.cross_attention:
@@ -244,18 +243,19 @@ class T5Attention(keras.layers.Layer):
                 kv = ops.matmul(_compute(self, encoder_outputs), _compute(self, self.key_value_kernel))
                 key, value = self._split_heads(kv, 2)
             else:
-                key, value = cross_key_values[0], cross_key_values[1]
+                key, value = cross_key_values
         else:
             qkv = ops.matmul(x, _compute(self, self.qkv_kernel))
             query, key, value = self._split_heads(qkv, 3)
             if cache is not None:
                 # Write this step into the preallocated cache with a select (elementwise, the
-                # same on every backend, no dynamic-slice op in an exported graph).
-                steps = ops.shape(cache)[3]
-                at_index = ops.reshape(ops.arange(steps) == cache_index, (1, 1, 1, steps, 1))
-                step_kv = ops.transpose(ops.stack([key, value]), (0, 1, 3, 2, 4))  # [2,B,H,1,dk]
-                cache = ops.where(at_index, step_kv, cache)
-                key, value = cache[0], cache[1]
+                # same on every backend, no dynamic-slice op in an exported graph; a
+                # dynamic-update-slice measured no faster under XLA at these lengths).
+                steps = ops.shape(cache[0])[2]
+                at_index = ops.reshape(ops.arange(steps) == cache_index, (1, 1, steps, 1))
+                key, value = (ops.where(at_index, ops.transpose(step, (0, 2, 1, 3)), old)
+                              for step, old in zip((key, value), cache))  # [B, H, T, dk]
+                cache = (key, value)
         # keys/values: token-major [B, K, H, dk] from projections, head-major [B, H, K, dk] from
         # a decode cache or precomputed cross keys/values
         kv_axes = "bhkd" if cache is not None or cross_key_values is not None else "bkhd"
@@ -417,17 +417,27 @@ class T5DecoderBlock(T5EncoderBlock):
         self.cross_attention.build()
 
     def call(self, x, self_attention_bias, cross_attention_bias, encoder_outputs=None,
-             cross_key_values=None, cache=None, cache_index=None, training=None):
-        """Returns the new hidden states, or `(hidden, cache)` when decoding with a cache."""
+             cross_key_values=None, cache=None, cache_index=None, beams=1, training=None):
+        """Returns the new hidden states, or `(hidden, cache)` when decoding with a cache.
+
+        `beams` > 1 (a beam-search step: `x` is [B * beams, 1, d_model] with the beams of an
+        example adjacent, `cross_key_values` and `cross_attention_bias` per example): the
+        cross-attention takes the beams of an example as its query positions ([B, beams,
+        d_model]; it has no position bias, so this is the same attention) and reads the
+        encoder keys/values once per example instead of from a copy per beam (measured: beam-4
+        decoding 18% faster in a TF graph, 25% under XLA; benchmarks/decode.py)."""
         h = self.attention(self.attention_norm(x), self_attention_bias, cache=cache,
                            cache_index=cache_index, training=training)
         if cache is not None:
             h, cache = h
         x = self._residual(x, h, self.attention_dropout, training)
-        h = self.cross_attention(
-            self.cross_attention_norm(x), cross_attention_bias, encoder_outputs=encoder_outputs,
-            cross_key_values=cross_key_values, training=training,
-        )
+        h = self.cross_attention_norm(x)
+        if beams > 1:
+            h = ops.reshape(h, (-1, beams, self.hidden_dim))
+        h = self.cross_attention(h, cross_attention_bias, encoder_outputs=encoder_outputs,
+                                 cross_key_values=cross_key_values, training=training)
+        if beams > 1:
+            h = ops.reshape(h, (-1, 1, self.hidden_dim))
         x = self._residual(x, h, self.cross_attention_dropout, training)
         h = self.feed_forward(self.feed_forward_norm(x), training=training)
         x = self._residual(x, h, self.feed_forward_dropout, training)

@@ -235,44 +235,44 @@ class T5Model(keras.Model):
     # -- cached decoding --------------------------------------------------------------------
 
     def init_cache(self, batch_size, max_length):
-        """Zeroed self-attention key/value cache [2 * layers, B, H, max_length, d_kv]: rows 2i and
-        2i + 1 hold layer i's keys and values (every per-layer read is a dim-0 slice; the batch
-        stays on axis 1, where beam search repeats and reorders it)."""
+        """Zeroed self-attention key/value cache: a tuple of one (keys, values) pair per decoder
+        layer, each [B, H, max_length, d_kv] (separate tensors: no step slices or re-stacks
+        them; beam search reorders the batch axis 0)."""
         c = self.config
-        return ops.zeros(
-            (2 * c.num_decoder_layers, batch_size, c.num_heads, max_length, c.d_kv),
-            dtype=self.compute_dtype,
-        )
+        shape = (batch_size, c.num_heads, max_length, c.d_kv)
+        return tuple((ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+                     for _ in range(c.num_decoder_layers))
 
     def cross_key_values(self, encoder_outputs):
-        """Cross-attention keys/values of every layer, [2 * layers, B, H, N, d_kv] (rows as in
-        `init_cache`), computed once per decode."""
-        return ops.concatenate(
-            [block.cross_attention.cross_key_values(encoder_outputs)
-             for block in self.decoder_blocks], axis=0)
+        """Cross-attention (keys, values) of every decoder layer, each [B, H, N, d_kv], computed
+        once per decode."""
+        return tuple(block.cross_attention.cross_key_values(encoder_outputs)
+                     for block in self.decoder_blocks)
 
-    def decode_step(self, token_ids, cache_index, cache, cross_key_values, encoder_padding_mask):
+    def decode_step(self, token_ids, cache_index, cache, cross_key_values, encoder_padding_mask,
+                    beams=1):
         """One decoder step for tokens [B] at position `cache_index` (scalar int).
 
         Returns (float32 logits [B, vocab_size], updated cache). The cache is preallocated at
-        the maximum decode length; positions after `cache_index` are masked out.
+        the maximum decode length; positions after `cache_index` are masked out. With `beams`
+        > 1 (beam search), `token_ids` and the cache hold `beams` adjacent rows per example
+        while `cross_key_values` and `encoder_padding_mask` hold one per example.
         """
         token_ids = _as_int(token_ids)
         cache_index = ops.cast(cache_index, "int32")
-        steps = ops.shape(cache)[3]
+        steps = ops.shape(cache[0][0])[2]
         key_positions = ops.arange(steps, dtype="int32")
         bias = self.decoder_position_bias(ops.reshape(cache_index, (1, 1)), key_positions[None, :])
         bias = bias + _mask_to_bias(key_positions <= cache_index)[None, None, None, :]
         cross_bias = _mask_to_bias(ops.cast(_as_int(encoder_padding_mask), "bool"))[:, None, None, :]
         x = self.token_embedding(token_ids[:, None])
         new_cache = []
-        for i, block in enumerate(self.decoder_blocks):
-            rows = slice(2 * i, 2 * i + 2)
-            x, layer_cache = block(x, bias, cross_bias, cross_key_values=cross_key_values[rows],
-                                   cache=cache[rows], cache_index=cache_index)
+        for block, layer_cache, layer_cross in zip(self.decoder_blocks, cache, cross_key_values):
+            x, layer_cache = block(x, bias, cross_bias, cross_key_values=layer_cross,
+                                   cache=layer_cache, cache_index=cache_index, beams=beams)
             new_cache.append(layer_cache)
         x = self.decoder_final_norm(x)
-        return self.logits(x)[:, 0], ops.concatenate(new_cache, axis=0)
+        return self.logits(x)[:, 0], tuple(new_cache)
 
     # -- Keras compile() / fit() ----------------------------------------------------------
 
