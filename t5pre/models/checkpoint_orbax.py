@@ -405,11 +405,7 @@ class OrbaxStore:
         import jax
 
         self._primary = jax.process_index() == 0
-        handler = self._ocp.CompositeCheckpointHandler()
-        if asynchronous:
-            self._checkpointer = self._ocp.AsyncCheckpointer(handler)
-        else:
-            self._checkpointer = self._ocp.Checkpointer(handler)
+        self._checkpointer = None  # made on the first save (and again after close)
         self._pending = None  # path of the save being written
         self._aside = None  # an old ckpt-N moved away for it, deleted once it is committed
         self.blocking_seconds = 0.0  # of the last write (what training waited for)
@@ -477,6 +473,10 @@ class OrbaxStore:
             self._aside = f"{path}_old-{secrets.token_hex(4)}"
             os.rename(path, self._aside)
         self._pending = path
+        if self._checkpointer is None:
+            handler = ocp.CompositeCheckpointHandler()
+            self._checkpointer = (ocp.AsyncCheckpointer(handler) if self.asynchronous
+                                  else ocp.Checkpointer(handler))
         self._checkpointer.save(epath.Path(path), args=ocp.args.Composite(**items))
         self.blocking_seconds = time.perf_counter() - t0
         if not self.asynchronous:
@@ -525,7 +525,9 @@ class OrbaxStore:
         try:
             self.wait()
         finally:
-            self._checkpointer.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
 
 def _fsync_tree(path: str) -> None:

@@ -9,20 +9,29 @@ On restore we also check that the ``step`` stored inside ``ckpt-N`` is N.
 
 **Multi-worker.** Under MultiWorkerMirroredStrategy every worker must run the save (it may
 involve collectives), but only the chief's copy is kept: other workers write into a private
-temporary directory that is deleted right after. Every worker restores from the chief's
-directory, which therefore has to be on a filesystem all workers see (GCS, NFS, ...).
+temporary directory that is deleted right after. With the Orbax format every JAX process writes
+its own shards into the same checkpoint. Every worker restores from the chief's directory, which
+therefore has to be on a filesystem all workers see (GCS, NFS, ...; the JAX formats take local
+or network-mounted paths).
 
 **Formats.** Each is a store in its own module that writes and reads one checkpoint
 (``read``, ``write``, ``storage_errors``, ``delete``, ``close``); this module owns everything
-else. ``format="tf"`` (the TensorFlow backend, :mod:`t5pre.models.checkpoint_tf`):
-``ckpt-N.index`` + ``ckpt-N.data-*`` written by ``tf.train.Checkpoint``. ``format="arrays"``
-(:mod:`t5pre.models.checkpoint_arrays`; no TensorFlow involved): a directory ``ckpt-N/`` of
-``.npy`` files and ``manifest.json``, built in ``ckpt-N_temp-*/`` and renamed into place, then
-the state file is updated, so the atomicity argument above holds for it too. All formats share the state file (``checkpoints/checkpoint``,
-the same text format TensorFlow writes), rotation, fallback past damaged checkpoints and the
-removal of orphans; :func:`latest_checkpoint`, :func:`find_checkpoint` and
-:func:`restore_model_weights` read either, so a directory trained on JAX exports on TensorFlow
-(model weights are matched by Keras path, the same on both backends).
+else: which checkpoints exist (the state file), rotation, fallback, orphans, the format a run
+writes (:func:`choose_format`, ``training.checkpoint_format``) and the one reader of model
+weights (:func:`read_model_arrays`). ``format="tf"`` (the TensorFlow backend,
+:mod:`t5pre.models.checkpoint_tf`): ``ckpt-N.index`` + ``ckpt-N.data-*`` written by
+``tf.train.Checkpoint``. ``format="orbax"`` (the JAX backend's default,
+:mod:`t5pre.models.checkpoint_orbax`): ``ckpt-N/`` an Orbax checkpoint written per process and
+asynchronously, in Orbax's temporary directory renamed when complete; the keeper lists it only
+after that (:meth:`CheckpointKeeper.poll` / :meth:`~CheckpointKeeper.wait`), so the atomicity
+argument above holds for it too. ``format="arrays"`` (:mod:`t5pre.models.checkpoint_arrays`;
+the JAX backend's earlier format): a directory ``ckpt-N/`` of ``.npy`` files and
+``manifest.json``, built in ``ckpt-N_temp-*/`` and renamed into place, then the state file is
+updated. All formats share the state file (``checkpoints/checkpoint``, the same text format
+TensorFlow writes), rotation, fallback past damaged checkpoints and the removal of orphans;
+:func:`latest_checkpoint`, :func:`find_checkpoint` and :func:`restore_model_weights` read every
+format, so a directory trained on JAX exports on TensorFlow (model weights are matched by Keras
+path, the same on both backends).
 """
 
 from __future__ import annotations
