@@ -268,6 +268,18 @@ class HFEncoder:
 
 # -- one process: one backend, one thread count -----------------------------------------------------
 
+
+def interleaved_windows(contenders, windows: int, repeats: int) -> dict:
+    """``{name: {"wall": [...], "cpu": [...]}}`` seconds per call of each contender, timed in
+    ``windows`` rounds that alternate the order (a drifting machine load hits all alike)."""
+    times = {c.name: {"wall": [], "cpu": []} for c in contenders}
+    for w in range(windows):
+        for c in (contenders if w % 2 == 0 else contenders[::-1]):
+            wall, cpu = timed(lambda: [c() for _ in range(repeats)])
+            times[c.name]["wall"].append(wall / repeats)
+            times[c.name]["cpu"].append(cpu / repeats)
+    return times
+
 def contenders_for(args, backend, config, hf, model, method, batch):
     """(main contenders, breakdown contenders) of one method and batch size."""
     ids, mask = random_inputs(config, args, batch)
@@ -325,12 +337,7 @@ def run_one(args, backend, threads):
                 outputs[c.name] = c()
                 print(f"  ready: {c.name} ({time.perf_counter() - t0:.1f} s first call)",
                       flush=True)
-            times = {c.name: {"wall": [], "cpu": []} for c in contenders}
-            for w in range(args.windows):
-                for c in (contenders if w % 2 == 0 else contenders[::-1]):
-                    wall, cpu = timed(lambda: [c() for _ in range(args.repeats)])
-                    times[c.name]["wall"].append(wall / args.repeats)
-                    times[c.name]["cpu"].append(cpu / args.repeats)
+            times = interleaved_windows(contenders, args.windows, args.repeats)
             rows += report(args, backend, threads, method, batch, main, breakdown, times, outputs)
     return rows
 

@@ -43,8 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode import _ints  # noqa: E402
-from train_step import default_threads, set_threads, timed  # noqa: E402
+from decode import _ints, interleaved_windows  # noqa: E402
+from train_step import default_threads, set_threads  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -191,12 +191,7 @@ def run_one(args, threads):
                 outputs[c.name] = c.ids()
                 print(f"  ready: {c.name} b{batch} ({time.perf_counter() - t0:.1f} s first call)",
                       flush=True)
-            times = {c.name: {"wall": [], "cpu": []} for c in contenders}
-            for w in range(args.windows):
-                for c in (contenders if w % 2 == 0 else contenders[::-1]):
-                    wall, cpu = timed(lambda: [c() for _ in range(args.repeats)])
-                    times[c.name]["wall"].append(wall / args.repeats)
-                    times[c.name]["cpu"].append(cpu / args.repeats)
+            times = interleaved_windows(contenders, args.windows, args.repeats)
             ref = "HF tokenizer + generate"
             library = "t5pre predict (library)"
             print(f"\nbatch {batch}, {threads} thread(s)")

@@ -37,7 +37,7 @@ from typing import Iterator
 from t5pre.errors import ConfigError
 
 
-def _fsync_directory(path) -> None:
+def fsync_directory(path) -> None:
     """Makes a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -82,7 +82,7 @@ def atomic_file(path, mode: str = "w", *, encoding: str | None = "utf-8",
         _remove(tmp)
         raise
     if fsync:
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
 def atomic_write_bytes(path, data: bytes, *, fsync: bool = True) -> None:
@@ -119,7 +119,7 @@ def _fsync_tree(root: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_directory(folder)
+        fsync_directory(folder)
 
 
 def _usual_directory_mode(path: str) -> None:
@@ -172,7 +172,7 @@ def atomic_directory(target, *, replace: bool = False, merge: bool = False, last
         else:
             os.rename(staging, target)
         if fsync:
-            _fsync_directory(parent)
+            fsync_directory(parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if retired is not None:

@@ -14,13 +14,13 @@ process instead. No TensorFlow involved.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 
 from t5pre.errors import CorruptCheckpoint
 from t5pre.files import atomic_directory, atomic_write_json
-from t5pre.models.checkpoint_variables import assign_arrays, check_keys, keyed_variables
+from t5pre.models.checkpoint_variables import (assign_arrays, check_keys, keyed_variables,
+                                               read_checkpoint_json)
 
 MANIFEST = "manifest.json"
 ARRAYS_FORMAT_VERSION = 1
@@ -95,18 +95,7 @@ def _load_array(path: str, dtype: str):
 
 def read_manifest(path: str) -> dict:
     """The manifest of an arrays checkpoint (CorruptCheckpoint when missing or unreadable)."""
-    file = os.path.join(path, MANIFEST)
-    try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
-            raise ValueError("no 'arrays' table")
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{path}: {MANIFEST} is missing") from None
-    except (OSError, ValueError) as e:
-        raise CorruptCheckpoint(f"{path}: {MANIFEST} is unreadable ({e}); delete {path} to "
-                                "use the previous checkpoint") from None
-    return manifest
+    return read_checkpoint_json(path, MANIFEST, table="arrays")
 
 
 def load_arrays(path: str, keys=None, *, verify: bool = True) -> dict:

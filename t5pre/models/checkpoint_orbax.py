@@ -44,7 +44,6 @@ be installed: Orbax imports it); without ``orbax-checkpoint`` it is one line say
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import secrets
 import shutil
@@ -52,7 +51,9 @@ import sys
 import time
 
 from t5pre.errors import CheckpointError, CorruptCheckpoint
-from t5pre.models.checkpoint_variables import check_keys, check_shapes, keyed_variables
+from t5pre.files import fsync_directory
+from t5pre.models.checkpoint_variables import (check_keys, check_shapes, keyed_variables,
+                                               read_checkpoint_json)
 
 FORMAT = "t5pre-orbax"
 FORMAT_VERSION = 1
@@ -215,19 +216,7 @@ def fingerprints_jax(arrays) -> list:
 
 # ------------------------------------------------------------------------------- reading
 def _read_json(path: str, item: str) -> dict:
-    file = os.path.join(path, item, JSON_FILE)
-    where = f"{item}/{JSON_FILE}"
-    try:
-        with open(file, encoding="utf-8") as f:
-            value = json.load(f)
-        if not isinstance(value, dict):
-            raise ValueError("not a JSON object")
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{path}: {where} is missing") from None
-    except (OSError, ValueError) as e:
-        raise CorruptCheckpoint(f"{path}: {where} is unreadable ({e}); delete {path} to use "
-                                "the previous checkpoint") from None
-    return value
+    return read_checkpoint_json(path, f"{item}/{JSON_FILE}")
 
 
 def read_manifest(path: str) -> dict:
@@ -545,18 +534,5 @@ def _fsync_tree(path: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(root)
-    _fsync_dir(os.path.dirname(path))
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_directory(root)
+    fsync_directory(os.path.dirname(path))

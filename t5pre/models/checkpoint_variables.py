@@ -9,7 +9,29 @@ with the variables of this run (CheckpointError naming the first difference).
 
 from __future__ import annotations
 
-from t5pre.errors import CheckpointError
+import json
+import os
+
+from t5pre.errors import CheckpointError, CorruptCheckpoint
+
+
+def read_checkpoint_json(path: str, relative: str, table: str | None = None) -> dict:
+    """The JSON object at ``relative`` inside checkpoint ``path`` (with a dict under ``table``
+    when given): CorruptCheckpoint naming the file when it is missing or unreadable, so the
+    keeper falls back to the previous checkpoint."""
+    try:
+        with open(os.path.join(path, relative), encoding="utf-8") as f:
+            value = json.load(f)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        if table is not None and not isinstance(value.get(table), dict):
+            raise ValueError(f"no {table!r} table")
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{path}: {relative} is missing") from None
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"{path}: {relative} is unreadable ({e}); delete {path} to use "
+                                "the previous checkpoint") from None
+    return value
 
 
 def variable_key(v, i: int) -> str:
