@@ -99,15 +99,24 @@ def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length
 
     def body(i, previous, tokens, cache, finished, scores):
         logits, cache = model.decode_step(previous, i, cache, cross_kv, encoder_padding_mask)
-        log_probs = ops.log_softmax(logits, axis=-1)
         if sample:
+            log_probs = ops.log_softmax(logits, axis=-1)
             filtered = filter_logits(logits, top_k, top_p, temperature)
             gumbel = -ops.log(-ops.log(_stateless_uniform(ops.shape(filtered), seed, i)))
             next_ids = ops.argmax(filtered + gumbel, axis=-1)
+            next_ids = ops.where(finished, PAD_ID, ops.cast(next_ids, "int32"))
+            picked = ops.take_along_axis(log_probs, next_ids[:, None], axis=-1)[:, 0]
         else:
-            next_ids = ops.argmax(logits, axis=-1)
-        next_ids = ops.where(finished, PAD_ID, ops.cast(next_ids, "int32"))
-        picked = ops.take_along_axis(log_probs, next_ids[:, None], axis=-1)[:, 0]
+            # argmax as the first index holding the maximum (argmax's tie rule), and its
+            # log-probability as -log(sum(exp(logits - max))) (log_softmax at the maximum):
+            # plain reductions instead of XLA's (value, index) reduction, 2% of a batch-32
+            # greedy decode on CPU, and a full log-softmax (1-6% faster, 2 runs, 1 thread).
+            best = ops.max(logits, axis=-1, keepdims=True)
+            vocab = ops.shape(logits)[-1]
+            first = ops.min(ops.where(logits == best, ops.arange(vocab, dtype="int32")[None, :],
+                                      vocab), axis=-1)
+            next_ids = ops.where(finished, PAD_ID, first)
+            picked = -ops.log(ops.sum(ops.exp(logits - best), axis=-1))
         scores = scores + ops.where(finished, 0.0, picked)
         tokens = _write(tokens, i, next_ids)
         finished = ops.logical_or(finished, next_ids == eos_id)
