@@ -21,6 +21,10 @@ class CheckpointError(T5preError):
     """A model directory or checkpoint is missing, partial, corrupt or incompatible."""
 
 
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint's files are missing, truncated or damaged (the keeper falls back past it)."""
+
+
 class StorageError(T5preError):
     """The model directory cannot be written (disk full, read-only, permissions), the
     checkpoints written before are intact; or an output path (``--out``) cannot be written,

@@ -5,7 +5,7 @@ evaluates and exports SavedModels. Everything else is an extra of the package:
 
     t5pre[hf]         safetensors, tokenizers, transformers, torch: Hugging Face import/export
     t5pre[tfds]       tensorflow-datasets: tasks that read TFDS
-    t5pre[jax]        jax: the model on the JAX backend
+    t5pre[jax]        jax, orbax-checkpoint: the model on the JAX backend, its checkpoints
     t5pre[keras-hub]  keras-hub (no t5pre module needs it; see README, "Install")
 """
 
@@ -23,6 +23,7 @@ PACKAGES = {
     "torch": ("torch", "hf"),
     "tensorflow_datasets": ("tensorflow-datasets", "tfds"),
     "jax": ("jax", "jax"),
+    "orbax": ("orbax-checkpoint", "jax"),
     "keras_hub": ("keras-hub", "keras-hub"),
 }
 

@@ -110,29 +110,64 @@ def run_case(case):
             "replicas": backend.num_replicas, "describe": backend.describe()}
 
 
-def run_checkpoint_case(model_dir):
-    """Arrays-format round trip, exact resume, corrupt-checkpoint fallback, TF-free save."""
+def _damage_newest(model_dir, fmt, how="truncate"):
+    """Damages one data file of the newest checkpoint: an .npy file (arrays) or the largest
+    data file of the model item (orbax); ``how``: truncate, zero or flip (one byte)."""
+    from t5pre.models.checkpoints import latest_checkpoint
+
+    newest = latest_checkpoint(model_dir)
+    if fmt == "arrays":
+        victim = os.path.join(newest, sorted(f for f in os.listdir(newest)
+                                             if f.endswith(".npy"))[0])
+    else:
+        files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(newest, "model"))
+                 for f in names if os.sep + "d" + os.sep in os.path.join(root, f)]
+        victim = max(files, key=os.path.getsize)
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        if how == "truncate":
+            f.truncate(40 if fmt == "arrays" else size // 2)
+        elif how == "zero":
+            f.write(b"\0" * size)
+        else:
+            f.seek(size // 2)
+            byte = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([byte[0] ^ 0x10]))
+    return newest
+
+
+def run_checkpoint_case(model_dir, fmt="arrays"):
+    """A format's round trip, exact resume, rotation and corrupt-checkpoint fallback."""
+    import keras
+
+    from t5pre.errors import CorruptCheckpoint
     from t5pre.models import seq2seq_loss
-    from t5pre.models.checkpoints import CheckpointKeeper, latest_checkpoint
+    from t5pre.models.checkpoints import CheckpointKeeper, read_model_arrays
 
     data = batches(4)
     cfg, backend, model, optimizer = build("fsdp", 1, "adafactor")
     step = backend.train_step_fn(model, optimizer, seq2seq_loss, cfg.training)
     logs = []
-    keeper = CheckpointKeeper(model_dir, model=model, optimizer=optimizer, format="arrays",
+    keeper = CheckpointKeeper(model_dir, model=model, optimizer=optimizer, format=fmt,
                               max_to_keep=2, log=logs.append)
+    blocking = []
     for i in range(3):
         step(backend.place(data[i]))
         backend.sync()
         keeper.save(i + 1, (i + 1) * BATCH, 1)
+        blocking.append(getattr(keeper._store, "blocking_seconds", None))
+        keeper.poll()
+    keeper.wait()
     saved = state_arrays(model, optimizer)
     step(backend.place(data[3]))
     backend.sync()
     uninterrupted = state_arrays(model, optimizer)
 
     # a fresh process-like restart: new model and optimizer with other initial weights
+    keras.backend.clear_session()  # the same optimizer variable names as the first
     cfg2, backend2, model2, optimizer2 = build("fsdp", 1, "adafactor", seed=7)
-    keeper2 = CheckpointKeeper(model_dir, model=model2, optimizer=optimizer2, format="arrays",
+    keeper2 = CheckpointKeeper(model_dir, model=model2, optimizer=optimizer2, format=fmt,
                                log=logs.append)
     restored_step, path = keeper2.restore_latest()
     restored = state_arrays(model2, optimizer2)
@@ -147,24 +182,49 @@ def run_checkpoint_case(model_dir):
                        for a, b in zip(g0, g1))
     kept = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
 
-    # damage the newest checkpoint: truncate one array file
-    newest = latest_checkpoint(model_dir)
-    victim = sorted(f for f in os.listdir(newest) if f.endswith(".npy"))[0]
-    with open(os.path.join(newest, victim), "r+b") as f:
-        f.truncate(40)
-    keeper3 = CheckpointKeeper(model_dir, model=model2, optimizer=optimizer2, format="arrays",
+    # the same checkpoint into another layout: one device, no mesh
+    keras.backend.clear_session()
+    cfg3, backend3, model3, optimizer3 = build("data_parallel", 1, "adafactor", seed=9)
+    keeper4 = CheckpointKeeper(model_dir, model=model3, optimizer=optimizer3, format=fmt)
+    keeper4.restore_latest()
+    relaid = state_arrays(model3, optimizer3)
+    other_layout = all(np.array_equal(a, b) for g0, g1 in zip(saved, relaid)
+                       for a, b in zip(g0, g1))
+
+    damaged = {}
+    newest = _damage_newest(model_dir, fmt, "truncate")
+    keeper3 = CheckpointKeeper(model_dir, model=model2, optimizer=optimizer2, format=fmt,
                                log=logs.append)
     fallback_step, fallback_path = keeper3.restore_latest()
+    for how in ("zero", "flip"):  # on copies of the previous checkpoint
+        import shutil
+
+        copy = f"{model_dir}-{how}"
+        shutil.copytree(model_dir, copy)
+        shutil.rmtree(os.path.join(copy, "checkpoints", os.path.basename(newest)))
+        from t5pre.models.checkpoints import _write_state
+
+        _write_state(os.path.join(copy, "checkpoints"),
+                     os.path.join(copy, "checkpoints", "ckpt-2"),
+                     [os.path.join(copy, "checkpoints", "ckpt-2")])
+        _damage_newest(copy, fmt, how)
+        try:
+            read_model_arrays(os.path.join(copy, "checkpoints", "ckpt-2"))
+            damaged[how] = "not detected"
+        except CorruptCheckpoint as e:
+            damaged[how] = str(e)
+    keeper.close()
     return {"restored_step": restored_step, "path": path, "round_trip": round_trip,
             "position": list(position), "exact_resume": exact_resume, "kept": kept,
+            "other_layout": other_layout,
             "fallback_step": fallback_step, "fallback_position": list(keeper3.restored_position()),
-            "logs": logs,
+            "damaged": damaged, "blocking": blocking, "logs": logs,
             "tensorflow_imported": "tensorflow" in sys.modules}
 
 
 def main(argv):
     if argv[1] == "checkpoint":
-        result = run_checkpoint_case(argv[2])
+        result = run_checkpoint_case(argv[2], *argv[3:])
         with open(argv[0], "w") as f:
             json.dump(result, f)
         return

@@ -1,7 +1,9 @@
-"""The same weights on every backend: a model directory trained on TensorFlow or on JAX gives
-identical tensors when TensorFlow or JAX reads it (CLI round trip through `t5pre export --format
-hf`, `finetune --init-from`'s reader), a checkpoint that lacks a weight is an error naming it,
-and resuming a run on the other backend is refused in one line that names the way forward.
+"""The same weights on every backend: a model directory trained on TensorFlow or on JAX (Orbax,
+the default, or the arrays format) gives identical tensors when TensorFlow or JAX reads it (CLI
+round trip through `t5pre export --format hf`, `finetune --init-from`'s reader), a checkpoint
+that lacks a weight is an error naming it, resuming a run on the other backend is refused in one
+line that names the way forward, and an Orbax directory read without orbax-checkpoint is one
+line saying what to install.
 
 Before this, `KERAS_BACKEND=jax` restored a TensorFlow checkpoint through `tf.train.Checkpoint`,
 which matched none of Keras' JAX variables and silently kept random weights.
@@ -49,15 +51,19 @@ def t5pre(backend, *args, ok=True):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny pretraining run per backend (3 steps of the packaged default task)."""
+    """One tiny pretraining run per backend and format (3 steps of the packaged default task):
+    TensorFlow, JAX (Orbax, the default), JAX in the arrays format."""
     root = tmp_path_factory.mktemp("runs")
     runs = {}
-    for backend in ("tensorflow", "jax"):
-        run = root / backend
-        t5pre(backend, "pretrain", "--model-dir", str(run), "--steps", "3", *TINY)
-        runs[backend] = run
+    for name, backend, extra in (("tensorflow", "tensorflow", ()), ("jax", "jax", ()),
+                                 ("jax-arrays", "jax",
+                                  ("--set", "training.checkpoint_format=arrays"))):
+        run = root / name
+        t5pre(backend, "pretrain", "--model-dir", str(run), "--steps", "3", *TINY, *extra)
+        runs[name] = run
     assert (runs["tensorflow"] / "checkpoints" / "ckpt-3.index").is_file()
-    assert (runs["jax"] / "checkpoints" / "ckpt-3" / "manifest.json").is_file()
+    assert (runs["jax"] / "checkpoints" / "ckpt-3" / "manifest" / "metadata").is_file()
+    assert (runs["jax-arrays"] / "checkpoints" / "ckpt-3" / "manifest.json").is_file()
     return runs
 
 
@@ -66,7 +72,7 @@ def exported_tensors(backend, run, out):
     return safetensors_numpy.load_file(str(out / "model.safetensors"))
 
 
-@pytest.mark.parametrize("trained_on", ["tensorflow", "jax"])
+@pytest.mark.parametrize("trained_on", ["tensorflow", "jax", "jax-arrays"])
 def test_a_directory_gives_identical_tensors_on_both_backends(trained, trained_on, tmp_path):
     """`t5pre export --format hf` of the same directory on TensorFlow and on JAX: every tensor
     equal bit for bit, and the trained layer norms are not their initial ones."""
@@ -111,7 +117,9 @@ def test_init_reader_gives_the_trained_weights_on_jax(trained, tmp_path):
 
 @pytest.mark.parametrize("trained_on,resume_on,says", [
     ("tensorflow", "jax", "a TensorFlow checkpoint; this run (JAX backend) resumes only"),
-    ("jax", "tensorflow", "a JAX-backend (arrays) checkpoint; resume it with KERAS_BACKEND=jax"),
+    ("jax", "tensorflow", "a JAX-backend (orbax) checkpoint; resume it with KERAS_BACKEND=jax"),
+    ("jax-arrays", "tensorflow",
+     "a JAX-backend (arrays) checkpoint; resume it with KERAS_BACKEND=jax"),
 ])
 def test_resuming_on_the_other_backend_is_refused_in_one_line(trained, tmp_path, trained_on,
                                                               resume_on, says):
@@ -137,7 +145,7 @@ def test_a_weight_the_checkpoint_lacks_is_an_error_naming_it(trained):
     from t5pre.models.checkpoints import restore_model_weights
     from t5pre.models.io import read_model_config
 
-    for backend, run in trained.items():
+    for name, run in trained.items():
         config = read_model_config(str(run))
         bigger = T5Model(dataclasses.replace(config, num_decoder_layers=3))
         ones = np.ones((1, 4), "int32")
@@ -145,3 +153,19 @@ def test_a_weight_the_checkpoint_lacks_is_an_error_naming_it(trained):
                 "decoder_token_ids": ones, "decoder_padding_mask": ones})
         with pytest.raises(CheckpointError, match=r"no value for decoder_block_2/"):
             restore_model_weights(bigger, str(run))
+
+
+def test_an_orbax_directory_without_orbax_installed_is_one_line(trained, tmp_path):
+    """Where orbax-checkpoint cannot be imported (here: hidden), reading a JAX-trained Orbax
+    directory on TensorFlow is one error line naming the checkpoint and the extra to install."""
+    code = ("import sys\nsys.modules['orbax'] = None\nsys.modules['orbax.checkpoint'] = None\n"
+            "from t5pre.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "export", "--format", "hf", "--model-dir",
+         str(trained["jax"]), "--out", str(tmp_path / "hf")],
+        env=env("tensorflow"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("t5pre: error:")]
+    assert len(lines) == 1 and "ckpt-3" in lines[0], result.stderr[-3000:]
+    assert "orbax-checkpoint" in lines[0] and "pip install 't5pre[jax]'" in lines[0]
+    assert "Traceback" not in result.stderr

@@ -402,13 +402,15 @@ def test_own_data_flags_are_taken_out():
 @pytest.mark.slow
 def test_readme_tour_embedded(tmp_path):
     """The README's tour with no files of one's own: the embedded corpus for pretraining, the
-    packaged default_summarize task for fine-tuning."""
+    packaged default_summarize task for fine-tuning, evaluation and prediction. (Exporting and
+    loading the export take the same path with or without own data: test_page_runs covers
+    them.)"""
     tour = [b for b in read_blocks("README.md") if b.runs and b.section == TOUR]
     assert any("t5pre export" in b.text for b in tour)
-    for block in tour:
-        text = without_own_data_flags(block.text) if block.language == "bash" else block.text
-        run_block(block, tmp_path, text)
-    assert (tmp_path / "exported" / "saved_model.pb").is_file()
+    run = [b for b in tour if b.language == "bash" and "t5pre export" not in b.text]
+    assert any("t5pre evaluate" in b.text for b in run)
+    for block in run:
+        run_block(block, tmp_path, without_own_data_flags(block.text))
     scores = json.loads((tmp_path / "results" / "sum.json").read_text())
     assert scores, scores
 

@@ -105,14 +105,27 @@ def test_nonfinite_batch_skips_the_update(steps):
 
 
 @pytest.mark.slow
-def test_arrays_checkpoint_round_trip_exact_resume_and_corrupt_fallback(tmp_path):
-    out = run_worker(tmp_path, "checkpoint", str(tmp_path / "run"))
+@pytest.mark.parametrize("fmt", ["arrays", "orbax"])
+def test_checkpoint_round_trip_exact_resume_rotation_and_corrupt_fallback(tmp_path, fmt):
+    """Each JAX format (tests/jax_step_worker.py, fsdp over 2 devices): the restored state is
+    the saved one, bit for bit, in the same layout and in another (data_parallel); the next
+    step equals the uninterrupted one; rotation keeps 2; a truncated file in the newest
+    checkpoint falls back to the previous one with a warning naming it; a zeroed file and a
+    flipped byte are CorruptCheckpoint too."""
+    out = run_worker(tmp_path, "checkpoint", str(tmp_path / "run"), fmt)
     assert out["restored_step"] == 3 and out["round_trip"] is True
     assert out["position"] == [24, 1]
     assert out["exact_resume"] is True  # restored state + step 4 == the uninterrupted step 4
+    assert out["other_layout"] is True
     assert out["kept"] == ["checkpoint", "ckpt-2", "ckpt-3"]  # max_to_keep=2 rotated ckpt-1
     assert out["fallback_step"] == 2 and out["fallback_position"] == [16, 1]
-    assert any("sha256" in line and "ckpt-3" in line for line in out["logs"]), out["logs"]
+    says = "sha256" if fmt == "arrays" else "cannot be read"
+    assert any(says in line and "ckpt-3" in line and "falling back" in line
+               for line in out["logs"]), out["logs"]
+    for how, message in out["damaged"].items():
+        assert "ckpt-2" in message and ("sha256" in message or "fingerprint" in message
+                                        or "cannot be read" in message), (how, message)
+    print(fmt, "blocking save seconds", out["blocking"], out["damaged"])
 
 
 # --------------------------------------------------------------------------- whole runs
@@ -185,6 +198,83 @@ def test_sigkill_inside_a_checkpoint_save_then_resume_equals_an_uninterrupted_ru
     assert {s: history[s] for s in range(6, 21)} == {s: ref_history[s] for s in range(6, 21)}
 
 
+@pytest.mark.slow
+def test_sigkill_while_an_orbax_save_is_written_then_resume_equals_an_uninterrupted_run(
+        jax_reference, init_dir, tmp_path):
+    """SIGKILL the moment the asynchronous save of step 10 returns (its files still being
+    written, or complete but not listed): the state file names ckpt-5 only, the rerun removes
+    Orbax's temporary directory if one was left, resumes from ckpt-5 and ends bit for bit where
+    the uninterrupted run did."""
+    from t5pre.models.checkpoints import all_checkpoint_steps
+
+    ref_run, ref_weights, ref_history, _ = jax_reference
+    run = tmp_path / "killed"
+    killed = drive(run, jax_env(), "strategy.name=data_parallel", init_dir,
+                   extra=("--die-after-save-starts-at", "10"), check=False)
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert all_checkpoint_steps(str(run)) == [5]
+    left = sorted(os.listdir(run / "checkpoints"))
+    print("left by the kill:", left)
+    weights, history, out = drive(run, jax_env(), "strategy.name=data_parallel", init_dir)
+    assert "resumed from" in out and "ckpt-5" in out
+    if any("orbax-checkpoint-tmp" in n for n in left):
+        assert "leftover(s) of interrupted saves" in out
+    assert not any("orbax-checkpoint-tmp" in n or "_old-" in n
+                   for n in os.listdir(run / "checkpoints"))
+    for x, y in zip(ref_weights, weights):
+        np.testing.assert_array_equal(x, y)
+    assert {s: history[s] for s in range(6, 21)} == {s: ref_history[s] for s in range(6, 21)}
+
+
+@pytest.mark.slow
+def test_a_directory_keeps_its_arrays_format_and_moves_to_orbax_when_asked(init_dir, tmp_path):
+    """An existing run in the arrays format resumes and goes on writing arrays under auto (the
+    default); with training.checkpoint_format=orbax it resumes from the arrays checkpoint and
+    writes Orbax from then on (rotation deletes the old format's checkpoints like any other).
+    (Exactness of each resume is the round-trip and kill tests' business.)"""
+    from t5pre.models.checkpoints import all_checkpoint_steps, checkpoint_format_of
+
+    run = tmp_path / "old"
+    common = ("strategy.name=data_parallel", init_dir, "training.keep_checkpoints=2")
+    drive(run, jax_env(), *common, "training.steps=10", "training.checkpoint_format=arrays")
+    assert (run / "checkpoints" / "ckpt-10" / "manifest.json").is_file()
+    _, _, out = drive(run, jax_env(), *common, "training.steps=15")  # auto
+    assert "resumed from" in out and "ckpt-10" in out
+    fmt = {s: checkpoint_format_of(str(run / "checkpoints" / f"ckpt-{s}"))
+           for s in all_checkpoint_steps(str(run))}
+    assert fmt == {10: "arrays", 15: "arrays"}
+    _, history, out = drive(run, jax_env(), *common, "training.checkpoint_format=orbax")
+    assert "resumed from" in out and "ckpt-15" in out and sorted(history) == list(range(16, 21))
+    fmt = {s: checkpoint_format_of(str(run / "checkpoints" / f"ckpt-{s}"))
+           for s in all_checkpoint_steps(str(run))}
+    assert fmt == {15: "arrays", 20: "orbax"}
+    assert not (run / "checkpoints" / "ckpt-10").exists()  # rotated out
+
+
+def test_checkpoint_format_choice(tmp_path):
+    """training.checkpoint_format: auto is tf on TensorFlow; on JAX the format of the
+    directory's newest checkpoint when it is a JAX one, else orbax; a format of the other
+    backend is one ConfigError."""
+    from t5pre.errors import ConfigError
+    from t5pre.models.checkpoints import _write_state, choose_format
+
+    empty = str(tmp_path / "new")
+    assert choose_format(empty, "auto", "tensorflow") == "tf"
+    assert choose_format(empty, "auto", "jax") == "orbax"
+    assert choose_format(empty, "arrays", "jax") == "arrays"
+    for requested, backend in (("orbax", "tensorflow"), ("arrays", "tensorflow"),
+                               ("tf", "jax"), ("zarr", "jax")):
+        with pytest.raises(ConfigError, match="training.checkpoint_format"):
+            choose_format(empty, requested, backend)
+    old = tmp_path / "old"
+    (old / "checkpoints" / "ckpt-5").mkdir(parents=True)
+    (old / "checkpoints" / "ckpt-5" / "manifest.json").write_text("{}")
+    _write_state(str(old / "checkpoints"), str(old / "checkpoints" / "ckpt-5"),
+                 [str(old / "checkpoints" / "ckpt-5")])
+    assert choose_format(str(old), "auto", "jax") == "arrays"
+    assert choose_format(str(old), "orbax", "jax") == "orbax"
+
+
 def _tags(model_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -223,7 +313,7 @@ def test_jax_loss_curve_and_model_dir_match_tensorflow(jax_reference, init_dir, 
     assert layout(ref_run) == layout(tf_run)
     assert _tags(ref_run) == _tags(tf_run)
     assert (ref_run / "checkpoints" / "checkpoint").is_file()
-    assert (ref_run / "checkpoints" / "ckpt-20" / "manifest.json").is_file()
+    assert (ref_run / "checkpoints" / "ckpt-20" / "manifest" / "metadata").is_file()  # Orbax
 
     # weights are portable by path: the JAX-trained directory restores on TensorFlow
     from t5pre.models.checkpoints import restore_model_weights
@@ -258,7 +348,7 @@ def test_cli_pretrain_and_finetune_on_jax_and_load_on_tensorflow(tmp_path):
     assert cfg.data.task == "default_span_corruption"
     assert model.config.vocab_size >= vocabulary.vocab_size
 
-    # fine-tuning on JAX from the JAX-trained directory (arrays checkpoint as init source),
+    # fine-tuning on JAX from the JAX-trained directory (Orbax checkpoint as init source),
     # with decoding evaluation and the best/ keeper
     tuned = tmp_path / "tuned"
     result = subprocess.run(
@@ -274,7 +364,7 @@ def test_cli_pretrain_and_finetune_on_jax_and_load_on_tensorflow(tmp_path):
     assert "initialised weights from" in result.stdout and "ckpt-3" in result.stdout
     assert "rougeLsum" in result.stdout
     assert (tuned / "best" / "model.weights.h5").is_file()
-    assert (tuned / "checkpoints" / "ckpt-2" / "manifest.json").is_file()
+    assert (tuned / "checkpoints" / "ckpt-2" / "manifest" / "metadata").is_file()
 
     bad = subprocess.run([sys.executable, "-m", "t5pre", "pretrain", "--model-dir",
                           str(tmp_path / "bad"), "--steps", "1", "--strategy", "mirrored"],

@@ -2,7 +2,9 @@
 on a token cache): the same result as 1 process x 2 devices bit for bit; SIGKILL of any one
 process ends every other one with exit 4 within about 30 s and the same command resumes to
 the uninterrupted result; SIGTERM to one process stops both at the same step with its
-checkpoint (exit 130); an fsdp checkpoint of 2 processes resumes on 1 and the other way round.
+checkpoint (exit 130); an fsdp checkpoint of 2 processes resumes on 1 and the other way round
+(Orbax, the default format, where each process writes only its own shards; and the arrays
+format).
 """
 
 import os
@@ -58,7 +60,7 @@ class Run:
     """``processes`` x ``devices`` of `t5pre pretrain`; output of process i in ``DIR.outI``."""
 
     def __init__(self, model_dir, cache, *, processes=2, devices=1, steps=STEPS,
-                 strategy="data_parallel"):
+                 strategy="data_parallel", extra=()):
         self.model_dir, self.files, self.procs = str(model_dir), [], []
         self.log = self.model_dir + ".out"
         while os.path.exists(self.log + "0"):  # a re-run keeps the first run's output
@@ -66,7 +68,7 @@ class Run:
         port = _free_port()
         cmd = [sys.executable, "-m", "t5pre", "pretrain", "--model-dir", self.model_dir,
                "--steps", str(steps), "--set", f"data.cache_dir={cache}",
-               "--set", f"strategy.name={strategy}"] + RUN
+               "--set", f"strategy.name={strategy}"] + RUN + list(extra)
         for i in range(processes):
             extra = {} if processes == 1 else {
                 "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
@@ -121,9 +123,10 @@ def _losses(text):
 
 
 def _arrays(model_dir, step):
-    from t5pre.models.checkpoints import load_arrays
+    """Every array of ckpt-STEP (either JAX format) as numpy, checked."""
+    from t5pre.models.checkpoints import read_checkpoint_arrays
 
-    return load_arrays(os.path.join(model_dir, "checkpoints", f"ckpt-{step}"))
+    return read_checkpoint_arrays(os.path.join(model_dir, "checkpoints", f"ckpt-{step}"))
 
 
 def _assert_same(a, b, atol=0.0):
@@ -162,6 +165,12 @@ def test_sigkill_of_one_process_ends_the_other_with_exit_4_and_the_rerun_resumes
 
     run = Run(tmp_path / "run", cache)
     run.wait_for_step(6)
+    # Orbax saves asynchronously: a checkpoint is listed once its files are complete (ckpt-4 at
+    # the latest when the save of ckpt-8 starts); kill once one is, so that there is one to
+    # resume from (a kill before that resumes from the previous listed one, here none).
+    deadline = time.time() + 60
+    while not all_checkpoint_steps(str(run.model_dir)) and time.time() < deadline:
+        time.sleep(0.05)
     run.procs[victim].send_signal(signal.SIGKILL)
     killed_at = time.time()
     survivor = 1 - victim
@@ -209,18 +218,51 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_with_its_checkpoint(
     assert len(_arrays(run.model_dir, step)) > 0  # complete: every array and its sha256
 
 
+def _written_by_process(checkpoint):
+    """Bytes of array data each process wrote into an Orbax checkpoint (its
+    ``<item>/ocdbt.process_<i>/`` data files), summed over the model and optimizer items."""
+    sizes = {}
+    for item in ("model", "optimizer"):
+        base = os.path.join(checkpoint, item)
+        for name in os.listdir(base):
+            m = re.fullmatch(r"ocdbt\.process_(\d+)", name)
+            if not m:
+                continue
+            total = 0
+            for root, _, files in os.walk(os.path.join(base, name)):
+                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+            sizes[int(m.group(1))] = sizes.get(int(m.group(1)), 0) + total
+    return sizes
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("first,second", [((2, 1), (1, 1)), ((1, 2), (2, 1))],
-                         ids=["2procs-then-1", "1proc-then-2"])
+@pytest.mark.parametrize("first,second,fmt", [((2, 1), (1, 1), "auto"), ((1, 2), (2, 1), "auto"),
+                                              ((2, 1), (1, 1), "arrays")],
+                         ids=["2procs-then-1", "1proc-then-2", "arrays-2procs-then-1"])
 def test_fsdp_checkpoint_resumes_on_another_process_count(reference, cache, tmp_path, first,
-                                                          second):
+                                                          second, fmt):
+    """auto is Orbax: each process writes its own shards of the fsdp state (no gather), and the
+    checkpoint restores into another number of processes and devices (2 x 1 fsdp -> 1 x 1, and
+    1 x 2 fsdp -> 2 x 1 fsdp). The arrays format (gathered to process 0) too."""
     half = STEPS // 2
     model_dir = tmp_path / "run"
+    extra = ("--set", f"training.checkpoint_format={fmt}")
     Run(model_dir, cache, processes=first[0], devices=first[1], steps=half,
-        strategy="fsdp").done()
+        strategy="fsdp", extra=extra).done()
+    checkpoint = os.path.join(model_dir, "checkpoints", f"ckpt-{half}")
+    if fmt == "auto":
+        from t5pre.models.checkpoints import checkpoint_format_of
+
+        assert checkpoint_format_of(checkpoint) == "orbax"
+        written = _written_by_process(checkpoint)
+        assert sorted(written) == list(range(first[0])), written
+        if first[0] == 2:  # each process wrote its half of the sharded state, not all of it
+            total = sum(written.values())
+            print("bytes written per process:", written)
+            assert all(0.25 * total < n < 0.75 * total for n in written.values()), written
     strategy = "fsdp" if second[0] * second[1] > 1 else "data_parallel"
     resumed = Run(model_dir, cache, processes=second[0], devices=second[1],
-                  strategy=strategy).done()
+                  strategy=strategy, extra=extra).done()
     assert f"ckpt-{half} (step {half})" in resumed.output()
     # fsdp sums in another order: equal to the data-parallel run within float tolerance
     _assert_same(_arrays(str(model_dir), STEPS), _arrays(reference[1].model_dir, STEPS),

@@ -84,3 +84,15 @@ def test_every_name_a_face_declares_resolves():
         "        assert repr(name) in str(e), e\n"
         "    else:\n"
         "        raise AssertionError(name)\n")
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI (`.ci/run`) runs exactly the test command the README gives a fresh machine."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^python3 -m venv .venv && .*-m pytest tests.*$", readme, flags=re.M)
+    assert match, "README: no test command found"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").replace("\\\n", "")
+    ci_line = next(line for line in ci.splitlines() if "-m pytest" in line)
+    assert match.group(0).strip() in " ".join(ci_line.split()), (match.group(0), ci_line)

@@ -204,6 +204,113 @@ def model_features(inputs, targets, sequence_length, pack: bool = False) -> dict
     return out
 
 
+def _next_fit_bins(in_lengths, tg_lengths, sequence_length, rows=None) -> tuple[np.ndarray, int]:
+    """Row of each example under greedy next fit (a new row when either side overflows), as
+    :class:`~t5pre.data.feature_converter.EncDecFeatureConverter` packs; with ``rows``, the
+    examples after the last row fills are left out. ``(bins of the placed prefix, rows used)``."""
+    n_in, n_tg = sequence_length["inputs"], sequence_length["targets"]
+    bins = np.empty(len(in_lengths), np.int64)
+    row, used_in, used_tg = 0, 0, 0
+    for e, (a, b) in enumerate(zip(in_lengths, tg_lengths)):
+        if used_in + used_tg and (used_in + a > n_in or used_tg + b > n_tg):
+            row, used_in, used_tg = row + 1, 0, 0
+            if rows is not None and row >= rows:
+                return bins[:e], rows
+        bins[e] = row
+        used_in, used_tg = used_in + a, used_tg + b
+    return bins, (row + 1 if len(bins) else 0)
+
+
+def packed_features(inputs, targets, sequence_length, rows: int | None = None) -> tuple[dict, int]:
+    """Examples packed into rows by next fit, as ``EncDecFeatureConverter(pack=True)`` packs
+    them (trimmed to the lengths first; segment ids from 1, positions restarting in every
+    segment, decoder inputs shifted right within a segment). ``rows`` fixes the number of rows
+    (the examples that do not fit are left out, trailing rows may stay empty). Returns
+    ``(features, examples placed)``: the placed ones are a prefix of the examples."""
+    lengths = {"inputs": int(sequence_length["inputs"]), "targets": int(sequence_length["targets"])}
+    inputs = [np.asarray(r, np.int32)[: lengths["inputs"]] for r in inputs]
+    targets = [np.asarray(r, np.int32)[: lengths["targets"]] for r in targets]
+    in_lengths = np.array([len(r) for r in inputs], np.int64)
+    tg_lengths = np.array([len(r) for r in targets], np.int64)
+    bins, used_rows = _next_fit_bins(in_lengths, tg_lengths, lengths, rows)
+    placed = len(bins)
+    num_rows = used_rows if rows is None else rows
+    out = {}
+    for side, rows_of, side_lengths in (("encoder", inputs, in_lengths),
+                                        ("decoder", targets, tg_lengths)):
+        width = lengths["inputs" if side == "encoder" else "targets"]
+        tokens = np.zeros((num_rows, width), np.int32)
+        shifted = np.zeros((num_rows, width), np.int32)
+        segments = np.zeros((num_rows, width), np.int32)
+        positions = np.zeros((num_rows, width), np.int32)
+        fill = np.zeros(num_rows, np.int64)
+        segment = np.zeros(num_rows, np.int32)
+        for e in range(placed):
+            row, n = int(bins[e]), int(side_lengths[e])
+            segment[row] += 1
+            start = int(fill[row])
+            tokens[row, start:start + n] = rows_of[e]
+            shifted[row, start + 1:start + n] = rows_of[e][:-1]
+            segments[row, start:start + n] = segment[row]
+            positions[row, start:start + n] = np.arange(n)
+            fill[row] += n
+        mask = (segments > 0).astype(np.int32)
+        if side == "encoder":
+            out.update(encoder_token_ids=tokens, encoder_padding_mask=mask)
+        else:
+            out.update(decoder_token_ids=shifted, decoder_padding_mask=mask,
+                       decoder_target_ids=tokens, decoder_loss_weights=mask.astype(np.float32))
+        out[f"{side}_segment_ids"] = segments
+        out[f"{side}_positions"] = positions
+    return out, placed
+
+
+PACKING_SAMPLE = 4096  # examples read once to choose the examples per packed row
+PACKING_GROUP = 32  # rows per simulated batch (fixed: the choice must not depend on batch sizes)
+PACKING_MAX_DROPPED = 0.01  # the most examples a choice may leave out (share of the sample)
+
+
+def packing_factor(pipeline) -> tuple[int, str]:
+    """Examples per packed row for ``pipeline`` and a line saying what it costs.
+
+    A training batch of ``B`` rows packs the ``B * F`` consecutive examples of its step's fixed
+    index window, so every step's examples are known from its position alone (resume stays
+    O(1)); examples that overflow the ``B`` rows are left out. ``F`` is the largest number that
+    leaves out at most 1% of a fixed sample (the first 4,096 examples of the stream, in groups of
+    32 rows): a function of the data, the lengths and the seed only, so a resume picks the same.
+    Chunked pretraining examples fill both lengths: ``F`` is 1 and nothing changes."""
+    lengths = pipeline.sequence_length
+    sample = np.arange(min(PACKING_SAMPLE, max(pipeline.num_items, 1) * 4), dtype=np.int64)
+    inputs, targets = pipeline.examples(sample)
+    in_len = np.minimum([len(r) for r in inputs], lengths["inputs"])
+    tg_len = np.minimum([len(r) for r in targets], lengths["targets"])
+
+    def dropped(factor):
+        group = PACKING_GROUP * factor
+        left_out = 0
+        for start in range(0, len(sample) - group + 1, group):
+            bins, _ = _next_fit_bins(in_len[start:start + group], tg_len[start:start + group],
+                                     lengths, PACKING_GROUP)
+            left_out += group - len(bins)
+        used = (len(sample) // group) * group
+        return left_out / used if used else 1.0
+
+    upper = int(max(1, min(lengths["inputs"] / max(in_len.mean(), 1),
+                           lengths["targets"] / max(tg_len.mean(), 1))))
+    factor = 1
+    for candidate in range(min(upper, len(sample) // PACKING_GROUP), 1, -1):
+        if dropped(candidate) <= PACKING_MAX_DROPPED:
+            factor = candidate
+            break
+    share = dropped(factor)
+    fill_in = min(1.0, factor * in_len.mean() / lengths["inputs"] * (1 - share))
+    fill_tg = min(1.0, factor * tg_len.mean() / lengths["targets"] * (1 - share))
+    note = (f"data.pack: {factor} example(s) per row (a step packs its {factor} x batch_size "
+            f"examples; on the first {len(sample):,} examples {share:.1%} are left out when rows "
+            f"overflow; rows filled ~{fill_in:.0%} inputs / ~{fill_tg:.0%} targets)")
+    return factor, note
+
+
 def random_access_pipeline(source, sequence_length, *, split: str, seed: int, shuffle: bool,
                            cache=None, log=print):
     """The :class:`RandomAccessTask` (a task) or :class:`RandomAccessMixture` (a mixture) that
@@ -261,11 +368,14 @@ def examples_dataset(pipeline, *, shard_info=None, num_epochs=None, block: int =
 
 
 def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_size: int,
-               input_context=None, pack: bool = False, take_batches: int | None = None):
+               input_context=None, pack: bool = False, take_batches: int | None = None,
+               examples_per_row: int = 1):
     """Per-replica batches of ``pipeline`` for one input pipeline of ``tf.distribute``.
 
     Batch ``k`` of pipeline ``w`` holds the global indices of
-    :func:`~t5pre.data.index_sampler.pipeline_indices`; the start costs nothing to reach.
+    :func:`~t5pre.data.index_sampler.pipeline_indices`; the start costs nothing to reach. With
+    ``pack``, a batch of ``B`` rows packs the ``B * examples_per_row`` examples of its index
+    window (:func:`packing_factor`); a step consumes ``global_batch_size * examples_per_row``.
     """
     import tensorflow as tf
 
@@ -279,15 +389,24 @@ def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_
                          pipelines=pipelines, per_replica_batch_size=per_replica)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    example = pipeline.features(np.arange(1), pack)
+    factor = int(examples_per_row) if pack else 1
+
+    def batch_features(indices, rows):
+        if not pack:
+            return pipeline.features(indices)
+        inputs, targets = pipeline.examples(indices)
+        return packed_features(inputs, targets, pipeline.sequence_length, rows)[0]
+
+    example = batch_features(np.arange(1), 1)
     keys = list(example)
     dtypes = [tf.as_dtype(example[k].dtype) for k in keys]
 
     def make_batch(k):
         indices = pipeline_indices(int(k), start=int(start_examples),
-                                   global_batch_size=global_batch_size, pipeline=pipeline_id,
-                                   pipelines=pipelines, per_replica_batch_size=per_replica)
-        features = pipeline.features(indices, pack)
+                                   global_batch_size=global_batch_size * factor,
+                                   pipeline=pipeline_id, pipelines=pipelines,
+                                   per_replica_batch_size=per_replica * factor)
+        features = batch_features(indices, per_replica)
         return [features[key] for key in keys]
 
     def to_dict(k):
@@ -302,4 +421,5 @@ def tf_dataset(pipeline: RandomAccessTask, *, start_examples: int, global_batch_
 
 
 __all__ = ["RandomAccessTask", "RandomAccessMixture", "apportion", "model_features", "tf_dataset",
+           "packed_features", "packing_factor",
            "random_access_pipeline", "examples_dataset"]

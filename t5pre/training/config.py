@@ -36,6 +36,8 @@ SCHEDULES = ("auto", "rsqrt", "cosine", "constant", "linear")
 TF_STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("data_parallel", "fsdp")
 STRATEGIES = TF_STRATEGIES + JAX_STRATEGIES
+# training.checkpoint_format (t5pre.models.checkpoints.FORMAT_CHOICES; checked there too)
+CHECKPOINT_FORMATS = ("auto", "tf", "arrays", "orbax")
 # How data.files are read: plain text cut into documents (pretraining), JSON Lines, SQuAD JSON.
 TEXT_FORMATS = ("lines", "paragraphs", "file")
 FILE_FORMATS = TEXT_FORMATS + ("jsonl", "squad")
@@ -147,6 +149,11 @@ class TrainingSection:
     eval_steps: int = _field(10, min=1)
     checkpoint_every: int = _field(1000, min=1)
     keep_checkpoints: int = _field(3, min=1)
+    checkpoint_format: str = _field(
+        "auto", choices=CHECKPOINT_FORMATS,
+        doc="auto: tf on TensorFlow; on JAX the format of the directory's checkpoints (a run "
+            "keeps its format), else orbax (per-process, asynchronous saves). arrays: numpy "
+            "files gathered to process 0 (JAX)")
     nonfinite_skip_limit: int = _field(10, min=0,
                                        doc="consecutive NaN/Inf steps skipped before stopping")
     deterministic: bool = _field(False, doc="tf.config.experimental.enable_op_determinism")

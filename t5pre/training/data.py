@@ -69,12 +69,13 @@ def make_dataset_fn(source, sequence_length: dict, *, split: str, global_batch_s
     ``source`` (a task or mixture) is read through the random-access path (module doc): global
     example ``start_examples`` is reached in O(1), exactly for any number of pipelines. ``cache``
     is a token cache directory (or opened cache) of a task (``data.cache_dir``); without one each
-    task's implicit cache is used (built once, progress lines to ``log``). One example per row:
-    ``pack`` only adds the segment fields. The stream repeats forever (``num_epochs`` must be
-    None).
+    task's implicit cache is used (built once, progress lines to ``log``). With ``pack``, each
+    row packs several examples (:func:`~t5pre.data.random_access.packing_factor`): the
+    returned function's ``examples_per_row`` says how many a row's share of a step consumes
+    and ``packing_note`` what it costs. The stream repeats forever (``num_epochs`` must be None).
     """
     from t5pre.data.feature_converter import EncDecFeatureConverter
-    from t5pre.data.random_access import random_access_pipeline, tf_dataset
+    from t5pre.data.random_access import packing_factor, random_access_pipeline, tf_dataset
 
     if feature_converter is not None and not isinstance(feature_converter, EncDecFeatureConverter):
         raise ConfigError("the training pipeline converts features itself; a custom feature "
@@ -85,12 +86,15 @@ def make_dataset_fn(source, sequence_length: dict, *, split: str, global_batch_s
         pack = feature_converter.pack
     pipeline = random_access_pipeline(source, sequence_length, split=split, seed=seed,
                                       shuffle=shuffle, cache=cache, log=log)
+    factor, note = packing_factor(pipeline) if pack else (1, None)
 
     def dataset_fn(input_context=None):
         return tf_dataset(pipeline, start_examples=start_examples,
                           global_batch_size=global_batch_size, input_context=input_context,
-                          pack=pack, take_batches=take_batches)
+                          pack=pack, take_batches=take_batches, examples_per_row=factor)
 
+    dataset_fn.examples_per_row = factor
+    dataset_fn.packing_note = note
     return dataset_fn
 
 

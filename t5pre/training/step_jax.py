@@ -94,7 +94,6 @@ class JaxBackend:
     """The Trainer's backend on Keras' JAX backend (see the module docstring)."""
 
     name = "jax"
-    checkpoint_format = "arrays"
 
     def __init__(self, strategy_section=None, *, distribution=None):
         import keras

@@ -72,7 +72,6 @@ class TFBackend:
     """The Trainer's TensorFlow piece: one tf.distribute strategy, tf.function steps."""
 
     name = "tensorflow"
-    checkpoint_format = "tf"
 
     def __init__(self, strategy_section=None, *, strategy=None):
         from t5pre.training.strategy import strategy_for, worker_info

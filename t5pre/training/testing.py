@@ -120,6 +120,9 @@ def _main(argv=None):
     p.add_argument("--die-in-save-at", type=int, default=0,
                    help="SIGKILL this process inside the checkpoint save of that step, after "
                         "the checkpoint files are written and before the state file")
+    p.add_argument("--die-after-save-starts-at", type=int, default=0,
+                   help="SIGKILL this process as soon as the save of that step returns (an "
+                        "asynchronous save is then still being written, or not yet listed)")
     p.add_argument("--also-keras-all-reduce", metavar="DUMP",
                    help="then train again (into DUMP.dir) with Keras' own optimizer all-reduce "
                         "left on, and dump to DUMP (tests show it double-counts)")
@@ -156,6 +159,19 @@ def _main(argv=None):
             return original(directory, latest, *a, **k)
 
         checkpoints._write_state = dying_update
+
+    if args.die_after_save_starts_at:
+        from t5pre.models import checkpoints
+        original_save = checkpoints.CheckpointKeeper.save
+
+        def dying_save(self, step, *a, **k):
+            path = original_save(self, step, *a, **k)
+            if step == args.die_after_save_starts_at:
+                sys.stdout.flush()
+                os.kill(os.getpid(), 9)
+            return path
+
+        checkpoints.CheckpointKeeper.save = dying_save
 
     log = print
     if args.slow:

@@ -234,10 +234,6 @@ class Trainer:
         if self._eval_enabled and d.eval_split == d.train_split:
             self.log(f"warning: data.eval_split and data.train_split are both {d.train_split!r}: "
                      "the evaluation measures examples the model trains on")
-        if d.pack:
-            self.log("note: data.pack: the training path reads one example per row (segment ids "
-                     "and positions added, nothing packed); chunked pretraining examples fill "
-                     "the lengths already")
         if 0 < t.steps <= o.warmup_steps and o.warmup_steps:
             self.log(f"warning: training.steps ({t.steps}) <= optimizer.warmup_steps "
                      f"({o.warmup_steps}): the whole run is warm-up and the learning rate never "
@@ -265,7 +261,11 @@ class Trainer:
             **self._checkpoint_format())
 
     def _checkpoint_format(self) -> dict:
-        fmt = getattr(self.backend, "checkpoint_format", "tf")
+        """``training.checkpoint_format`` resolved for the backend and the directory
+        (:func:`t5pre.models.checkpoints.choose_format`)."""
+        backend = "jax" if getattr(self.backend, "name", "") == "jax" else "tensorflow"
+        fmt = checkpoints.choose_format(self.model_dir, self.config.training.checkpoint_format,
+                                        backend, log=self.log)
         return {} if fmt == "tf" else {"format": fmt}
 
     # ---------------------------------------------------------------------------- helpers
@@ -466,8 +466,12 @@ class Trainer:
                      f"(pass a larger --steps to continue)")
             run.writer.close()
             return TrainResult(run.step, {}, 0, run.last_ckpt, [])
-        batches = iter(self.backend.distribute(self._dataset_fn(
-            d.train_split, shuffle=d.shuffle, start_examples=run.data_examples)))
+        dataset_fn = self._dataset_fn(d.train_split, shuffle=d.shuffle,
+                                      start_examples=run.data_examples)
+        if dataset_fn.packing_note:
+            self.log(dataset_fn.packing_note)
+        run.examples_per_step = t.batch_size * dataset_fn.examples_per_row
+        batches = iter(self.backend.distribute(dataset_fn))
         train_step = self.backend.train_step_fn(self.model, self.optimizer, self.loss_fn, t)
         self._flops = self._flops_per_token() if t.peak_flops else None
         stop = StopRequests(sync=getattr(self.backend, "stop_sync", lambda: None)())
@@ -479,8 +483,10 @@ class Trainer:
                 self._step(run, batches, train_step, profiler)
                 self._maybe_log(run)
                 self._maybe_checkpoint(run)
+                self.keeper.poll()  # lists an asynchronous save once its files are complete
                 self._maybe_evaluate(run)
                 self._maybe_stop(run, stop)
+            self.keeper.wait()  # the last checkpoint listed before the run says done
         finally:
             stop.__exit__(None, None, None)
             profiler.stop()
@@ -505,7 +511,7 @@ class Trainer:
         run.step += 1
         run.eta.mark(run.step)
         profiler.after_step(run.step)
-        run.data_examples += t.batch_size
+        run.data_examples += run.examples_per_step
         finite = bool(out["finite"])
         if finite:
             run.bad_streak = 0
@@ -578,6 +584,7 @@ class Trainer:
         # takes part in the save; the chief's copy is kept.
         if run.saved_step != run.step and not run.bad_streak:
             self._save(run)
+        self.keeper.wait()  # listed before the message names it
         run.writer.flush()
         message = (f"{stop.describe()}: stopped at step {run.step}; checkpoint saved to "
                    f"{run.last_ckpt}; re-run the same command to resume")
@@ -598,6 +605,7 @@ class _Run:
     writer: object
     bad_streak: int = 0
     skipped: int = 0
+    examples_per_step: int = 0  # global examples a step consumes (batch size x packed per row)
     window: "_Window" = dataclasses.field(default_factory=lambda: _Window())
     history: list = dataclasses.field(default_factory=list)
     last_metrics: dict = dataclasses.field(default_factory=dict)
