@@ -331,14 +331,15 @@ _parts_pool = None
 
 def decode_parts(rows: int) -> int:
     """Into how many parts `compile_decoder` splits a batch of `rows` rows: the CPU threads the
-    backend computes with (TensorFlow's intra-op pool; all cores by default), at most
-    `MAX_PARTS`; 1 on an accelerator.
+    backend computes with (TensorFlow's intra-op pool, all cores by default; on JAX the cores,
+    or 1 when `XLA_FLAGS` has `--xla_cpu_multi_thread_eigen=false`), at most `MAX_PARTS`; 1 on
+    an accelerator.
 
     Why: the compiled decode runs its steps one after another, and only the matrix products
     inside a step are spread over the threads; with two parts decoded at once the elementwise
     work, the top-k, the attention over the encoder keys of each part run side by side too
     (measured at 2 threads, 2 cores: 21-27% less wall time for batches 8 and 32, greedy and
-    beam; benchmarks/decode.py). Rows are independent, so the tokens do not change.
+    beam, on TensorFlow; 18-32% on JAX). Rows are independent, so the tokens do not change.
     """
     return max(1, min(int(rows), MAX_PARTS, _cpu_threads()))
 
@@ -360,7 +361,8 @@ def _cpu_threads() -> int:
         elif backend == "jax":
             import jax
 
-            threads = cores if jax.default_backend() == "cpu" else 1
+            one_thread = "xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", "")
+            threads = cores if jax.default_backend() == "cpu" and not one_thread else 1
         _CPU_THREADS = threads
     return _CPU_THREADS
 
