@@ -31,8 +31,8 @@ HF's `generate(num_beams=K)` has the same structure (2K candidates).
 
 Threads: `--threads 1,2` runs one child process per thread count (TensorFlow's thread pools are
 fixed once it starts); in each, TF intra- and inter-op pools (which XLA's compiled code uses
-too) and torch's threads are set to N; on JAX, XLA's Eigen pool is single-threaded for N = 1
-(`--xla_cpu_multi_thread_eigen=false`). `--backend tensorflow,jax` likewise runs a child per
+too) and torch's threads are set to N; on JAX with N = 1 the process is pinned to one core
+(and XLA's Eigen pool made single-threaded: JAX's runtime has threads of its own). `--backend tensorflow,jax` likewise runs a child per
 Keras backend. Contenders are interleaved window by window (order flipped every window) and
 each figure is the median of the windows; a summary table of all children ends the run.
 
@@ -431,9 +431,12 @@ def main(argv=None):
         backend, n = backends[0], threads[0]
         os.environ["KERAS_BACKEND"] = backend
         if backend == "jax" and n == 1:
+            # XLA's flags hold Eigen to one thread, but JAX's runtime still runs independent
+            # pieces of a program on its own threads: pin the process (torch too) to one core.
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                       + " --xla_cpu_multi_thread_eigen=false"
-                                       " intra_op_parallelism_threads=1").strip()
+                                       + " --xla_cpu_multi_thread_eigen=false").strip()
+            if hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         rows = run_one(args, backend, n)
         if args.json_out:
             with open(args.json_out, "w") as f:

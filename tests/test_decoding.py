@@ -246,12 +246,18 @@ def eos_batch():
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
-def test_compiled_decoder_gives_the_reference_tokens(eos_model, method):
-    """`compile_decoder` (XLA on TensorFlow, jit on JAX; batch padded to 8 rows, width to 8)
-    and the plain graph give the tokens of the reference: `decode` run op by op (and, for
-    greedy, the uncached full-decoder loop), with padding in the batch and EOS early."""
+@pytest.mark.parametrize("parts", [1, 2])
+def test_compiled_decoder_gives_the_reference_tokens(eos_model, method, parts, monkeypatch):
+    """`compile_decoder` (XLA on TensorFlow, jit on JAX; the batch whole, padded to 8 rows, or
+    as two parts decoded at once, 3 + 2 rows padded to 4 + 2; width padded to 8) and the plain
+    graph give the tokens of the reference: `decode` run op by op (and, for greedy, the
+    uncached full-decoder loop), with padding in the batch and EOS early."""
+    from t5pre.models import decoding
     from t5pre.models.decode_settings import DecodeSettings
     from t5pre.models.decoding import compile_decoder, decode, uncached_greedy
+
+    monkeypatch.setattr(decoding, "_CPU_THREADS", parts)
+    assert decoding.decode_parts(5) == parts
 
     ids, mask = eos_batch()
     beam = 3 if method == "beam" else 1

@@ -88,6 +88,22 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_and_continue(tmp_path, re
     assert all_checkpoint_steps(str(run)) == [5, 10, 12, 15, 20]
 
 
+def test_xla_step_resumes_exactly(tmp_path_factory):
+    """The XLA-compiled step (`training.jit_compile`, on by default for long runs) resumes as
+    exactly as the graph step: killed in a checkpoint write, resumed, same weights."""
+    xla = "training.jit_compile=true"
+    ref_weights, ref_history, _ = train_in_subprocess(tmp_path_factory.mktemp("xla") / "ref", xla)
+    run = tmp_path_factory.mktemp("xla") / "run"
+    proc = _driver(run, "--set", xla, "--die-in-save-at", "10")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, out
+    weights, resumed, step = train_in_subprocess(run, xla)
+    assert step == 20 and sorted(resumed) == list(range(6, 21))
+    assert_same_weights(weights, ref_weights)
+    for s, loss in resumed.items():
+        assert loss == pytest.approx(ref_history[s], rel=1e-6), s
+
+
 def test_resumed_data_stream_is_the_uninterrupted_one():
     """The data position is a skip count over a deterministic stream: check the stream itself."""
     import tensorflow as tf

@@ -67,12 +67,29 @@ def _poisoned_loss(bad_calls):
     return loss_fn
 
 
-def test_nonfinite_steps_are_skipped(tmp_path):
+@pytest.mark.parametrize("jit", ["null", "true"])
+def test_nonfinite_steps_are_skipped(tmp_path, jit):
     trainer, result = train(tmp_path / "nan", "training.steps=10", "training.nonfinite_skip_limit=2",
-                            loss_fn=_poisoned_loss({3, 4}))
+                            f"training.jit_compile={jit}", loss_fn=_poisoned_loss({3, 4}))
     assert result.step == 10 and result.skipped_steps == 2
     assert int(trainer.optimizer.iterations.numpy()) == 8  # skipped steps do not update
     assert all(np.isfinite(w).all() for w in weights_of(trainer.model))
+
+
+def test_xla_train_step_by_default_for_long_single_replica_runs():
+    from t5pre.training.config import XLA_MIN_STEPS
+    from t5pre.training.step_tf import TFBackend
+
+    backend = TFBackend(tiny_config().strategy)
+    assert backend.num_replicas == 1
+
+    def jit(*overrides):
+        return backend.jit_compile(tiny_config(*overrides).training)
+
+    assert jit(f"training.steps={XLA_MIN_STEPS}") is True
+    assert jit(f"training.steps={XLA_MIN_STEPS - 1}") is None  # compiling would not pay off
+    assert jit("training.steps=20", "training.jit_compile=true") is True
+    assert jit(f"training.steps={XLA_MIN_STEPS}", "training.jit_compile=false") is None
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path, capsys):

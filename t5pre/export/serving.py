@@ -21,7 +21,8 @@ With `settings.xla` (the default, as in `t5pre predict`) the decoding (encoder a
 ids out) is a `tf.function(jit_compile=True)` of its own inside the graph: XLA compiles it when
 a shape is first served, so the batch is padded in the graph to the shapes `compile_decoder`
 pads to (`padded_batch_size` rows, `padded_width` tokens) and the padding rows are cut off
-again. Tokenisation stays outside it (tensorflow-text's ops have no XLA kernels).
+again; a batch of several rows is decoded as two halves at once, as `compile_decoder` does on
+CPU. Tokenisation stays outside it (tensorflow-text's ops have no XLA kernels).
 
 Why a plain `tf.Module` rather than `keras.export.ExportArchive`: the module holds exactly what
 serving needs (the weights as a flat variable list, the tokenizer resource, two functions), its
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from t5pre.models.decoding import decode, padded_batch_size, padded_sizes, padded_width
+from t5pre.models.decoding import (MAX_PARTS, decode, padded_batch_size, padded_sizes,
+                                   padded_width)
 from t5pre.models.preprocessing import Seq2SeqPreprocessor
 
 SERVING_SIGNATURE = "serving_default"
@@ -78,18 +80,41 @@ def build_serving_module(model, vocabulary, settings) -> tf.Module:
     def decode_ids(ids, mask):
         return decode(model, ids, mask, **decode_kwargs)
 
+    def padded_decode(ids, mask, width):
+        """decode_ids on `ids` padded to a batch bucket x `width`, padding rows cut off."""
+        rows = tf.shape(ids)[0]
+        shape = tf.stack([_padded(rows, padded_sizes(1 << 16, padded_batch_size)), width])
+        padding = tf.stack([tf.zeros([2], tf.int32), shape - tf.shape(ids)], axis=1)
+        tokens, scores = decode_ids(tf.pad(ids, padding), tf.pad(mask, padding))
+        return tokens[:rows], scores[:rows]
+
+    # As compile_decoder: a batch of several rows is decoded as two parts at once (two XLA
+    # calls the graph's executor runs side by side), so that both cores of a 2-core CPU work
+    # through the whole decode; sampling draws its noise by row position and is not split.
+    parts = MAX_PARTS if xla and not settings.sample else 1
+
     @tf.function(input_signature=[text_spec], autograph=False)
     def generate(inputs):
         ids, mask = preprocessor.encode_tf(inputs)
-        rows = tf.shape(ids)[0]
-        if xla:
-            shape = tf.stack([_padded(rows, padded_sizes(1 << 16, padded_batch_size)),
-                              _padded(tf.shape(ids)[1],
-                                      padded_sizes(max_input_length, padded_width))])
-            padding = tf.stack([tf.zeros([2], tf.int32), shape - tf.shape(ids)], axis=1)
-            ids, mask = tf.pad(ids, padding), tf.pad(mask, padding)
-        tokens, scores = decode_ids(ids, mask)
-        return tf.cast(tokens[:rows], tf.int32), tf.cast(scores[:rows], tf.float32)
+        if not xla:
+            tokens, scores = decode_ids(ids, mask)
+        else:
+            width = _padded(tf.shape(ids)[1], padded_sizes(max_input_length, padded_width))
+            rows = tf.shape(ids)[0]
+            whole = lambda: padded_decode(ids, mask, width)  # noqa: E731
+            if parts == 1:
+                tokens, scores = whole()
+            else:
+                half = (rows + 1) // 2
+
+                def halves():
+                    first = padded_decode(ids[:half], mask[:half], width)
+                    second = padded_decode(ids[half:], mask[half:], width)
+                    return (tf.concat([first[0], second[0]], 0),
+                            tf.concat([first[1], second[1]], 0))
+
+                tokens, scores = tf.cond(rows > 1, halves, whole)
+        return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
 
     @tf.function(input_signature=[text_spec], autograph=False)
     def serve_text(inputs):

@@ -99,15 +99,24 @@ def _greedy_or_sample(model, encoder_token_ids, encoder_padding_mask, max_length
 
     def body(i, previous, tokens, cache, finished, scores):
         logits, cache = model.decode_step(previous, i, cache, cross_kv, encoder_padding_mask)
-        log_probs = ops.log_softmax(logits, axis=-1)
         if sample:
+            log_probs = ops.log_softmax(logits, axis=-1)
             filtered = filter_logits(logits, top_k, top_p, temperature)
             gumbel = -ops.log(-ops.log(_stateless_uniform(ops.shape(filtered), seed, i)))
             next_ids = ops.argmax(filtered + gumbel, axis=-1)
+            next_ids = ops.where(finished, PAD_ID, ops.cast(next_ids, "int32"))
+            picked = ops.take_along_axis(log_probs, next_ids[:, None], axis=-1)[:, 0]
         else:
-            next_ids = ops.argmax(logits, axis=-1)
-        next_ids = ops.where(finished, PAD_ID, ops.cast(next_ids, "int32"))
-        picked = ops.take_along_axis(log_probs, next_ids[:, None], axis=-1)[:, 0]
+            # argmax as the first index holding the maximum (argmax's tie rule), and its
+            # log-probability as -log(sum(exp(logits - max))) (log_softmax at the maximum):
+            # plain reductions instead of XLA's (value, index) reduction, 2% of a batch-32
+            # greedy decode on CPU, and a full log-softmax (1-6% faster, 2 runs, 1 thread).
+            best = ops.max(logits, axis=-1, keepdims=True)
+            vocab = ops.shape(logits)[-1]
+            first = ops.min(ops.where(logits == best, ops.arange(vocab, dtype="int32")[None, :],
+                                      vocab), axis=-1)
+            next_ids = ops.where(finished, PAD_ID, first)
+            picked = -ops.log(ops.sum(ops.exp(logits - best), axis=-1))
         scores = scores + ops.where(finished, 0.0, picked)
         tokens = _write(tokens, i, next_ids)
         finished = ops.logical_or(finished, next_ids == eos_id)
@@ -298,7 +307,9 @@ def compile_decoder(model, settings, eos_id=EOS_ID):
                 return jitted([v.value for v in variables], ids, mask)
         else:
             compiled = run
-        cache[key] = _padded(compiled) if xla else _as_numpy(compiled)
+        # Sampling draws its noise by row position in the batch: it is not split into parts.
+        cache[key] = _padded(compiled, split=not settings.sample) if xla else \
+            _as_numpy(compiled)
     return cache[key]
 
 
@@ -312,12 +323,59 @@ def _as_numpy(fn):
     return run
 
 
-def _padded(fn):
-    """`fn` on inputs padded to `padded_batch_size` x `padded_width`, padding rows cut off."""
+#: `compile_decoder` decodes a batch on CPU as up to this many parts at once, one thread each
+#: (measured on 2 cores; more cores still give each part their intra-op threads).
+MAX_PARTS = 2
+_parts_pool = None
+
+
+def decode_parts(rows: int) -> int:
+    """Into how many parts `compile_decoder` splits a batch of `rows` rows: the CPU threads the
+    backend computes with (TensorFlow's intra-op pool, all cores by default; on JAX the cores,
+    or 1 when `XLA_FLAGS` has `--xla_cpu_multi_thread_eigen=false`), at most `MAX_PARTS`; 1 on
+    an accelerator.
+
+    Why: the compiled decode runs its steps one after another, and only the matrix products
+    inside a step are spread over the threads; with two parts decoded at once the elementwise
+    work, the top-k, the attention over the encoder keys of each part run side by side too
+    (measured at 2 threads, 2 cores: 21-27% less wall time for batches 8 and 32, greedy and
+    beam, on TensorFlow; 18-32% on JAX). Rows are independent, so the tokens do not change.
+    """
+    return max(1, min(int(rows), MAX_PARTS, _cpu_threads()))
+
+
+def _cpu_threads() -> int:
+    global _CPU_THREADS
+    if _CPU_THREADS is None:
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        backend = keras.backend.backend()
+        threads = 1
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
+                threads = tf.config.threading.get_intra_op_parallelism_threads() or cores
+        elif backend == "jax":
+            import jax
+
+            one_thread = "xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", "")
+            threads = cores if jax.default_backend() == "cpu" and not one_thread else 1
+        _CPU_THREADS = threads
+    return _CPU_THREADS
+
+
+_CPU_THREADS = None
+
+
+def _padded(fn, split=True):
+    """`fn` on inputs padded to `padded_batch_size` x `padded_width`, padding rows cut off;
+    with `split`, a batch split into `decode_parts` parts decoded at once."""
     import numpy as np
 
-    def run(ids, mask):
-        ids, mask = np.asarray(ids, "int32"), np.asarray(mask, "int32")
+    def one(ids, mask):
         rows, width = ids.shape
         shape = (padded_batch_size(rows), padded_width(width))
         if shape != ids.shape:
@@ -325,6 +383,23 @@ def _padded(fn):
             mask = np.pad(mask, [(0, shape[0] - rows), (0, shape[1] - width)])
         tokens, scores = fn(ids, mask)
         return np.asarray(tokens)[:rows], np.asarray(scores)[:rows]
+
+    def run(ids, mask):
+        global _parts_pool
+        ids, mask = np.asarray(ids, "int32"), np.asarray(mask, "int32")
+        parts = decode_parts(ids.shape[0]) if split else 1
+        if parts == 1:
+            return one(ids, mask)
+        if _parts_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _parts_pool = ThreadPoolExecutor(MAX_PARTS, thread_name_prefix="t5pre-decode")
+        size = -(-ids.shape[0] // parts)
+        futures = [_parts_pool.submit(one, ids[start:start + size], mask[start:start + size])
+                   for start in range(0, ids.shape[0], size)]
+        results = [f.result() for f in futures]
+        return (np.concatenate([t for t, _ in results]),
+                np.concatenate([s for _, s in results]))
 
     return run
 

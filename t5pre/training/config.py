@@ -47,6 +47,11 @@ FILES_TASK_NAMES = {"pretraining": "files_span_corruption", "seq2seq": "files_su
                     "qa": "files_squad"}
 
 
+#: `training.jit_compile: null` XLA-compiles the TensorFlow step of runs this long (compiling
+#: costs a few seconds, saved back after a few hundred steps).
+XLA_MIN_STEPS = 500
+
+
 def _field(default=dataclasses.MISSING, *, doc="", choices=None, min=None, max=None,
            min_exclusive=False, factory=None):
     """A dataclass field carrying its validation rules in ``metadata``."""
@@ -155,7 +160,11 @@ class TrainingSection:
     peak_flops: Optional[float] = _field(None, min=0.0, min_exclusive=True,
                                          doc="peak FLOP/s of ONE replica; enables the MFU scalar")
     text_samples: int = _field(3, min=0, doc="decoded examples written to TensorBoard per eval")
-    jit_compile: bool = _field(False, doc="XLA-compile the train step (helps on TPU/GPU)")
+    jit_compile: Optional[bool] = _field(
+        None, doc="XLA-compile the TensorFlow train step; null (default): on for runs of at "
+                  f"least {XLA_MIN_STEPS} steps on one replica (measured 6-14% faster per step "
+                  "on CPU, but compiling costs seconds: benchmarks.md), off otherwise (several "
+                  "replicas; TPU compiles by itself); the JAX step is always jitted")
     profile_steps: Optional[str] = _field(
         None, doc="'START:END': a profiler trace of those steps in DIR/logs/train")
     allow_data_change: bool = _field(

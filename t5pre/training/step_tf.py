@@ -105,6 +105,18 @@ class TFBackend:
         from t5pre.training.strategy import describe
         return describe(self.strategy)
 
+    def jit_compile(self, training):
+        """`tf.function`'s `jit_compile` for the train step: `training.jit_compile` when set;
+        when null, XLA for runs of at least `XLA_MIN_STEPS` steps on one replica (not TPU), else
+        None (a multi-replica step runs as a graph; TPUStrategy compiles by itself)."""
+        from t5pre.training.config import XLA_MIN_STEPS
+
+        if training.jit_compile is not None:
+            return bool(training.jit_compile) or None
+        single = self.num_replicas == 1 and self.worker.num_workers <= 1
+        tpu = isinstance(self.strategy, _tf().distribute.TPUStrategy)
+        return True if single and not tpu and training.steps >= XLA_MIN_STEPS else None
+
     def stop_sync(self):
         """With several workers, ``(step, requested_here) -> bool``: an all-reduce of the local
         stop flags after every step, so a signal to one worker stops all at the same step."""
@@ -199,7 +211,7 @@ class TFBackend:
                 out[k] = strategy.experimental_local_results(v)[0]
             return out
 
-        compiled = tf.function(step_fn, jit_compile=training.jit_compile or None,
+        compiled = tf.function(step_fn, jit_compile=self.jit_compile(training),
                                reduce_retracing=True)
 
         def run(batch):
