@@ -32,8 +32,8 @@ HF's `generate(num_beams=K)` has the same structure (2K candidates).
 Threads: `--threads 1,2` runs one child process per thread count (TensorFlow's thread pools are
 fixed once it starts); in each, TF intra- and inter-op pools (which XLA's compiled code uses
 too) and torch's threads are set to N; on JAX with N = 1 the process is pinned to one core
-(and XLA's Eigen pool made single-threaded: JAX's runtime has threads of its own). `--backend tensorflow,jax` likewise runs a child per
-Keras backend. Contenders are interleaved window by window (order flipped every window) and
+(and XLA's Eigen pool made single-threaded: JAX's runtime has threads of its own).
+`--backend tensorflow,jax` likewise runs a child per Keras backend. Contenders are interleaved window by window (order flipped every window) and
 each figure is the median of the windows; a summary table of all children ends the run.
 
 Usage::

@@ -108,7 +108,8 @@ def check_target(target, overwrite: bool, flag: str | None = None) -> pathlib.Pa
     return pathlib.Path(target)
 
 
-def _fsync_tree(root: str) -> None:
+def fsync_tree(root: str) -> None:
+    """fsyncs every file (links skipped) and directory under ``root``."""
     for folder, _, names in os.walk(root):
         for name in names:
             path = os.path.join(folder, name)
@@ -148,7 +149,7 @@ def atomic_directory(target, *, replace: bool = False, merge: bool = False, last
         _usual_directory_mode(staging)
         yield pathlib.Path(staging)
         if fsync:
-            _fsync_tree(staging)
+            fsync_tree(staging)
         if before_rename is not None:
             before_rename()
         if merge and os.path.isdir(target):

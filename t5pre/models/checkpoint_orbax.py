@@ -51,7 +51,7 @@ import sys
 import time
 
 from t5pre.errors import CheckpointError, CorruptCheckpoint
-from t5pre.files import fsync_directory
+from t5pre.files import fsync_directory, fsync_tree
 from t5pre.models.checkpoint_variables import (check_keys, check_shapes, keyed_variables,
                                                read_checkpoint_json)
 
@@ -524,15 +524,5 @@ def _fsync_tree(path: str) -> None:
     sync its data files; its small JSON and metadata files are not), then its parent."""
     if "://" in path:
         return
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_directory(root)
+    fsync_tree(path)
     fsync_directory(os.path.dirname(path))
